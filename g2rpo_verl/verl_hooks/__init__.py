@@ -1,0 +1,117 @@
+"""The thin layer that wires g2rpo_verl's algorithms into verl.
+
+``import verl`` imports :mod:`g2rpo_verl.verl_hooks.autoload` in every verl process (entry
+point group ``verl.plugins``), which calls :func:`register_all`. Registration is attached to
+the verl modules it extends and runs the moment each is imported, so a process that never
+touches the trainer (a rollout server, a reward worker) does not pay for importing it:
+
+* ``verl.trainer.ppo.core_algos`` -> ``gs_grpo`` and ``gs_gdpo`` estimators registered;
+* ``verl.trainer.ppo.v1.trainer_base`` -> every registered V1 trainer gets the plugin's
+  mixin (per-sample task keys for the estimators, per-task metrics);
+* with ``VERL_PLATFORM=cpu``: the CPU platform and ``hf`` rollout (``g2rpo_verl.cpu``).
+
+verl swallows exceptions from entry points (logged at DEBUG), so failures here are logged at
+ERROR and re-raised from the hooked import itself: a broken plugin stops the run.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import logging
+import sys
+from collections.abc import Callable
+from types import ModuleType
+
+logger = logging.getLogger("g2rpo_verl")
+
+__all__ = ["register_all", "check_registered"]
+
+CORE_ALGOS = "verl.trainer.ppo.core_algos"
+TRAINER_BASE = "verl.trainer.ppo.v1.trainer_base"
+
+
+def _register_estimators(_module: ModuleType) -> None:
+    from g2rpo_verl.verl_hooks import estimators  # noqa: F401  (registers on import)
+
+
+def _install_trainer_mixin(module: ModuleType) -> None:
+    from g2rpo_verl.verl_hooks.trainer import install
+
+    install(module.TRAINER_REGISTRY)
+
+
+_AFTER_IMPORT: dict[str, Callable[[ModuleType], None]] = {
+    CORE_ALGOS: _register_estimators,
+    TRAINER_BASE: _install_trainer_mixin,
+}
+
+
+def _run_hook(name: str, module: ModuleType) -> None:
+    try:
+        _AFTER_IMPORT[name](module)
+    except Exception:
+        logger.exception("g2rpo_verl: could not register with %s; refusing to run without the plugin", name)
+        raise
+
+
+class _AfterImportFinder(importlib.abc.MetaPathFinder):
+    """Wraps the loader of each hooked module so its hook runs right after the module body."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in _AFTER_IMPORT:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module: ModuleType) -> None:
+            exec_module(module)
+            _run_hook(fullname, module)
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+_FINDER = _AfterImportFinder()
+
+
+def register_all() -> None:
+    """Attach every registration to its verl module (idempotent; see module docstring)."""
+    from g2rpo_verl import cpu
+
+    if cpu.enabled():
+        cpu.register()
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
+    for name in _AFTER_IMPORT:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__spec__", None) is not None:
+            _run_hook(name, module)  # imported before the plugin: register now
+
+
+def check_registered() -> None:
+    """Raise ``RuntimeError`` unless the estimators and the trainer mixin are in place.
+
+    Imports the hooked verl modules, so calling it from a test or a driver proves the whole
+    chain (entry point -> hook -> registry) works in this process.
+    """
+    from verl.trainer.ppo import core_algos
+    from verl.trainer.ppo.v1 import trainer_base
+
+    from g2rpo_verl.verl_hooks import estimators
+    from g2rpo_verl.verl_hooks.trainer import G2RPOTrainerMixin
+
+    for name in estimators.ESTIMATORS:
+        fn = core_algos.ADV_ESTIMATOR_REGISTRY.get(name)
+        if fn is None or fn.__module__ != estimators.__name__:
+            raise RuntimeError(f"g2rpo_verl: advantage estimator '{name}' is not registered with verl (got {fn!r})")
+    unwrapped = [n for n, c in trainer_base.TRAINER_REGISTRY.items() if not issubclass(c, G2RPOTrainerMixin)]
+    if unwrapped:
+        raise RuntimeError(f"g2rpo_verl: verl trainers {unwrapped} are missing the plugin's mixin")

@@ -1,0 +1,168 @@
+"""The V1-trainer mixin that carries per-sample task keys and reward components to gs_*.
+
+verl's V1 trainer stores every dataset column (``data_source``, ``extra_info``, ...) and the
+reward function's dict (``extra_fields["reward_extra_info"]``) per sample in TransferQueue,
+but its advantage step reads only uids, masks and rewards. The mixin reads the rest for the
+same rows, resolves each sample's task key, opens a :func:`task_batch` context, and lets
+verl's own ``_compute_advantage`` run unchanged (KL-in-reward, rollout correction and the
+write-back stay verl's). For other estimators it is a pass-through.
+
+It is mixed into every trainer in verl's ``TRAINER_REGISTRY`` when that module is imported,
+so ``algorithm.adv_estimator=gs_grpo`` works with the stock ``trainer.v1.trainer_mode``
+values and no extra config.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from g2rpo_verl.config import gdpo_components, load_g2rpo_config
+from g2rpo_verl.verl_hooks.estimators import ESTIMATORS, TaskBatch, task_batch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["G2RPOTrainerMixin", "install", "resolve_task_keys", "build_task_batch", "task_advantage_metrics"]
+
+_TQ_FIELDS = ["uid", "data_source", "extra_info", "extra_fields"]
+
+
+def resolve_task_keys(
+    task_key: str,
+    columns: Mapping[str, Sequence[Any]],
+    extra_infos: Sequence[Mapping | None],
+    reward_infos: Sequence[Mapping | None],
+) -> list[str]:
+    """Each sample's task: ``columns[task_key]``, else ``extra_info[task_key]``, else the reward dict's.
+
+    Raises ``ValueError`` naming the key, the first sample lacking it and where it looked.
+    """
+    n = len(extra_infos)
+    if task_key in columns:
+        values = list(columns[task_key])
+    else:
+        values = [None] * n
+        for i in range(n):
+            for source in (extra_infos[i], reward_infos[i]):
+                if isinstance(source, Mapping) and source.get(task_key) is not None:
+                    values[i] = source[task_key]
+                    break
+    missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and math.isnan(v))]
+    if missing:
+        i = missing[0]
+        ds = columns.get("data_source", [None] * n)[i]
+        raise ValueError(
+            f"g2rpo.task_key='{task_key}' is missing for {len(missing)} of {n} samples (first: sample {i}, "
+            f"data_source={ds!r}); looked in the dataset columns {sorted(columns)}, in extra_info "
+            f"(keys {sorted(extra_infos[i] or {})}) and in the reward dict (keys {sorted(reward_infos[i] or {})}). "
+            "Add it to the data, or set g2rpo.task_key to one of those keys."
+        )
+    return [str(v) for v in values]
+
+
+def _component_matrix(
+    names: Sequence[str], reward_infos: Sequence[Mapping | None]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, K)`` float64 values and ``(N, K)`` presence from the per-sample reward dicts.
+
+    ``None`` or an absent key means "does not apply to this sample"; a name that no sample
+    has is a configuration error, as is a value that is not a number.
+    """
+    n, k = len(reward_infos), len(names)
+    values = torch.zeros(n, k, dtype=torch.float64)
+    present = torch.zeros(n, k, dtype=torch.bool)
+    for i, info in enumerate(reward_infos):
+        info = info or {}
+        for c, name in enumerate(names):
+            v = info.get(name)
+            if v is None:
+                continue
+            if not isinstance(v, (bool, int, float, np.bool_, np.integer, np.floating)):
+                raise ValueError(f"reward component '{name}' of sample {i} is {v!r}, not a number")
+            values[i, c] = float(v)
+            present[i, c] = True
+    unknown = [name for c, name in enumerate(names) if not present[:, c].any()]
+    if unknown:
+        seen = sorted({key for info in reward_infos for key in (info or {})})
+        raise ValueError(
+            f"gs_gdpo: reward component(s) {unknown} (algorithm.gdpo_reward_keys) are returned for no sample; "
+            f"the reward function returned the keys {seen}"
+        )
+    return values, present
+
+
+def build_task_batch(
+    uids: Sequence[str],
+    task_names_per_sample: Sequence[str],
+    reward_infos: Sequence[Mapping | None],
+    components: tuple[list[str], list[float]] | None = None,
+) -> TaskBatch:
+    """Assemble the :class:`TaskBatch` for one advantage step (``components`` for gs_gdpo)."""
+    task_names, task_ids = np.unique(np.asarray(task_names_per_sample, dtype=object), return_inverse=True)
+    batch = TaskBatch(
+        uids=np.asarray(uids, dtype=object),
+        task_ids=torch.as_tensor(task_ids.reshape(-1), dtype=torch.long),
+        task_names=[str(t) for t in task_names],
+    )
+    if components is not None:
+        names, weights = components
+        batch.components, batch.present = _component_matrix(names, reward_infos)
+        batch.component_names, batch.component_weights = list(names), list(weights)
+    return batch
+
+
+def _metric_name(task: str) -> str:
+    return "task_" + (re.sub(r"[^0-9A-Za-z_.-]+", "_", task).strip("_") or "empty")
+
+
+def task_advantage_metrics(batch: TaskBatch) -> dict[str, float]:
+    """Per-task ``advantage/{mean,std,min,max}`` and ``count``; W&B groups them by task."""
+    metrics: dict[str, float] = {}
+    if batch.advantages is None:
+        return metrics
+    adv = batch.advantages.to(torch.float64)
+    for t, name in enumerate(batch.task_names):
+        a = adv[batch.task_ids == t]
+        prefix = _metric_name(name)
+        metrics[f"{prefix}/advantage/mean"] = a.mean().item()
+        metrics[f"{prefix}/advantage/std"] = a.std(unbiased=False).item()
+        metrics[f"{prefix}/advantage/min"] = a.min().item()
+        metrics[f"{prefix}/advantage/max"] = a.max().item()
+        metrics[f"{prefix}/count"] = float(a.numel())
+    return metrics
+
+
+class G2RPOTrainerMixin:
+    """Mixed in front of verl's V1 trainers; see the module docstring."""
+
+    def _compute_advantage(self, batch, metrics: dict):
+        estimator = self.config.algorithm.adv_estimator
+        if estimator not in ESTIMATORS:
+            return super()._compute_advantage(batch, metrics)
+        import transfer_queue as tq
+
+        cfg = load_g2rpo_config(self.config)
+        rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=_TQ_FIELDS)
+        columns = {name: rows.pop(name).tolist() for name in ("uid", "data_source")}
+        extra_infos = rows.pop("extra_info").tolist()
+        reward_infos = [(ef or {}).get("reward_extra_info") for ef in rows.pop("extra_fields").tolist()]
+        tasks = resolve_task_keys(cfg.task_key, columns, extra_infos, reward_infos)
+        components = gdpo_components(self.config.algorithm) if estimator == "gs_gdpo" else None
+        side = build_task_batch(columns["uid"], tasks, reward_infos, components)
+        with task_batch(side):
+            batch = super()._compute_advantage(batch, metrics)
+        metrics.update(task_advantage_metrics(side))
+        return batch
+
+
+def install(registry: dict[str, type]) -> None:
+    """Put :class:`G2RPOTrainerMixin` in front of every trainer class in ``registry`` (idempotent)."""
+    for name, cls in list(registry.items()):
+        if not issubclass(cls, G2RPOTrainerMixin):
+            registry[name] = type(cls.__name__, (G2RPOTrainerMixin, cls), {"__module__": __name__})

@@ -1,0 +1,59 @@
+"""Plain-Python loop implementations of G²RPO / GS-GDPO, written straight from DESIGN.md.
+
+Kept deliberately naive (dicts, sorted(), statistics.NormalDist) so that the vectorised
+torch code in g2rpo_verl is checked against an independent reading of the formulas.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from statistics import NormalDist
+
+_PHI_INV = NormalDist().inv_cdf
+
+
+def gaussianize_list(xs: list[float]) -> list[float]:
+    n = len(xs)
+    if n <= 1:
+        return [0.0] * n
+    order = sorted(range(n), key=lambda i: xs[i])
+    q = [_PHI_INV((k + 0.5) / n) for k in range(n)]  # k is 0-based: (k+1 - 0.5)/n
+    out = [0.0] * n
+    start = 0
+    while start < n:
+        end = start
+        while end + 1 < n and xs[order[end + 1]] == xs[order[start]]:
+            end += 1
+        mean = sum(q[start : end + 1]) / (end - start + 1)
+        for pos in range(start, end + 1):
+            out[order[pos]] = mean
+        start = end + 1
+    return out
+
+
+def gaussianize_by(values: list[float], labels: list) -> list[float]:
+    members = defaultdict(list)
+    for i, lab in enumerate(labels):
+        members[lab].append(i)
+    out = [0.0] * len(values)
+    for idx in members.values():
+        for i, v in zip(idx, gaussianize_list([values[i] for i in idx])):
+            out[i] = v
+    return out
+
+
+def gs_grpo_loop(rewards: list[float], groups: list, tasks: list) -> list[float]:
+    # Rounded so that stage-2 ties are decided on the value, not on the last float bit.
+    stage1 = [round(a, 12) for a in gaussianize_by(rewards, groups)]
+    return gaussianize_by(stage1, tasks)
+
+
+def gs_gdpo_loop(components: list[list[float | None]], weights: list[float], groups: list, tasks: list) -> list[float]:
+    n, k = len(components), len(weights)
+    summed = [0.0] * n
+    for c in range(k):
+        idx = [i for i in range(n) if components[i][c] is not None]
+        a = gaussianize_by([components[i][c] for i in idx], [groups[i] for i in idx])
+        for i, v in zip(idx, a):
+            summed[i] += weights[c] * v
+    return gaussianize_by([round(s, 12) for s in summed], tasks)
