@@ -6,8 +6,10 @@ the verl modules it extends and runs the moment each is imported, so a process t
 touches the trainer (a rollout server, a reward worker) does not pay for importing it:
 
 * ``verl.trainer.ppo.core_algos`` -> ``gs_grpo`` and ``gs_gdpo`` estimators registered;
-* ``verl.trainer.ppo.v1.trainer_base`` -> every registered V1 trainer gets the plugin's
-  mixin (per-sample task keys for the estimators, per-task metrics);
+* ``verl.trainer.ppo.v1`` (whose ``__init__`` registers verl's V1 trainers) -> every
+  registered V1 trainer gets the plugin's mixin (per-sample task keys for the estimators,
+  per-task metrics). A trainer registered later, by other code, must inherit
+  :class:`~g2rpo_verl.verl_hooks.trainer.G2RPOTrainerMixin` itself to use gs_*;
 * with ``VERL_PLATFORM=cpu``: the CPU platform and ``hf`` rollout (``g2rpo_verl.cpu``).
 
 verl swallows exceptions from entry points (logged at DEBUG), so failures here are logged at
@@ -28,7 +30,7 @@ logger = logging.getLogger("g2rpo_verl")
 __all__ = ["register_all", "check_registered"]
 
 CORE_ALGOS = "verl.trainer.ppo.core_algos"
-TRAINER_BASE = "verl.trainer.ppo.v1.trainer_base"
+TRAINERS_V1 = "verl.trainer.ppo.v1"
 
 
 def _register_estimators(_module: ModuleType) -> None:
@@ -38,12 +40,12 @@ def _register_estimators(_module: ModuleType) -> None:
 def _install_trainer_mixin(module: ModuleType) -> None:
     from g2rpo_verl.verl_hooks.trainer import install
 
-    install(module.TRAINER_REGISTRY)
+    install(module.trainer_base.TRAINER_REGISTRY)
 
 
 _AFTER_IMPORT: dict[str, Callable[[ModuleType], None]] = {
     CORE_ALGOS: _register_estimators,
-    TRAINER_BASE: _install_trainer_mixin,
+    TRAINERS_V1: _install_trainer_mixin,
 }
 
 

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 from verl.trainer.ppo.core_algos import register_adv_est
-from verl.utils.groupwise import as_torch_index
 
 from g2rpo_verl.advantages import gs_gdpo_advantages, gs_grpo_advantages
 
@@ -80,6 +80,11 @@ def _current(name: str, index: np.ndarray | None, n_rows: int) -> TaskBatch:
     return batch
 
 
+def _group_ids(uids: np.ndarray, device: torch.device) -> torch.Tensor:
+    # Hash-based factorisation: ~5x faster than np.unique's string sort at 4096 uids.
+    return torch.from_numpy(pd.factorize(uids)[0]).to(device)
+
+
 def _scores(token_level_rewards: torch.Tensor) -> torch.Tensor:
     scores = token_level_rewards.sum(dim=-1)
     bad = ~torch.isfinite(scores)
@@ -115,7 +120,7 @@ def compute_gs_grpo_outcome_advantage(
     device = token_level_rewards.device
     with torch.no_grad():
         scores = _scores(token_level_rewards)
-        per_sample = gs_grpo_advantages(scores, as_torch_index(batch.uids, device=device), batch.task_ids.to(device))
+        per_sample = gs_grpo_advantages(scores, _group_ids(batch.uids, device), batch.task_ids.to(device))
     return _broadcast(batch, per_sample, response_mask)
 
 
@@ -139,7 +144,7 @@ def compute_gs_gdpo_outcome_advantage(
     with torch.no_grad():
         per_sample = gs_gdpo_advantages(
             batch.components.to(device),
-            as_torch_index(batch.uids, device=device),
+            _group_ids(batch.uids, device),
             batch.task_ids.to(device),
             weights=batch.component_weights,
             present=batch.present.to(device),

@@ -1,0 +1,22 @@
+# Two entry points for a fresh machine (see README.md): `make demo` and `make test`.
+# Both create .venv on first use. torch is installed first and on its own so that pip keeps
+# the CPU wheel on a CPU machine instead of resolving the newest CUDA build.
+PY := .venv/bin/python
+TORCH := torch==2.13.0
+
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q "$(TORCH)" -e ".[test]"
+	$(PY) -c "from g2rpo_verl.verl_hooks import check_registered; check_registered()"
+	touch $@
+
+.PHONY: demo test bench
+demo: .venv/.installed  ## real verl PPO loop on CPU with G²RPO (tiny local model, toy tasks)
+	$(PY) -m g2rpo_verl.cpu.smoke --workdir runs/demo algorithm.adv_estimator=gs_grpo $(ARGS)
+
+test: .venv/.installed  ## the whole test suite, the real-verl end-to-end runs included
+	$(PY) -m pytest -q $(ARGS)
+
+bench: .venv/.installed  ## advantage-estimator timings side by side
+	$(PY) scripts/bench_advantages.py $(ARGS)

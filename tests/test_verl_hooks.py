@@ -1,0 +1,187 @@
+"""The verl wiring: registration in a fresh process, the per-task channel, config and errors."""
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from g2rpo_verl import gs_gdpo_advantages, gs_grpo_advantages
+from g2rpo_verl.config import DEFAULT_GDPO_COMPONENTS, gdpo_components, load_g2rpo_config
+from g2rpo_verl.verl_hooks.estimators import task_batch
+from g2rpo_verl.verl_hooks.trainer import build_task_batch, resolve_task_keys, task_advantage_metrics
+
+
+def run_fresh(code: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERL_")}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_import_verl_registers_estimators_and_trainer_mixin_in_a_fresh_process():
+    proc = run_fresh(
+        """
+        import sys
+        import verl
+        assert "g2rpo_verl.verl_hooks.autoload" in sys.modules, "entry point not loaded by import verl"
+        from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+        for name in ("gs_grpo", "gs_gdpo"):
+            print(name, get_adv_estimator_fn(name).__module__)
+        from verl.trainer.ppo.v1 import get_trainer_cls
+        from g2rpo_verl.verl_hooks.trainer import G2RPOTrainerMixin
+        print("sync-mixin", issubclass(get_trainer_cls("sync"), G2RPOTrainerMixin))
+        from g2rpo_verl.verl_hooks import check_registered
+        check_registered()
+        print("checked")
+        """
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "gs_grpo g2rpo_verl.verl_hooks.estimators" in proc.stdout
+    assert "gs_gdpo g2rpo_verl.verl_hooks.estimators" in proc.stdout
+    assert "sync-mixin True" in proc.stdout
+    assert "checked" in proc.stdout
+
+
+def test_plain_import_verl_does_not_import_the_trainer():
+    # Rollout servers and reward workers import verl too; they must not pay for the trainer.
+    proc = run_fresh(
+        """
+        import sys, verl
+        print("core_algos" , "verl.trainer.ppo.core_algos" in sys.modules)
+        print("trainer_v1", "verl.trainer.ppo.v1" in sys.modules)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trainer_v1 False" in proc.stdout
+
+
+def test_a_failing_registration_is_loud_and_stops_the_import():
+    proc = run_fresh(
+        """
+        import verl
+        from g2rpo_verl import verl_hooks
+        def broken(module):
+            raise RuntimeError("simulated registration failure")
+        verl_hooks._AFTER_IMPORT[verl_hooks.CORE_ALGOS] = broken
+        import verl.trainer.ppo.core_algos
+        """
+    )
+    assert proc.returncode != 0
+    assert "could not register with verl.trainer.ppo.core_algos" in proc.stderr
+    assert "simulated registration failure" in proc.stderr
+
+
+# ------------------------------------------------------------ estimator adapters
+
+
+def verl_batch():
+    uids = np.array(["p0"] * 4 + ["p1"] * 4 + ["p2"] * 4, dtype=object)
+    scores = torch.tensor([0, 0, 1, 1, 0.2, 0.9, 0.9, 0.1, 1, 1, 1, 0], dtype=torch.float32)
+    mask = torch.ones(12, 5)
+    mask[::3, 3:] = 0  # some shorter responses
+    rewards = torch.zeros(12, 5)
+    rewards[torch.arange(12), mask.sum(-1).long() - 1] = scores
+    tasks = ["math"] * 4 + ["grounding"] * 4 + ["math"] * 4
+    infos = [{"accuracy": float(s), "format": 1.0, "structure": None if i % 4 == 0 else 0.5} for i, s in enumerate(scores)]
+    return uids, scores, mask, rewards, tasks, infos
+
+
+def test_registered_gs_grpo_reads_task_ids_from_the_trainer_context():
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    uids, scores, mask, rewards, tasks, infos = verl_batch()
+    side = build_task_batch(uids, tasks, infos)
+    with task_batch(side):
+        adv, ret = get_adv_estimator_fn("gs_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids, config=None)
+    groups = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
+    expected = gs_grpo_advantages(scores, groups, side.task_ids)
+    assert torch.allclose(adv, expected.unsqueeze(-1) * mask)
+    assert torch.equal(adv, ret)
+    assert torch.equal(adv[mask == 0], torch.zeros(int((mask == 0).sum())))
+    assert torch.allclose(side.advantages, expected)
+    metrics = task_advantage_metrics(side)
+    assert metrics["task_math/count"] == 8 and metrics["task_grounding/count"] == 4
+    assert abs(metrics["task_math/advantage/mean"]) < 1e-6
+    assert metrics["task_grounding/advantage/max"] == pytest.approx(float(expected[4:8].max()))
+
+
+def test_registered_gs_gdpo_uses_reward_components_with_missing_ones_neutral():
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    uids, scores, mask, rewards, tasks, infos = verl_batch()
+    names, weights = gdpo_components(OmegaConf.create({"gdpo_reward_keys": None}))
+    side = build_task_batch(uids, tasks, infos, (names, weights))
+    assert side.present[:, 2].tolist() == [i % 4 != 0 for i in range(12)]
+    with task_batch(side):
+        adv, _ = get_adv_estimator_fn("gs_gdpo")(token_level_rewards=rewards, response_mask=mask, index=uids)
+    groups = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
+    expected = gs_gdpo_advantages(side.components, groups, side.task_ids, weights, side.present)
+    assert torch.allclose(adv, expected.float().unsqueeze(-1) * mask)
+
+
+def test_estimator_without_task_context_explains_what_is_missing():
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    uids, _, mask, rewards, _, _ = verl_batch()
+    with pytest.raises(RuntimeError, match="needs each sample's task key"):
+        get_adv_estimator_fn("gs_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids)
+
+
+def test_context_rows_must_match_the_batch_rows():
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    uids, _, mask, rewards, tasks, infos = verl_batch()
+    side = build_task_batch(uids[::-1], tasks, infos)
+    with task_batch(side), pytest.raises(RuntimeError, match="uid mismatch"):
+        get_adv_estimator_fn("gs_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_reward_is_an_error_naming_the_sample(bad):
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    uids, _, mask, rewards, tasks, infos = verl_batch()
+    rewards[5, 0] = bad
+    with task_batch(build_task_batch(uids, tasks, infos)), pytest.raises(ValueError, match="sample 5 of 12"):
+        get_adv_estimator_fn("gs_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids)
+
+
+# ------------------------------------------------------------ task keys and components
+
+
+def test_task_key_lookup_order_column_then_extra_info_then_reward_dict():
+    columns = {"uid": ["a", "b"], "data_source": ["geo3k", "chartqa"]}
+    extra = [{"problem_type": "math", "task_type": "math_reasoning"}, {"task_type": "chart"}]
+    reward = [{"problem_type": "ignored"}, {"problem_type": "numerical"}]
+    assert resolve_task_keys("data_source", columns, extra, reward) == ["geo3k", "chartqa"]
+    assert resolve_task_keys("problem_type", columns, extra, reward) == ["math", "numerical"]
+    assert resolve_task_keys("task_type", columns, extra, reward) == ["math_reasoning", "chart"]
+
+
+def test_missing_task_key_names_the_key_the_sample_and_where_it_looked():
+    columns = {"uid": ["a", "b"], "data_source": ["geo3k", "chartqa"]}
+    with pytest.raises(ValueError, match=r"task_key='problem_type' is missing for 1 of 2 samples \(first: sample 1, data_source='chartqa'\)"):
+        resolve_task_keys("problem_type", columns, [{"problem_type": "math"}, {"task_type": "x"}], [None, {"score": 1.0}])
+
+
+def test_unknown_or_non_numeric_component_is_an_error():
+    uids = ["a", "a"]
+    with pytest.raises(ValueError, match=r"\['format'\].*returned for no sample.*\['accuracy', 'score'\]"):
+        build_task_batch(uids, ["t", "t"], [{"accuracy": 1.0, "score": 1.0}] * 2, (["accuracy", "format"], [1.0, 1.0]))
+    with pytest.raises(ValueError, match="component 'accuracy' of sample 1 is 'yes'"):
+        build_task_batch(uids, ["t", "t"], [{"accuracy": 1.0}, {"accuracy": "yes"}], (["accuracy"], [1.0]))
+
+
+def test_config_defaults_and_validation():
+    assert load_g2rpo_config(OmegaConf.create({})).task_key == "problem_type"
+    assert load_g2rpo_config(OmegaConf.create({"g2rpo": {"task_key": "data_source"}})).task_key == "data_source"
+    with pytest.raises(ValueError, match="invalid 'g2rpo' config section.*tasks_key"):
+        load_g2rpo_config(OmegaConf.create({"g2rpo": {"tasks_key": "x"}}))
+    assert gdpo_components(OmegaConf.create({})) == (list(DEFAULT_GDPO_COMPONENTS), [1.0, 1.0, 1.0])
+    assert gdpo_components(OmegaConf.create({"gdpo_reward_keys": ["acc"], "gdpo_reward_weights": [2]})) == (["acc"], [2.0])
+    with pytest.raises(ValueError, match="gdpo_reward_weights has 1 entries"):
+        gdpo_components(OmegaConf.create({"gdpo_reward_keys": ["a", "b"], "gdpo_reward_weights": [1.0]}))
