@@ -68,10 +68,11 @@ def gaussianize_float64(values: torch.Tensor, group_ids: torch.Tensor | None = N
         i = int(bad.nonzero()[0])
         raise ValueError(f"gaussianize: non-finite value {values[i].item()} at index {i} (of {n_total})")
 
-    seg = group_ids.long()
     # Labels already in [0, N) (uids factorised, task indices) index bincount directly: the
     # unused labels make empty segments that no element refers to. Others are made dense.
-    if group_ids.is_floating_point() or int(seg.min()) < 0 or int(seg.max()) >= n_total:
+    seg = group_ids.long()
+    lo, hi = torch.stack(torch.aminmax(seg)).tolist() if not group_ids.is_floating_point() else (-1, -1)
+    if lo < 0 or hi >= n_total:
         seg = torch.unique(group_ids, return_inverse=True)[1]
     # Lexicographic order by (segment, value): stable sort by value, then stable by segment.
     order = torch.argsort(v, stable=True)
