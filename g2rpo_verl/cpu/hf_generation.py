@@ -1,0 +1,338 @@
+"""Token-in / token-out generation with a Hugging Face model: the engine of the ``hf`` rollout.
+
+This module knows nothing about Ray or verl's rollout classes (those live in
+:mod:`g2rpo_verl.cpu.hf_rollout`), so it can be tested in-process in milliseconds.
+
+Contract of :meth:`HFGenerator.generate` for one prompt ``prompt_ids`` (``list[int]``, length P):
+
+* returns ``GenerationResult(token_ids, log_probs, finish_reason)`` with
+  ``1 <= len(token_ids) == len(log_probs) <= spec.max_new_tokens``;
+* ``token_ids`` include the stop token when generation stopped on one
+  (``finish_reason == "stop"``), as vLLM does; otherwise ``finish_reason == "length"``;
+* ``log_probs[t] = log_softmax(logits_t / T)[token_ids[t]]`` where ``logits_t`` are the model's
+  raw next-token logits and ``T`` the sampling temperature (``T = 1`` for greedy requests).
+  That is exactly how verl's trainer computes old log-probs (``logits / temperature``, then
+  ``log_softmax``, no top-k/top-p/repetition processing), so rollout and trainer log-probs of
+  the same weights agree up to float rounding. Sampling itself does apply top-k / top-p /
+  repetition penalty.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+__all__ = ["SamplingSpec", "GenerationResult", "HFGenerator", "load_hf_model"]
+
+logger = logging.getLogger(__name__)
+
+FinishReason = Literal["stop", "length"]
+
+# Keys of verl's sampling_params dict that the hf backend understands. Anything else is ignored
+# with a warning (once per key) rather than silently changing the sampling distribution.
+_KNOWN_SAMPLING_KEYS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "top_k",
+        "repetition_penalty",
+        "max_tokens",
+        "max_new_tokens",
+        "logprobs",
+        "ignore_eos",
+        "stop_token_ids",
+        "seed",
+    }
+)
+_warned_keys: set[str] = set()
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Validated sampling parameters for one request.
+
+    ``temperature == 0`` means greedy decoding (top-k/top-p are then irrelevant).
+    ``top_k == 0`` disables top-k (verl and vLLM use -1 for that; :meth:`from_verl` maps it).
+    ``top_p == 1`` disables nucleus sampling.
+    """
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+    return_log_probs: bool = True
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = disabled), got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def logprob_temperature(self) -> float:
+        """Temperature the returned log-probs are computed at (1 for greedy requests)."""
+        return 1.0 if self.greedy else self.temperature
+
+    @classmethod
+    def from_verl(cls, params: Mapping[str, Any], default_max_tokens: int) -> SamplingSpec:
+        """Build a spec from the ``sampling_params`` dict verl's agent loop sends.
+
+        verl sends ``temperature, top_p, top_k (-1 = off), repetition_penalty, logprobs (bool)``
+        and, from its resuming client, ``max_tokens`` (or sglang-style ``max_new_tokens``).
+        ``default_max_tokens`` is used when neither is present.
+        """
+        for key in params:
+            if key not in _KNOWN_SAMPLING_KEYS and key not in _warned_keys:
+                _warned_keys.add(key)
+                logger.warning("hf rollout ignores unsupported sampling parameter %r", key)
+        if params.get("max_tokens") is not None:
+            max_tokens = int(params["max_tokens"])
+        elif params.get("max_new_tokens") is not None:
+            max_tokens = int(params["max_new_tokens"])
+        else:
+            max_tokens = int(default_max_tokens)
+        top_k = params.get("top_k")
+        top_k = 0 if top_k is None or int(top_k) <= 0 else int(top_k)
+        temperature = params.get("temperature")
+        top_p = params.get("top_p")
+        repetition_penalty = params.get("repetition_penalty")
+        return cls(
+            max_new_tokens=max_tokens,
+            temperature=1.0 if temperature is None else float(temperature),
+            top_p=1.0 if top_p is None else float(top_p),
+            top_k=top_k,
+            repetition_penalty=1.0 if repetition_penalty is None else float(repetition_penalty),
+            ignore_eos=bool(params.get("ignore_eos", False)),
+            stop_token_ids=tuple(int(t) for t in (params.get("stop_token_ids") or ())),
+            return_log_probs=bool(params.get("logprobs", True)),
+            seed=None if params.get("seed") is None else int(params["seed"]),
+        )
+
+
+@dataclass
+class GenerationResult:
+    """Response of one request; see the module docstring for the guarantees."""
+
+    token_ids: list[int]
+    log_probs: list[float] | None
+    finish_reason: FinishReason
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_hf_model(
+    path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    hf_config: Any = None,
+    random_init: bool = False,
+) -> PreTrainedModel:
+    """Load (or, with ``random_init``, only build) the HF model at ``path`` for generation.
+
+    ``hf_config`` lets the caller pass verl's already-patched config (attention implementation,
+    token-id overrides) so the rollout model is configured like the trainer's.
+    ``random_init`` mirrors vLLM's ``load_format=dummy``: real weights arrive with the first
+    weight sync, so reading them from disk is wasted work.
+
+    The model's own ``generation_config`` is replaced by an empty one: checkpoints ship sampling
+    defaults (e.g. ``top_k=20, temperature=0.7``) that HF ``generate`` would silently apply to
+    any parameter a request leaves unset, while verl expects exactly the requested sampling.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = hf_config if hf_config is not None else AutoConfig.from_pretrained(path)
+    model_cls = AutoModelForCausalLM
+    if getattr(config, "vision_config", None) is not None:
+        # Vision-language checkpoints (Qwen2/2.5/3-VL, ...) are image-text-to-text models.
+        from transformers import AutoModelForImageTextToText
+
+        model_cls = AutoModelForImageTextToText
+    if random_init:
+        model = model_cls.from_config(config, dtype=dtype)
+    else:
+        model = model_cls.from_pretrained(path, config=config, dtype=dtype)
+    model.eval()
+    model.generation_config = GenerationConfig()
+    return model
+
+
+class HFGenerator:
+    """A HF model plus the token ids that end a response; generates one prompt at a time.
+
+    Not thread-safe: callers serialize :meth:`generate` and :meth:`load_weights` (the Ray
+    server does so with a lock, so weights never change in the middle of a response).
+
+    Args:
+        model: a causal LM (or image-text-to-text model) in eval mode.
+        eos_token_ids: token ids that end a response (tokenizer EOS plus the generation
+            config's EOS ids, as vLLM uses).
+        pad_token_id: padding id handed to HF ``generate`` (unused for a single prompt, but
+            HF warns without it). Defaults to the first EOS id.
+        processor: optional HF processor; needed only for image/video inputs.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        eos_token_ids: Iterable[int],
+        pad_token_id: int | None = None,
+        processor: Any = None,
+    ) -> None:
+        self.model = model
+        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
+        if not self.eos_token_ids:
+            raise ValueError("HFGenerator needs at least one EOS token id")
+        self.pad_token_id = pad_token_id if pad_token_id is not None else min(self.eos_token_ids)
+        self.processor = processor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------------------------------
+    # weights
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Copy ``(name, tensor)`` pairs into the model in place; return how many were copied.
+
+        Names are HF state-dict keys (what verl's ``get_per_tensor_param`` yields). Tensors are
+        cast to the parameter's dtype. Raises ``KeyError`` for an unknown name, ``ValueError`` for
+        a shape mismatch or when the update leaves some parameter storage untouched (a partial
+        sync would silently keep stale weights). Tied parameters count as covered when any of
+        their aliases is sent.
+        """
+        targets = self.model.state_dict(keep_vars=True)
+        loaded_storage: set[int] = set()
+        count = 0
+        for name, tensor in named_tensors:
+            if name not in targets:
+                raise KeyError(f"weight {name!r} does not exist in the rollout model (e.g. {next(iter(targets))!r})")
+            target = targets[name]
+            if tuple(target.shape) != tuple(tensor.shape):
+                raise ValueError(f"weight {name!r}: shape {tuple(tensor.shape)} != model {tuple(target.shape)}")
+            target.data.copy_(tensor.detach().to(device=target.device, dtype=target.dtype))
+            loaded_storage.add(target.data_ptr())
+            count += 1
+        stale = [n for n, p in self.model.named_parameters() if p.data_ptr() not in loaded_storage]
+        if stale:
+            raise ValueError(f"weight update left {len(stale)} parameters unchanged, e.g. {stale[:3]}")
+        return count
+
+    # ------------------------------------------------------------------------------------------
+    # multi-modal inputs
+    # ------------------------------------------------------------------------------------------
+    def multi_modal_inputs(
+        self,
+        image_data: list[Any] | None = None,
+        video_data: list[Any] | None = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Model inputs (``pixel_values``, ``image_grid_thw``, ...) for a request's images/videos.
+
+        verl's agent loop has already expanded the image placeholders in ``prompt_ids`` with
+        the same processor, so only the vision features are computed here. Returns ``{}`` for
+        a text-only request; raises ``ValueError`` when media arrive but there is no processor
+        to encode them (a text-only model cannot see images, and dropping them silently would
+        train on the wrong inputs).
+        """
+        has_images = bool(image_data)
+        has_videos = bool(video_data)
+        if not (has_images or has_videos):
+            return {}
+        if self.processor is None:
+            raise ValueError("hf rollout got image/video inputs but the model has no multi-modal processor")
+        kwargs = dict(mm_processor_kwargs or {})
+        inputs: dict[str, torch.Tensor] = {}
+        if has_images:
+            image_processor = getattr(self.processor, "image_processor", None)
+            if image_processor is None:
+                raise ValueError("hf rollout got images but the processor has no image_processor")
+            inputs.update(image_processor(images=image_data, return_tensors="pt", **kwargs))
+        if has_videos:
+            video_processor = getattr(self.processor, "video_processor", None)
+            if video_processor is None:
+                raise ValueError("hf rollout got videos but the processor has no video_processor")
+            inputs.update(video_processor(videos=video_data, return_tensors="pt", **kwargs))
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+    # ------------------------------------------------------------------------------------------
+    # generation
+    # ------------------------------------------------------------------------------------------
+    def _generation_config(self, spec: SamplingSpec) -> GenerationConfig:
+        stop_ids = sorted(self.eos_token_ids | set(spec.stop_token_ids))
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=spec.max_new_tokens,
+            num_beams=1,
+            do_sample=not spec.greedy,
+            repetition_penalty=spec.repetition_penalty,
+            # ignore_eos: a token id nothing can produce is not available, so EOS stays a
+            # normal token by giving generate() no stop id at all.
+            eos_token_id=None if spec.ignore_eos else stop_ids,
+            pad_token_id=self.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+            use_cache=True,
+        )
+        if not spec.greedy:
+            # Every sampling field is set explicitly: an unset (None) field would be filled in
+            # by HF's global defaults, e.g. top_k=50.
+            kwargs.update(temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p)
+        return GenerationConfig(**kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: list[int],
+        spec: SamplingSpec,
+        multi_modal_inputs: dict[str, Any] | None = None,
+    ) -> GenerationResult:
+        """Generate one response for ``prompt_ids``; see the module docstring for the contract."""
+        if not prompt_ids:
+            raise ValueError("prompt_ids must not be empty")
+        input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
+        if spec.seed is not None:
+            # HF samples with torch's global generator; requests are serialized, so seeding it
+            # here makes a seeded request reproducible.
+            torch.manual_seed(spec.seed)
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            generation_config=self._generation_config(spec),
+            **(multi_modal_inputs or {}),
+        )
+        response = out.sequences[0, input_ids.shape[1] :].tolist()
+        # generate() may stop early and pad a *batch*; with one prompt there is no padding,
+        # but trim defensively to the number of decoding steps it reports.
+        response = response[: len(out.logits)]
+
+        stop_ids = self.eos_token_ids | set(spec.stop_token_ids)
+        stopped = not spec.ignore_eos and bool(response) and response[-1] in stop_ids
+        finish_reason: FinishReason = "stop" if stopped else "length"
+
+        log_probs = None
+        if spec.return_log_probs:
+            # (num_steps, vocab) raw logits -> temperature-scaled log-softmax, as verl's trainer.
+            logits = torch.cat([step_logits[:1].float() for step_logits in out.logits], dim=0)
+            logp = torch.log_softmax(logits / spec.logprob_temperature, dim=-1)
+            index = torch.tensor(response, dtype=torch.long, device=logp.device).unsqueeze(-1)
+            log_probs = logp.gather(-1, index).squeeze(-1).tolist()
+        return GenerationResult(token_ids=response, log_probs=log_probs, finish_reason=finish_reason)
