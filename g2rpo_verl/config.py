@@ -11,14 +11,39 @@ with weight 1 each.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
 
-__all__ = ["G2RPOConfig", "DEFAULT_GDPO_COMPONENTS", "load_g2rpo_config", "gdpo_components"]
+__all__ = ["G2RPOConfig", "EntropyShapingConfig", "DEFAULT_GDPO_COMPONENTS", "load_g2rpo_config", "gdpo_components"]
 
 DEFAULT_GDPO_COMPONENTS = ("accuracy", "format", "structure")
+
+
+@dataclass
+class EntropyShapingConfig:
+    """``g2rpo.entropy``: keep each task's token entropy inside a band (DESIGN.md).
+
+    Penalty added to verl's actor loss: ``beta · Σ_τ [relu(Ĥ_τ − high_τ) + relu(low_τ − Ĥ_τ)]``
+    with Ĥ_τ the token-mean entropy of task τ's responses.
+
+    Attributes:
+        enable: add the penalty (off by default in a plain verl config; the project's configs
+            turn it on as the paper does).
+        low / high: the band, reference 0.2 / 0.6, for every task not in ``per_task``.
+        beta: penalty coefficient, reference 0.02.
+        per_task: task-key value -> ``{low: ..., high: ...}`` overriding the band for that task.
+        estimator: ``sampled`` = −log π(y_t) of the sampled token (the reference's estimate),
+            ``exact`` = entropy of the full next-token distribution from the logits.
+    """
+
+    enable: bool = False
+    low: float = 0.2
+    high: float = 0.6
+    beta: float = 0.02
+    per_task: dict[str, dict[str, float]] = field(default_factory=dict)
+    estimator: str = "sampled"
 
 
 @dataclass
@@ -32,9 +57,11 @@ class G2RPOConfig:
             reference normalises per ``problem_type`` (answer type: "multiple choice",
             "math", "numerical", ...); ``task_type`` (domain) and ``data_source`` are common
             alternatives. A sample without it is an error, never a silent default task.
+        entropy: task-level entropy shaping, see :class:`EntropyShapingConfig`.
     """
 
     task_key: str = "problem_type"
+    entropy: EntropyShapingConfig = field(default_factory=EntropyShapingConfig)
 
 
 def load_g2rpo_config(full_config: Any) -> G2RPOConfig:

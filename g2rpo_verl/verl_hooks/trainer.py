@@ -18,17 +18,18 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from g2rpo_verl.config import gdpo_components, load_g2rpo_config
+from g2rpo_verl.config import G2RPOConfig, gdpo_components, load_g2rpo_config
 from g2rpo_verl.verl_hooks.estimators import ESTIMATORS, TaskBatch, task_batch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["G2RPOTrainerMixin", "install", "resolve_task_keys", "build_task_batch", "task_advantage_metrics"]
+__all__ = ["G2RPOTrainerMixin", "SampleInfo", "install", "resolve_task_keys", "build_task_batch", "task_advantage_metrics"]
 
 _TQ_FIELDS = ["uid", "data_source", "extra_info", "extra_fields"]
 
@@ -138,23 +139,43 @@ def task_advantage_metrics(batch: TaskBatch) -> dict[str, float]:
     return metrics
 
 
+@dataclass
+class SampleInfo:
+    """What the plugin reads per sample from TransferQueue, rows in ``batch.keys`` order."""
+
+    uids: list[str]
+    data_sources: list
+    tasks: list[str]  # the value of g2rpo.task_key
+    reward_infos: list[Mapping | None]  # the reward function's dict (reward_extra_info)
+
+
 class G2RPOTrainerMixin:
     """Mixed in front of verl's V1 trainers; see the module docstring."""
+
+    @property
+    def g2rpo_config(self) -> G2RPOConfig:
+        if getattr(self, "_g2rpo_config", None) is None:
+            self._g2rpo_config = load_g2rpo_config(self.config)
+        return self._g2rpo_config
+
+    def _sample_info(self, batch) -> SampleInfo:
+        """Per-sample task keys and reward dicts of ``batch`` (a ``KVBatchMeta``)."""
+        import transfer_queue as tq
+
+        rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=_TQ_FIELDS)
+        columns = {name: rows.pop(name).tolist() for name in ("uid", "data_source")}
+        extra_infos = rows.pop("extra_info").tolist()
+        reward_infos = [(ef or {}).get("reward_extra_info") for ef in rows.pop("extra_fields").tolist()]
+        tasks = resolve_task_keys(self.g2rpo_config.task_key, columns, extra_infos, reward_infos)
+        return SampleInfo(columns["uid"], columns["data_source"], tasks, reward_infos)
 
     def _compute_advantage(self, batch, metrics: dict):
         estimator = self.config.algorithm.adv_estimator
         if estimator not in ESTIMATORS:
             return super()._compute_advantage(batch, metrics)
-        import transfer_queue as tq
-
-        cfg = load_g2rpo_config(self.config)
-        rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=_TQ_FIELDS)
-        columns = {name: rows.pop(name).tolist() for name in ("uid", "data_source")}
-        extra_infos = rows.pop("extra_info").tolist()
-        reward_infos = [(ef or {}).get("reward_extra_info") for ef in rows.pop("extra_fields").tolist()]
-        tasks = resolve_task_keys(cfg.task_key, columns, extra_infos, reward_infos)
+        info = self._sample_info(batch)
         components = gdpo_components(self.config.algorithm) if estimator == "gs_gdpo" else None
-        side = build_task_batch(columns["uid"], tasks, reward_infos, components)
+        side = build_task_batch(info.uids, info.tasks, info.reward_infos, components)
         with task_batch(side):
             batch = super()._compute_advantage(batch, metrics)
         metrics.update(task_advantage_metrics(side))
