@@ -1,0 +1,359 @@
+"""Per-problem-type accuracy (in [0, 1]) and structure (0 or 0.5) of one extracted answer.
+
+Problem types (canonical names; aliases in :data:`PROBLEM_TYPE_ALIASES`):
+
+==================  ====================================================  ==========================
+problem type        accuracy                                              structure 0.5 when
+==================  ====================================================  ==========================
+multiple choice     predicted option letter == true letter (1/0)          the answer is a letter form
+numerical           equal after rounding to 2 decimals (1/0)              the answer is one number
+regression          mean relative accuracy over t = 0.50, 0.55, …, 0.95   the answer is one number
+OCR                 1 − word error rate (jiwer), clipped to [0, 1]         the answer is non-empty
+math                symbolic equivalence via math-verify (1/0)            math-verify parses it
+spatial grounding   IoU of boxes, optimal one-to-one matching              the answer is strict JSON boxes
+free-form           exact match after normalization (1/0)                 the answer is non-empty
+==================  ====================================================  ==========================
+
+An unknown problem type is scored as free-form (one warning per name). A ground truth that
+cannot be read for its problem type raises ``ValueError`` (counted as a reward failure by
+the caller: it is a data error, not a model error).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from collections.abc import Callable
+
+from g2rpo_verl.rewards.answers import (
+    match_option_text,
+    normalize_text,
+    parse_boxes,
+    parse_choice_letter,
+    parse_number,
+    parse_options,
+)
+from g2rpo_verl.rewards.guard import GuardError, GuardTimeout, math_pool
+
+__all__ = [
+    "MULTIPLE_CHOICE",
+    "NUMERICAL",
+    "REGRESSION",
+    "OCR",
+    "MATH",
+    "GROUNDING",
+    "FREE_FORM",
+    "PROBLEM_TYPES",
+    "PROBLEM_TYPE_ALIASES",
+    "STRUCTURE_BONUS",
+    "REGRESSION_THRESHOLDS",
+    "Scored",
+    "ScoringFailure",
+    "canonical_problem_type",
+    "score_answer",
+    "box_iou",
+    "match_boxes",
+    "mean_relative_accuracy",
+    "ocr_accuracy",
+    "math_equivalent",
+]
+
+logger = logging.getLogger(__name__)
+
+MULTIPLE_CHOICE = "multiple choice"
+NUMERICAL = "numerical"
+REGRESSION = "regression"
+OCR = "OCR"
+MATH = "math"
+GROUNDING = "spatial grounding"
+FREE_FORM = "free-form"
+PROBLEM_TYPES = (MULTIPLE_CHOICE, NUMERICAL, REGRESSION, OCR, MATH, GROUNDING, FREE_FORM)
+
+#: normalized alias (lower case, ``_``/``-`` as spaces) -> canonical problem type
+PROBLEM_TYPE_ALIASES: dict[str, str] = {
+    "multiple choice": MULTIPLE_CHOICE,
+    "multiple choices": MULTIPLE_CHOICE,
+    "multi choice": MULTIPLE_CHOICE,
+    "multiplechoice": MULTIPLE_CHOICE,
+    "mcq": MULTIPLE_CHOICE,
+    "mc": MULTIPLE_CHOICE,
+    "choice": MULTIPLE_CHOICE,
+    "numerical": NUMERICAL,
+    "numeric": NUMERICAL,
+    "number": NUMERICAL,
+    "regression": REGRESSION,
+    "ocr": OCR,
+    "math": MATH,
+    "mathematics": MATH,
+    "math reasoning": MATH,
+    "spatial grounding": GROUNDING,
+    "grounding": GROUNDING,
+    "bbox": GROUNDING,
+    "free form": FREE_FORM,
+    "freeform": FREE_FORM,
+}
+
+STRUCTURE_BONUS = 0.5
+#: t = 0.50, 0.55, ..., 0.95 (exact decimal steps, not accumulated float steps)
+REGRESSION_THRESHOLDS = tuple((50 + 5 * i) / 100 for i in range(10))
+
+
+class ScoringFailure(Exception):
+    """A guarded check failed (timeout, crashed worker); the sample counts as a reward failure."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Accuracy in [0, 1] and structure in {0, STRUCTURE_BONUS} of one answer."""
+
+    accuracy: float
+    structure: float
+
+
+def _alias_key(name: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[_\-]", " ", name.strip().lower()))
+
+
+def canonical_problem_type(name: Any) -> str | None:
+    """The canonical problem type for ``name`` (case, ``_``/``-`` and aliases ignored), else None."""
+    if not isinstance(name, str):
+        return None
+    return PROBLEM_TYPE_ALIASES.get(_alias_key(name))
+
+
+# ---------------------------------------------------------------------------------------
+def _multiple_choice(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any) -> Scored:
+    options = parse_options(extra_info.get("options"))
+    truth_s = str(truth).strip()
+    true_letter = parse_choice_letter(truth_s) or match_option_text(truth_s, options)
+    if answer is None:
+        return Scored(0.0, 0.0)
+    letter = parse_choice_letter(answer)
+    structure = STRUCTURE_BONUS if letter is not None else 0.0
+    if letter is None:
+        letter = match_option_text(answer, options)
+    if true_letter is None:
+        # a ground truth that is neither a letter nor an option: compare the texts
+        return Scored(float(normalize_text(answer) == normalize_text(truth_s) and bool(truth_s)), structure)
+    return Scored(float(letter == true_letter), structure)
+
+
+def _truth_number(truth: Any) -> tuple[float, bool]:
+    if isinstance(truth, (int, float)) and not isinstance(truth, bool) and math.isfinite(truth):
+        return float(truth), False
+    parsed = parse_number(str(truth), strict=False)
+    if parsed is None:
+        raise ValueError(f"ground truth {str(truth)[:80]!r} is not a number")
+    return parsed
+
+
+def _numbers_equal(pred: tuple[float, bool], truth: tuple[float, bool]) -> bool:
+    """Equal to 2 decimals; a ``%`` on either side may also mean /100 (45% == 45 == 0.45)."""
+
+    def candidates(value: float, percent: bool) -> tuple[float, ...]:
+        return (value, value / 100.0) if percent else (value,)
+
+    pv, tv = candidates(*pred), candidates(*truth)
+    return any(round(p, 2) == round(t, 2) for p in pv for t in tv)
+
+
+def _numerical(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any) -> Scored:
+    true_num = _truth_number(truth)
+    if answer is None:
+        return Scored(0.0, 0.0)
+    pred = parse_number(answer, strict=True)
+    structure = STRUCTURE_BONUS if pred is not None else 0.0
+    if pred is None:
+        pred = parse_number(answer, strict=False)
+    return Scored(float(pred is not None and _numbers_equal(pred, true_num)), structure)
+
+
+def mean_relative_accuracy(pred: float, truth: float, thresholds: tuple[float, ...] = REGRESSION_THRESHOLDS) -> float:
+    """Mean over thresholds t of ``1[|pred − truth| / |truth| < 1 − t]``.
+
+    ``truth == 0``: the relative error is 0 when ``pred == 0`` and infinite otherwise.
+    Non-finite inputs score 0.
+    """
+    if not (math.isfinite(pred) and math.isfinite(truth)):
+        return 0.0
+    if truth == 0:
+        rel = 0.0 if pred == 0 else math.inf
+    else:
+        rel = abs(pred - truth) / abs(truth)
+    return sum(1.0 for t in thresholds if rel < 1.0 - t) / len(thresholds)
+
+
+def _regression(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any) -> Scored:
+    true_value, _ = _truth_number(truth)
+    if answer is None:
+        return Scored(0.0, 0.0)
+    pred = parse_number(answer, strict=True)
+    structure = STRUCTURE_BONUS if pred is not None else 0.0
+    if pred is None:
+        pred = parse_number(answer, strict=False)
+    # a percent sign is ignored here: regression targets are plain quantities
+    return Scored(mean_relative_accuracy(pred[0], true_value) if pred is not None else 0.0, structure)
+
+
+def ocr_accuracy(pred: str, truth: str) -> float:
+    """``1 − WER(truth, pred)`` clipped to [0, 1], after :func:`normalize_text` on both.
+
+    Normalization: Unicode NFKC, case-folding, whitespace collapsed; punctuation is kept
+    (it is part of the text to read). Empty truth: 1 if the prediction is empty too, else 0.
+    """
+    import jiwer
+
+    ref, hyp = normalize_text(truth), normalize_text(pred)
+    if not ref:
+        return 1.0 if not hyp else 0.0
+    if not hyp:
+        return 0.0
+    return min(1.0, max(0.0, 1.0 - float(jiwer.wer(ref, hyp))))
+
+
+def _ocr(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any) -> Scored:
+    if answer is None:
+        return Scored(0.0, 0.0)
+    return Scored(ocr_accuracy(answer, str(truth)), STRUCTURE_BONUS)
+
+
+def math_equivalent(pred: str, truth: str, timeout_s: float = 5.0, queue_timeout_s: float = 60.0, workers: int = 0) -> tuple[bool, bool]:
+    """``(equivalent, parsed)`` by math-verify, run in a killable worker process.
+
+    ``parsed``: math-verify turned the prediction into a sympy object. Raises
+    :class:`ScoringFailure` on a timeout or a worker failure. Typical worst case
+    ``timeout_s + 2 s`` (+ ~0.5 s to start a replacement worker); absolute bound
+    ``queue_timeout_s + 2 · (60 s start-up limit + timeout_s + 2 s)``.
+    """
+    pool = math_pool(workers or None)
+    try:
+        reply = pool.call(
+            {"gold": truth, "pred": pred, "soft_timeout_s": timeout_s},
+            timeout_s=timeout_s + 2.0,  # the worker's own alarm fires first; this is the hard stop
+            queue_timeout_s=queue_timeout_s,
+        )
+    except (GuardTimeout, GuardError) as err:
+        raise ScoringFailure(f"math check: {err}") from err
+    if not reply.get("ok"):
+        raise ScoringFailure(f"math check: {reply.get('error')}: {reply.get('detail')}")
+    return bool(reply.get("correct")), bool(reply.get("parsed"))
+
+
+def _math(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any) -> Scored:
+    if answer is None or len(answer) > settings.max_math_chars:
+        return Scored(0.0, 0.0)
+    truth_s = str(truth).strip()
+    if not truth_s:
+        raise ValueError("empty ground truth")
+    if len(truth_s) > settings.max_math_chars:
+        raise ValueError(f"ground truth longer than max_math_chars={settings.max_math_chars}")
+    correct, parsed = math_equivalent(
+        answer, truth_s, settings.math_timeout_s, settings.math_queue_timeout_s, settings.math_workers
+    )
+    return Scored(float(correct), STRUCTURE_BONUS if parsed else 0.0)
+
+
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """IoU of two boxes ``(x1, y1, x2, y2)``; swapped corners are reordered; no-area -> 0."""
+    ax1, ax2 = sorted((a[0], a[2]))
+    ay1, ay2 = sorted((a[1], a[3]))
+    bx1, bx2 = sorted((b[0], b[2]))
+    by1, by2 = sorted((b[1], b[3]))
+    iw = max(0.0, min(ax2, bx2) - max(ax1, bx1))
+    ih = max(0.0, min(ay2, by2) - max(ay1, by1))
+    inter = iw * ih
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    if not (union > 0.0 and math.isfinite(union)):
+        return 0.0
+    return min(1.0, max(0.0, inter / union))
+
+
+def match_boxes(pred: list[tuple[float, ...]], truth: list[tuple[float, ...]]) -> float:
+    """Sum of IoUs of the best one-to-one matching, divided by ``max(len(pred), len(truth))``.
+
+    Each true box is matched with at most one predicted box (Hungarian assignment maximizing
+    total IoU), so extra predicted boxes and missed true boxes both lower the score, and
+    predicting many boxes cannot inflate it. One box each: plain IoU.
+    """
+    if not pred or not truth:
+        return 0.0
+    if len(pred) == 1 and len(truth) == 1:
+        return box_iou(pred[0], truth[0])
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    ious = np.array([[box_iou(p, t) for t in truth] for p in pred], dtype=np.float64)
+    rows, cols = linear_sum_assignment(ious, maximize=True)
+    return float(min(1.0, ious[rows, cols].sum() / max(len(pred), len(truth))))
+
+
+def _grounding(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any) -> Scored:
+    true_boxes = parse_boxes(truth, strict=True) or parse_boxes(truth, strict=False)
+    if true_boxes is None:
+        raise ValueError(f"ground truth {str(truth)[:80]!r} has no box")
+    if answer is None:
+        return Scored(0.0, 0.0)
+    boxes = parse_boxes(answer, strict=True)
+    structure = STRUCTURE_BONUS if boxes is not None else 0.0
+    if boxes is None:
+        boxes = parse_boxes(answer, strict=False)
+    return Scored(match_boxes(boxes or [], true_boxes), structure)
+
+
+def _free_form_norm(text: str) -> str:
+    s = normalize_text(text)
+    s = s.strip("\"'`“”‘’")
+    return s.rstrip(".。!").strip()
+
+
+def _free_form(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any) -> Scored:
+    if answer is None:
+        return Scored(0.0, 0.0)
+    truth_n = _free_form_norm(str(truth))
+    return Scored(float(bool(truth_n) and _free_form_norm(answer) == truth_n), STRUCTURE_BONUS)
+
+
+_SCORERS: dict[str, Callable[[str | None, Any, Mapping[str, Any], Any], Scored]] = {
+    MULTIPLE_CHOICE: _multiple_choice,
+    NUMERICAL: _numerical,
+    REGRESSION: _regression,
+    OCR: _ocr,
+    MATH: _math,
+    GROUNDING: _grounding,
+    FREE_FORM: _free_form,
+}
+
+_warned_types: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def score_answer(
+    problem_type: str, answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any
+) -> Scored:
+    """Accuracy and structure of ``answer`` (``None``: no answer found) for ``problem_type``.
+
+    ``problem_type`` is canonical or unknown (unknown -> free-form, warned once per name).
+    Raises ``ValueError`` for an unreadable ground truth and :class:`ScoringFailure` for a
+    failed guarded check; any other exception is a bug the caller also guards against.
+    """
+    scorer = _SCORERS.get(problem_type)
+    if scorer is None:
+        with _warned_lock:
+            first = problem_type not in _warned_types
+            _warned_types.add(problem_type)
+        if first:
+            logger.warning(
+                "g2rpo_verl.rewards: no scorer for problem_type %r; scoring it as free-form "
+                "(exact normalized match). Known: %s",
+                problem_type,
+                ", ".join(PROBLEM_TYPES),
+            )
+        scorer = _free_form
+    result = scorer(answer, truth, extra_info, settings)
+    accuracy = result.accuracy if math.isfinite(result.accuracy) else 0.0
+    return Scored(min(1.0, max(0.0, accuracy)), STRUCTURE_BONUS if result.structure > 0 else 0.0)
