@@ -14,9 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from g2rpo_verl.length_shaping import DEFAULT_TASK_PROFILES, TaskLengthRule
+
 from omegaconf import OmegaConf
 
-__all__ = ["G2RPOConfig", "EntropyShapingConfig", "DEFAULT_GDPO_COMPONENTS", "load_g2rpo_config", "gdpo_components"]
+__all__ = ["G2RPOConfig", "EntropyShapingConfig", "LengthShapingConfig", "DEFAULT_GDPO_COMPONENTS", "load_g2rpo_config", "gdpo_components"]
 
 DEFAULT_GDPO_COMPONENTS = ("accuracy", "format", "structure")
 
@@ -46,6 +48,68 @@ class EntropyShapingConfig:
     estimator: str = "sampled"
 
 
+def _default_length_profiles() -> dict[str, dict[str, Any]]:
+    # Reference trends (DESIGN.md): reasoning ~600 -> 1100 tokens, grounding ~125 -> 65,
+    # documents ~105 -> 30-50, with 4096-token responses.
+    return {
+        "reasoning": {"floor": 512, "ceiling": 2048, "stretch": 0.1, "width": 0.5, "ramp": 0.5},
+        "perception": {"floor": 32, "ceiling": 128, "stretch": 0.1, "width": 1.0, "ramp": 1.0},
+        "neutral": {},
+    }
+
+
+@dataclass
+class LengthShapingConfig:
+    """``g2rpo.length``: per-task response-length envelope (rule: g2rpo_verl.length_shaping).
+
+    Attributes:
+        enable: score response lengths (off by default in a plain verl config).
+        weight: ``w_len`` — the length score enters the reward as ``score + weight·length``
+            (reference 0.1; the reference also lowers the accuracy weight to 0.8, set that
+            in the reward function's kwargs to match it exactly).
+        mode: ``reward`` (added to the scalar reward) or ``component`` (a GS-GDPO component
+            named ``length``; list it in ``algorithm.gdpo_reward_keys``).
+        momentum: EMA momentum of each task's running successful length.
+        success_key / success_threshold: a response counts as successful for the running
+            statistics when ``reward_extra_info[success_key] >= success_threshold``.
+        truncation: responses that hit the length limit without EOS: ``penalize`` (length
+            score 0), ``mask`` (their advantages are zeroed: no gradient from them) or
+            ``none``. They never enter the running statistics.
+        profiles: default constants of each profile (see TaskLengthRule).
+        tasks: task-key value -> ``{profile: ..., floor: ..., ceiling: ..., stretch: ...,
+            width: ..., ramp: ...}``; unset keys come from the profile. Tasks not listed use
+            the built-in profile of their name (math, grounding, OCR, ...) or
+            ``default_profile``.
+        default_profile: profile of tasks neither listed nor known.
+    """
+
+    enable: bool = False
+    weight: float = 0.1
+    mode: str = "reward"
+    momentum: float = 0.9
+    success_key: str = "accuracy"
+    success_threshold: float = 0.5
+    truncation: str = "penalize"
+    profiles: dict[str, dict[str, Any]] = field(default_factory=_default_length_profiles)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    default_profile: str = "neutral"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("reward", "component"):
+            raise ValueError(f"g2rpo.length.mode must be 'reward' or 'component', got {self.mode!r}")
+        if self.truncation not in ("penalize", "mask", "none"):
+            raise ValueError(f"g2rpo.length.truncation must be penalize, mask or none, got {self.truncation!r}")
+
+    def rule(self, task: str) -> TaskLengthRule:
+        """The envelope constants of ``task`` (raises ValueError naming the task if invalid)."""
+        own = dict(self.tasks.get(task, {}))
+        profile = own.pop("profile", None) or DEFAULT_TASK_PROFILES.get(task, self.default_profile)
+        try:
+            return TaskLengthRule(profile=profile, **{**self.profiles.get(profile, {}), **own})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"g2rpo.length rule of task {task!r}: {err}") from err
+
+
 @dataclass
 class G2RPOConfig:
     """Keys of the ``g2rpo`` config section.
@@ -58,10 +122,12 @@ class G2RPOConfig:
             "math", "numerical", ...); ``task_type`` (domain) and ``data_source`` are common
             alternatives. A sample without it is an error, never a silent default task.
         entropy: task-level entropy shaping, see :class:`EntropyShapingConfig`.
+        length: task-level response-length shaping, see :class:`LengthShapingConfig`.
     """
 
     task_key: str = "problem_type"
     entropy: EntropyShapingConfig = field(default_factory=EntropyShapingConfig)
+    length: LengthShapingConfig = field(default_factory=LengthShapingConfig)
 
 
 def load_g2rpo_config(full_config: Any) -> G2RPOConfig:

@@ -86,18 +86,22 @@ def gs_grpo_torch_loop(token_level_rewards, response_mask, index, tasks):
     return _torch_loop_transport(stage1, tasks).unsqueeze(-1) * response_mask
 
 
-def median_time(fn, repeat: int, device: str) -> float:
-    fn()  # warm-up (allocations, lazy init)
-    times = []
+def median_times(fns: dict, repeat: int, device: str) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved round-robin so that
+    load from other processes hits every contender alike (the ratios are what we report)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up (allocations, lazy init)
     for _ in range(repeat):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def bench_size(n_prompts: int, device: str, repeat: int) -> dict[str, float]:
@@ -113,20 +117,18 @@ def bench_size(n_prompts: int, device: str, repeat: int) -> dict[str, float]:
         with task_batch(ctx):
             fn(token_level_rewards=rewards, response_mask=mask, index=uids, config=cfg)
 
-    slow_repeat = max(1, repeat // 10)
     groups, tasks = list(uids), task_names
-    return {
-        "gs_grpo": median_time(lambda: run_gs(gs_grpo, ctx_grpo), repeat, device),
-        "gs_gdpo": median_time(lambda: run_gs(gs_gdpo, ctx_gdpo), repeat, device),
-        "grpo_vectorized": median_time(
-            lambda: grpo_vec(token_level_rewards=rewards, response_mask=mask, index=uids), repeat, device
-        ),
-        "grpo": median_time(
-            lambda: core_algos.compute_grpo_outcome_advantage(rewards, mask, uids), slow_repeat, device
-        ),
-        "torch_loop": median_time(lambda: gs_grpo_torch_loop(rewards, mask, uids, tasks), slow_repeat, device),
-        "python_loop": median_time(lambda: gs_grpo_loop(scores.tolist(), groups, tasks), slow_repeat, device),
+    fast = {
+        "gs_grpo": lambda: run_gs(gs_grpo, ctx_grpo),
+        "gs_gdpo": lambda: run_gs(gs_gdpo, ctx_gdpo),
+        "grpo_vectorized": lambda: grpo_vec(token_level_rewards=rewards, response_mask=mask, index=uids),
     }
+    slow = {
+        "grpo": lambda: core_algos.compute_grpo_outcome_advantage(rewards, mask, uids),
+        "torch_loop": lambda: gs_grpo_torch_loop(rewards, mask, uids, tasks),
+        "python_loop": lambda: gs_grpo_loop(scores.tolist(), groups, tasks),
+    }
+    return {**median_times(fast, repeat, device), **median_times(slow, max(3, repeat // 10), device)}
 
 
 def main() -> None:

@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from g2rpo_verl.config import G2RPOConfig, gdpo_components, load_g2rpo_config
+from g2rpo_verl.verl_hooks.entropy import EntropyShapingMixin
 from g2rpo_verl.verl_hooks.estimators import ESTIMATORS, TaskBatch, task_batch
+from g2rpo_verl.verl_hooks.length import LengthShapingMixin
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +151,7 @@ class SampleInfo:
     reward_infos: list[Mapping | None]  # the reward function's dict (reward_extra_info)
 
 
-class G2RPOTrainerMixin:
+class G2RPOTrainerMixin(EntropyShapingMixin, LengthShapingMixin):
     """Mixed in front of verl's V1 trainers; see the module docstring."""
 
     @property
@@ -171,14 +173,21 @@ class G2RPOTrainerMixin:
 
     def _compute_advantage(self, batch, metrics: dict):
         estimator = self.config.algorithm.adv_estimator
-        if estimator not in ESTIMATORS:
+        shape_lengths = self.g2rpo_config.length.enable
+        if estimator not in ESTIMATORS and not shape_lengths:
             return super()._compute_advantage(batch, metrics)
         info = self._sample_info(batch)
-        components = gdpo_components(self.config.algorithm) if estimator == "gs_gdpo" else None
-        side = build_task_batch(info.uids, info.tasks, info.reward_infos, components)
-        with task_batch(side):
+        truncated = self._shape_lengths(batch, info, metrics) if shape_lengths else None
+        if estimator in ESTIMATORS:
+            components = gdpo_components(self.config.algorithm) if estimator == "gs_gdpo" else None
+            side = build_task_batch(info.uids, info.tasks, info.reward_infos, components)
+            with task_batch(side):
+                batch = super()._compute_advantage(batch, metrics)
+            metrics.update(task_advantage_metrics(side))
+        else:
             batch = super()._compute_advantage(batch, metrics)
-        metrics.update(task_advantage_metrics(side))
+        if truncated is not None and self.g2rpo_config.length.truncation == "mask":
+            self._mask_truncated(batch, truncated)
         return batch
 
 

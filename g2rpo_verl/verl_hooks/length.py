@@ -1,0 +1,165 @@
+"""Response-length shaping inside verl's V1 trainer, where the whole batch is visible.
+
+verl's reward workers see one sample at a time, in several processes, so running per-task
+length statistics cannot live there. The trainer mixin calls :meth:`LengthShapingMixin.
+_shape_lengths` at the start of each advantage step: it reads the responses from
+TransferQueue, finds truncation from EOS (not from the tensor width), scores each length
+with the task's envelope, adds ``weight · score`` to the reward at the last response token
+(or hands it to GS-GDPO as the ``length`` component), updates the running statistics, and
+logs them per task. The statistics are saved next to verl's checkpoint of each step
+(``global_step_N/g2rpo_state.json``) and restored on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+
+from g2rpo_verl.length_shaping import LengthShaper
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LengthShapingMixin", "STATE_FILE", "response_stats"]
+
+STATE_FILE = "g2rpo_state.json"
+
+
+def response_stats(responses: torch.Tensor, response_mask: torch.Tensor, eos_ids: set[int]):
+    """Lengths ``(N,)`` and truncation flags ``(N,)`` of padded ``responses`` ``(N, T)``.
+
+    A response is truncated when its last valid token is not an EOS token — whatever the
+    padded width is. An empty response is not truncated.
+    """
+    lengths = response_mask.sum(-1).long()
+    last = responses.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    ended = torch.isin(last, torch.tensor(sorted(eos_ids), dtype=last.dtype))
+    return lengths, (lengths > 0) & ~ended
+
+
+def _eos_ids(trainer) -> set[int]:
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.config import HFModelConfig
+
+    ids = {trainer.tokenizer.eos_token_id} if trainer.tokenizer.eos_token_id is not None else set()
+    model_config = omega_conf_to_dataclass(trainer.config.actor_rollout_ref.model, dataclass_type=HFModelConfig)
+    eos = getattr(model_config.generation_config, "eos_token_id", None)
+    ids.update([eos] if isinstance(eos, int) else list(eos or []))
+    if not ids:
+        raise ValueError("g2rpo.length: the tokenizer and generation config name no EOS token")
+    return {int(i) for i in ids}
+
+
+class LengthShapingMixin:
+    """Length shaping for the V1 trainer (mixed into G2RPOTrainerMixin)."""
+
+    @property
+    def length_shaper(self) -> LengthShaper:
+        if getattr(self, "_length_shaper", None) is None:
+            cfg = self.g2rpo_config.length
+            if cfg.mode == "component" and (
+                self.config.algorithm.adv_estimator != "gs_gdpo"
+                or "length" not in (self.config.algorithm.get("gdpo_reward_keys") or [])
+            ):
+                raise ValueError(
+                    "g2rpo.length.mode=component needs algorithm.adv_estimator=gs_gdpo with 'length' "
+                    "in algorithm.gdpo_reward_keys"
+                )
+            self._length_shaper = LengthShaper({}, cfg.rule, momentum=cfg.momentum)
+            self._length_eos_ids = _eos_ids(self)
+        return self._length_shaper
+
+    def _shape_lengths(self, batch, info, metrics: dict) -> torch.Tensor:
+        """Apply length shaping to ``batch`` (see module docstring); return truncation flags ``(N,)``."""
+        import transfer_queue as tq
+        from tensordict import TensorDict
+        from verl.workers.utils.padding import response_to_nested
+
+        from g2rpo_verl.verl_hooks.trainer import _metric_name
+
+        cfg, shaper = self.g2rpo_config.length, self.length_shaper
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["rm_scores", "response_mask", "responses"]
+        )
+        nested_mask = data["response_mask"]
+        padded = data.to_padded_tensor()
+        lengths, truncated = response_stats(padded["responses"], padded["response_mask"], self._length_eos_ids)
+        scores = shaper.score(lengths, info.tasks)
+        if cfg.truncation == "penalize":
+            scores = torch.where(truncated, torch.zeros_like(scores), scores)
+
+        for task in dict.fromkeys(info.tasks):
+            sel = torch.tensor([t == task for t in info.tasks])
+            prefix = _metric_name(task)
+            for name, value in zip(("a", "b", "c", "d"), shaper.bounds(task)):
+                metrics[f"{prefix}/length/bound_{name}"] = value
+            metrics[f"{prefix}/length/mean"] = lengths[sel].double().mean().item()
+            metrics[f"{prefix}/length/score"] = scores[sel].mean().item()
+            metrics[f"{prefix}/length/truncation_rate"] = truncated[sel].double().mean().item()
+
+        successful = torch.tensor(
+            [float((r or {}).get(cfg.success_key) or 0.0) >= cfg.success_threshold for r in info.reward_infos]
+        )
+        shaper.update(lengths, info.tasks, successful & ~truncated)
+
+        if cfg.mode == "component":
+            for i, reward_info in enumerate(info.reward_infos):
+                info.reward_infos[i] = {**(reward_info or {}), "length": scores[i].item()}
+        else:
+            rm_scores = padded["rm_scores"].clone()
+            rows = torch.nonzero(lengths > 0).squeeze(1)
+            rm_scores[rows, lengths[rows] - 1] += cfg.weight * scores[rows].to(rm_scores.dtype)
+            tq.kv_batch_put(
+                keys=batch.keys,
+                partition_id=batch.partition_id,
+                fields=TensorDict({"rm_scores": response_to_nested(rm_scores, nested_mask)}, batch_size=len(batch)),
+            )
+        return truncated
+
+    def _mask_truncated(self, batch, truncated: torch.Tensor) -> None:
+        """Zero the advantages of truncated responses (``g2rpo.length.truncation=mask``)."""
+        import transfer_queue as tq
+        from tensordict import TensorDict
+        from verl.workers.utils.padding import response_to_nested
+
+        if not truncated.any():
+            return
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["advantages", "response_mask"])
+        nested_mask = data["response_mask"]
+        adv = data.to_padded_tensor()["advantages"]
+        adv[truncated.to(adv.device)] = 0.0
+        fields = TensorDict({"advantages": response_to_nested(adv, nested_mask)}, batch_size=len(batch))
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+
+    # -------------------------------------------------------------- checkpoints
+
+    def _g2rpo_checkpoint_folder(self, loading: bool) -> str:
+        # The folders verl itself uses for this step's save / for the resumed checkpoint.
+        trainer_cfg = self.config.trainer
+        if loading and trainer_cfg.resume_mode == "resume_path":
+            return trainer_cfg.resume_from_path
+        return os.path.join(trainer_cfg.default_local_dir, f"global_step_{self.global_steps}")
+
+    def _save_checkpoint(self):
+        super()._save_checkpoint()
+        if not self.g2rpo_config.length.enable:
+            return
+        path = os.path.join(self._g2rpo_checkpoint_folder(loading=False), STATE_FILE)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"length": self.length_shaper.state_dict()}, f)
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written state file
+
+    def _load_checkpoint(self):
+        super()._load_checkpoint()
+        if not self.g2rpo_config.length.enable or self.global_steps == 0:
+            return
+        path = os.path.join(self._g2rpo_checkpoint_folder(loading=True), STATE_FILE)
+        if not os.path.exists(path):
+            logger.warning("g2rpo: no %s in the checkpoint; length statistics start afresh", path)
+            return
+        with open(path) as f:
+            self.length_shaper.load_state_dict(json.load(f)["length"])
+        logger.warning("g2rpo: length statistics restored from %s", path)
