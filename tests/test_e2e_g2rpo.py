@@ -62,3 +62,46 @@ def test_real_verl_run_reaches_the_estimator_with_per_task_keys(tmp_path, estima
             assert lo <= mean <= hi and max(-lo, hi) < 3.0
         # every sample of the step was assigned to one of the toy tasks, under the chosen key
         assert counted == prompts * rollouts, sorted(k for k in data if k.startswith("task_"))
+
+
+LENGTH_OVERRIDES = [
+    "g2rpo.length.enable=true",
+    # every non-truncated response counts as a success, so the running statistics must move
+    "g2rpo.length.success_threshold=0",
+    "g2rpo.length.default_profile=perception",
+    "g2rpo.length.profiles.perception.floor=2",
+    "g2rpo.length.profiles.perception.ceiling=6",
+    "g2rpo.length.tasks.numerical.profile=reasoning",
+    "g2rpo.length.tasks.numerical.floor=6",
+    "g2rpo.length.tasks.numerical.ceiling=10",
+]
+
+
+def test_length_shaping_runs_in_real_verl_and_its_state_survives_a_resume(tmp_path):
+    from omegaconf import OmegaConf
+
+    from g2rpo_verl.config import load_g2rpo_config
+    from g2rpo_verl.length_shaping import LengthShaper
+
+    common = ["algorithm.adv_estimator=gs_grpo", "trainer.save_freq=1", *("+" + o for o in LENGTH_OVERRIDES)]
+    first = run_smoke(tmp_path, "trainer.total_training_steps=2", *common)
+    tasks = [pt for pt, _ in TOY_TASKS.values()]
+    for step, data in first.items():
+        for task in tasks:
+            for name in ("mean", "score", "truncation_rate", "bound_a", "bound_d"):
+                value = data[task_metric(task, f"length/{name}")]
+                assert math.isfinite(value), (step, task, name)
+            assert 0 <= data[task_metric(task, "length/truncation_rate")] <= 1
+    saved = json.loads((tmp_path / "checkpoints" / "global_step_2" / "g2rpo_state.json").read_text())
+
+    # Same command, one more step: verl resumes from global_step_2 and so must the bounds.
+    second = run_smoke(tmp_path, "trainer.total_training_steps=3", *common)
+    assert sorted(second) == [3], "the second run did not resume from the step-2 checkpoint"
+    cfg = load_g2rpo_config(OmegaConf.from_dotlist(LENGTH_OVERRIDES)).length
+    restored = LengthShaper({}, cfg.rule, momentum=cfg.momentum)
+    restored.load_state_dict(saved["length"])
+    fresh = LengthShaper({}, cfg.rule, momentum=cfg.momentum)
+    assert any(restored.bounds(t) != fresh.bounds(t) for t in tasks), "statistics never moved: nothing to restore"
+    for task in tasks:
+        logged = [second[3][task_metric(task, f"length/bound_{k}")] for k in "abcd"]
+        assert logged == pytest.approx(list(restored.bounds(task)))
