@@ -29,23 +29,36 @@ def task_metric(task: str, name: str) -> str:
     return "task_" + task.replace(" ", "_") + "/" + name
 
 
+PROBLEM_TYPES = [pt for pt, _ in TOY_TASKS.values()]
+
+
 @pytest.mark.parametrize(
-    "estimator, task_key, tasks",
+    "estimator, extra, tasks",
     [
-        ("gs_grpo", None, [pt for pt, _ in TOY_TASKS.values()]),  # default key: problem_type
-        ("gs_gdpo", "data_source", list(TOY_TASKS)),
+        ("gs_grpo", [], PROBLEM_TYPES),  # default task key: problem_type
+        # data_source as task key; length as a fourth GS-GDPO component
+        (
+            "gs_gdpo",
+            [
+                "+g2rpo.task_key=data_source",
+                "+algorithm.gdpo_reward_keys=[accuracy,format,structure,length]",
+                "+g2rpo.length.enable=true",
+                "+g2rpo.length.mode=component",
+            ],
+            list(TOY_TASKS),
+        ),
+        ("grpo", [], PROBLEM_TYPES),  # verl's own estimator gets the per-task metrics too
     ],
 )
-def test_real_verl_run_reaches_the_estimator_with_per_task_keys(tmp_path, estimator, task_key, tasks):
+def test_real_verl_run_logs_per_task_metrics_from_the_estimator(tmp_path, estimator, extra, tasks):
     prompts, rollouts = 4, 4
     overrides = [
         f"algorithm.adv_estimator={estimator}",
         "trainer.total_training_steps=2",
         f"data.train_batch_size={prompts}",
         f"actor_rollout_ref.rollout.n={rollouts}",
+        *extra,
     ]
-    if task_key:
-        overrides.append(f"+g2rpo.task_key={task_key}")
     metrics = run_smoke(tmp_path, *overrides)
     assert sorted(metrics) == [1, 2]
     for step, data in metrics.items():
@@ -60,6 +73,10 @@ def test_real_verl_run_reaches_the_estimator_with_per_task_keys(tmp_path, estima
             assert abs(mean) < 1e-5, f"step {step}: task {task} advantages are not zero-sum"
             lo, hi = data[task_metric(task, "advantage/min")], data[task_metric(task, "advantage/max")]
             assert lo <= mean <= hi and max(-lo, hi) < 3.0
+            for name in ("reward/total", "reward/accuracy", "reward/format", "length/mean", "length/truncation_rate"):
+                assert math.isfinite(data[task_metric(task, name)]), name
+            if "+g2rpo.length.enable=true" in extra:
+                assert 0 <= data[task_metric(task, "length/score")] <= 1
         # every sample of the step was assigned to one of the toy tasks, under the chosen key
         assert counted == prompts * rollouts, sorted(k for k in data if k.startswith("task_"))
 

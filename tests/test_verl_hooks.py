@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from g2rpo_verl import gs_gdpo_advantages, gs_grpo_advantages
 from g2rpo_verl.config import DEFAULT_GDPO_COMPONENTS, gdpo_components, load_g2rpo_config
 from g2rpo_verl.verl_hooks.estimators import task_batch
-from g2rpo_verl.verl_hooks.trainer import build_task_batch, resolve_task_keys, task_advantage_metrics
+from g2rpo_verl.verl_hooks.trainer import build_task_batch, resolve_task_keys, task_step_metrics
 
 
 def run_fresh(code: str) -> subprocess.CompletedProcess:
@@ -102,11 +102,23 @@ def test_registered_gs_grpo_reads_task_ids_from_the_trainer_context():
     assert torch.allclose(adv, expected.unsqueeze(-1) * mask)
     assert torch.equal(adv, ret)
     assert torch.equal(adv[mask == 0], torch.zeros(int((mask == 0).sum())))
-    assert torch.allclose(side.advantages, expected)
-    metrics = task_advantage_metrics(side)
-    assert metrics["task_math/count"] == 8 and metrics["task_grounding/count"] == 4
-    assert abs(metrics["task_math/advantage/mean"]) < 1e-6
-    assert metrics["task_grounding/advantage/max"] == pytest.approx(float(expected[4:8].max()))
+
+
+def test_per_task_step_metrics():
+    tasks = ["math", "math", "OCR task", "math"]
+    infos = [{"accuracy": 1.0, "format": 1, "problem_type": "math"}, {"accuracy": 0.0, "format": None},
+             {"accuracy": 0.5}, {"accuracy": 1.0, "format": 0, "junk": float("nan")}]
+    m = task_step_metrics(
+        tasks, infos, rewards=torch.tensor([1.0, 0.0, 0.5, 1.0]), advantages=torch.tensor([1.0, -2.0, 0.0, 1.0]),
+        lengths=torch.tensor([10, 20, 5, 30]), truncated=torch.tensor([False, True, False, False]),
+    )
+    assert m["task_math/count"] == 3 and m["task_OCR_task/count"] == 1
+    assert m["task_math/advantage/mean"] == 0.0 and m["task_math/advantage/min"] == -2.0
+    assert m["task_math/reward/accuracy"] == pytest.approx(2 / 3)
+    assert m["task_math/reward/format"] == 0.5  # None = not applicable: left out of the mean
+    assert "task_math/reward/problem_type" not in m and "task_math/reward/junk" not in m
+    assert m["task_math/length/mean"] == 20 and m["task_math/length/truncation_rate"] == pytest.approx(1 / 3)
+    assert m["task_OCR_task/reward/total"] == 0.5
 
 
 def test_registered_gs_gdpo_uses_reward_components_with_missing_ones_neutral():

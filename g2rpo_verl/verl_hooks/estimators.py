@@ -4,8 +4,8 @@ verl calls a registered estimator with ``token_level_rewards``, ``response_mask`
 (uid) and ``config`` only — nothing per task. The plugin's trainer (see
 :mod:`g2rpo_verl.verl_hooks.trainer`) reads each sample's task key and reward components
 from TransferQueue and opens a :func:`task_batch` context around verl's own advantage step;
-the estimator reads it here, checks it is aligned with the rows it was given (same uids in
-the same order), and leaves its per-task statistics in it for the trainer to log.
+the estimator reads it here and checks it is aligned with the rows it was given (same uids
+in the same order).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ class TaskBatch:
         components: ``(N, K)`` float tensor of GS-GDPO reward components (``None`` for gs_grpo).
         present: ``(N, K)`` bool tensor, False where a component does not apply.
         component_names / component_weights: the K names and weights.
-        advantages: filled by the estimator: ``(N,)`` per-sample advantages.
     """
 
     uids: np.ndarray
@@ -48,7 +47,6 @@ class TaskBatch:
     present: torch.Tensor | None = None
     component_names: list[str] = field(default_factory=list)
     component_weights: list[float] = field(default_factory=list)
-    advantages: torch.Tensor | None = None
 
 
 _CURRENT: contextvars.ContextVar[TaskBatch | None] = contextvars.ContextVar("g2rpo_task_batch", default=None)
@@ -97,8 +95,7 @@ def _scores(token_level_rewards: torch.Tensor) -> torch.Tensor:
     return scores
 
 
-def _broadcast(batch: TaskBatch, per_sample: torch.Tensor, response_mask: torch.Tensor):
-    batch.advantages = per_sample.detach().cpu()
+def _broadcast(per_sample: torch.Tensor, response_mask: torch.Tensor):
     adv = per_sample.unsqueeze(-1) * response_mask.to(per_sample.dtype)
     return adv, adv
 
@@ -121,7 +118,7 @@ def compute_gs_grpo_outcome_advantage(
     with torch.no_grad():
         scores = _scores(token_level_rewards)
         per_sample = gs_grpo_advantages(scores, _group_ids(batch.uids, device), batch.task_ids.to(device))
-    return _broadcast(batch, per_sample, response_mask)
+    return _broadcast(per_sample, response_mask)
 
 
 @register_adv_est("gs_gdpo")
@@ -149,4 +146,4 @@ def compute_gs_gdpo_outcome_advantage(
             weights=batch.component_weights,
             present=batch.present.to(device),
         ).to(token_level_rewards.dtype)
-    return _broadcast(batch, per_sample, response_mask)
+    return _broadcast(per_sample, response_mask)

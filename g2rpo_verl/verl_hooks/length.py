@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -22,7 +23,7 @@ from g2rpo_verl.length_shaping import LengthShaper
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LengthShapingMixin", "STATE_FILE", "response_stats"]
+__all__ = ["LengthShapingMixin", "ResponseBatch", "STATE_FILE", "response_stats"]
 
 STATE_FILE = "g2rpo_state.json"
 
@@ -39,21 +40,69 @@ def response_stats(responses: torch.Tensor, response_mask: torch.Tensor, eos_ids
     return lengths, (lengths > 0) & ~ended
 
 
-def _eos_ids(trainer) -> set[int]:
-    from verl.utils.config import omega_conf_to_dataclass
-    from verl.workers.config import HFModelConfig
+@dataclass
+class ResponseBatch:
+    """One step's responses from TransferQueue, padded to ``(N, T)``, rows in ``batch.keys`` order."""
 
-    ids = {trainer.tokenizer.eos_token_id} if trainer.tokenizer.eos_token_id is not None else set()
-    model_config = omega_conf_to_dataclass(trainer.config.actor_rollout_ref.model, dataclass_type=HFModelConfig)
-    eos = getattr(model_config.generation_config, "eos_token_id", None)
-    ids.update([eos] if isinstance(eos, int) else list(eos or []))
-    if not ids:
-        raise ValueError("g2rpo.length: the tokenizer and generation config name no EOS token")
-    return {int(i) for i in ids}
+    nested_mask: torch.Tensor  # TransferQueue's own (nested) response_mask, to write fields back
+    response_mask: torch.Tensor  # (N, T)
+    responses: torch.Tensor  # (N, T) token ids
+    rm_scores: torch.Tensor  # (N, T) token-level rewards from the reward function
+    lengths: torch.Tensor  # (N,) tokens
+    truncated: torch.Tensor  # (N,) bool: ended without EOS
+
+    @classmethod
+    def fetch(cls, batch, eos_ids: set[int]) -> ResponseBatch:
+        import transfer_queue as tq
+
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["rm_scores", "response_mask", "responses"]
+        )
+        nested_mask = data["response_mask"]
+        padded = data.to_padded_tensor()
+        lengths, truncated = response_stats(padded["responses"], padded["response_mask"], eos_ids)
+        return cls(nested_mask, padded["response_mask"], padded["responses"], padded["rm_scores"], lengths, truncated)
+
+    def get(self, batch, field: str) -> torch.Tensor:
+        """A per-token field of these rows, padded ``(N, T)``."""
+        import transfer_queue as tq
+
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[field])
+        return data.to_padded_tensor()[field]
+
+    def token_mean(self, batch, field: str) -> torch.Tensor:
+        """``(N,)`` mean of a per-token field over each response's tokens (0 for an empty one)."""
+        mask = self.response_mask.to(torch.float64)
+        return (self.get(batch, field).to(torch.float64) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+    def put(self, batch, field: str, padded: torch.Tensor) -> None:
+        """Write a padded ``(N, T)`` per-token field back to TransferQueue."""
+        import transfer_queue as tq
+        from tensordict import TensorDict
+        from verl.workers.utils.padding import response_to_nested
+
+        fields = TensorDict({field: response_to_nested(padded, self.nested_mask)}, batch_size=len(batch))
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
 
 
 class LengthShapingMixin:
     """Length shaping for the V1 trainer (mixed into G2RPOTrainerMixin)."""
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        """Token ids that end a response: the tokenizer's EOS and the generation config's."""
+        if getattr(self, "_eos_token_ids", None) is None:
+            from verl.utils.config import omega_conf_to_dataclass
+            from verl.workers.config import HFModelConfig
+
+            ids = {self.tokenizer.eos_token_id} - {None}
+            model_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.model, dataclass_type=HFModelConfig)
+            eos = getattr(model_config.generation_config, "eos_token_id", None)
+            ids.update([eos] if isinstance(eos, int) else list(eos or []))
+            if not ids:
+                raise ValueError("the tokenizer and generation config name no EOS token: truncation is undefined")
+            self._eos_token_ids = {int(i) for i in ids}
+        return self._eos_token_ids
 
     @property
     def length_shaper(self) -> LengthShaper:
@@ -68,24 +117,14 @@ class LengthShapingMixin:
                     "in algorithm.gdpo_reward_keys"
                 )
             self._length_shaper = LengthShaper({}, cfg.rule, momentum=cfg.momentum)
-            self._length_eos_ids = _eos_ids(self)
         return self._length_shaper
 
-    def _shape_lengths(self, batch, info, metrics: dict) -> torch.Tensor:
-        """Apply length shaping to ``batch`` (see module docstring); return truncation flags ``(N,)``."""
-        import transfer_queue as tq
-        from tensordict import TensorDict
-        from verl.workers.utils.padding import response_to_nested
-
+    def _shape_lengths(self, batch, info, responses: ResponseBatch, metrics: dict) -> torch.Tensor:
+        """Apply length shaping (see module docstring); return the ``(N,)`` reward added per sample."""
         from g2rpo_verl.verl_hooks.trainer import _metric_name
 
         cfg, shaper = self.g2rpo_config.length, self.length_shaper
-        data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=["rm_scores", "response_mask", "responses"]
-        )
-        nested_mask = data["response_mask"]
-        padded = data.to_padded_tensor()
-        lengths, truncated = response_stats(padded["responses"], padded["response_mask"], self._length_eos_ids)
+        lengths, truncated = responses.lengths, responses.truncated
         scores = shaper.score(lengths, info.tasks)
         if cfg.truncation == "penalize":
             scores = torch.where(truncated, torch.zeros_like(scores), scores)
@@ -95,9 +134,7 @@ class LengthShapingMixin:
             prefix = _metric_name(task)
             for name, value in zip(("a", "b", "c", "d"), shaper.bounds(task)):
                 metrics[f"{prefix}/length/bound_{name}"] = value
-            metrics[f"{prefix}/length/mean"] = lengths[sel].double().mean().item()
             metrics[f"{prefix}/length/score"] = scores[sel].mean().item()
-            metrics[f"{prefix}/length/truncation_rate"] = truncated[sel].double().mean().item()
 
         successful = torch.tensor(
             [float((r or {}).get(cfg.success_key) or 0.0) >= cfg.success_threshold for r in info.reward_infos]
@@ -107,31 +144,21 @@ class LengthShapingMixin:
         if cfg.mode == "component":
             for i, reward_info in enumerate(info.reward_infos):
                 info.reward_infos[i] = {**(reward_info or {}), "length": scores[i].item()}
-        else:
-            rm_scores = padded["rm_scores"].clone()
-            rows = torch.nonzero(lengths > 0).squeeze(1)
-            rm_scores[rows, lengths[rows] - 1] += cfg.weight * scores[rows].to(rm_scores.dtype)
-            tq.kv_batch_put(
-                keys=batch.keys,
-                partition_id=batch.partition_id,
-                fields=TensorDict({"rm_scores": response_to_nested(rm_scores, nested_mask)}, batch_size=len(batch)),
-            )
-        return truncated
+            return torch.zeros_like(scores)
+        bonus = cfg.weight * scores
+        rm_scores = responses.rm_scores.clone()
+        rows = torch.nonzero(lengths > 0).squeeze(1)
+        rm_scores[rows, lengths[rows] - 1] += bonus[rows].to(rm_scores.dtype)
+        responses.put(batch, "rm_scores", rm_scores)
+        return bonus
 
-    def _mask_truncated(self, batch, truncated: torch.Tensor) -> None:
+    def _mask_truncated(self, batch, responses: ResponseBatch) -> None:
         """Zero the advantages of truncated responses (``g2rpo.length.truncation=mask``)."""
-        import transfer_queue as tq
-        from tensordict import TensorDict
-        from verl.workers.utils.padding import response_to_nested
-
-        if not truncated.any():
+        if not responses.truncated.any():
             return
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["advantages", "response_mask"])
-        nested_mask = data["response_mask"]
-        adv = data.to_padded_tensor()["advantages"]
-        adv[truncated.to(adv.device)] = 0.0
-        fields = TensorDict({"advantages": response_to_nested(adv, nested_mask)}, batch_size=len(batch))
-        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+        adv = responses.get(batch, "advantages")
+        adv[responses.truncated.to(adv.device)] = 0.0
+        responses.put(batch, "advantages", adv)
 
     # -------------------------------------------------------------- checkpoints
 

@@ -27,11 +27,11 @@ import torch
 from g2rpo_verl.config import G2RPOConfig, gdpo_components, load_g2rpo_config
 from g2rpo_verl.verl_hooks.entropy import EntropyShapingMixin
 from g2rpo_verl.verl_hooks.estimators import ESTIMATORS, TaskBatch, task_batch
-from g2rpo_verl.verl_hooks.length import LengthShapingMixin
+from g2rpo_verl.verl_hooks.length import LengthShapingMixin, ResponseBatch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["G2RPOTrainerMixin", "SampleInfo", "install", "resolve_task_keys", "build_task_batch", "task_advantage_metrics"]
+__all__ = ["G2RPOTrainerMixin", "SampleInfo", "install", "resolve_task_keys", "build_task_batch", "task_step_metrics"]
 
 _TQ_FIELDS = ["uid", "data_source", "extra_info", "extra_fields"]
 
@@ -124,20 +124,44 @@ def _metric_name(task: str) -> str:
     return "task_" + (re.sub(r"[^0-9A-Za-z_.-]+", "_", task).strip("_") or "empty")
 
 
-def task_advantage_metrics(batch: TaskBatch) -> dict[str, float]:
-    """Per-task ``advantage/{mean,std,min,max}`` and ``count``; W&B groups them by task."""
+def task_step_metrics(
+    tasks: Sequence[str],
+    reward_infos: Sequence[Mapping | None],
+    rewards: torch.Tensor,
+    advantages: torch.Tensor,
+    lengths: torch.Tensor,
+    truncated: torch.Tensor,
+) -> dict[str, float]:
+    """Per-task metrics of one training step, named ``task_<task>/...`` so W&B groups them.
+
+    Args: per-sample ``(N,)`` tensors — ``rewards`` (the total reward the estimator saw),
+    ``advantages`` (token-mean over the response), response ``lengths`` in tokens and
+    ``truncated`` flags — and the reward function's dicts. Logs ``count``, ``reward/total``,
+    ``reward/<component>`` for every numeric key of the reward dict (``None`` = not
+    applicable, left out), ``advantage/{mean,std,min,max}``, ``length/mean`` and
+    ``length/truncation_rate``.
+    """
     metrics: dict[str, float] = {}
-    if batch.advantages is None:
-        return metrics
-    adv = batch.advantages.to(torch.float64)
-    for t, name in enumerate(batch.task_names):
-        a = adv[batch.task_ids == t]
-        prefix = _metric_name(name)
+    names = np.asarray(tasks, dtype=object)
+    for task in dict.fromkeys(tasks):
+        sel = torch.from_numpy(names == task)
+        prefix = _metric_name(task)
+        a = advantages[sel].double()
+        metrics[f"{prefix}/count"] = float(sel.sum())
+        metrics[f"{prefix}/reward/total"] = rewards[sel].double().mean().item()
         metrics[f"{prefix}/advantage/mean"] = a.mean().item()
         metrics[f"{prefix}/advantage/std"] = a.std(unbiased=False).item()
         metrics[f"{prefix}/advantage/min"] = a.min().item()
         metrics[f"{prefix}/advantage/max"] = a.max().item()
-        metrics[f"{prefix}/count"] = float(a.numel())
+        metrics[f"{prefix}/length/mean"] = lengths[sel].double().mean().item()
+        metrics[f"{prefix}/length/truncation_rate"] = truncated[sel].double().mean().item()
+        values: dict[str, list[float]] = {}
+        for i in sel.nonzero().squeeze(1).tolist():
+            for key, value in (reward_infos[i] or {}).items():
+                if isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)) and math.isfinite(value):
+                    values.setdefault(key, []).append(float(value))
+        for key, vs in values.items():
+            metrics[f"{prefix}/reward/{key}"] = sum(vs) / len(vs)
     return metrics
 
 
@@ -160,34 +184,54 @@ class G2RPOTrainerMixin(EntropyShapingMixin, LengthShapingMixin):
             self._g2rpo_config = load_g2rpo_config(self.config)
         return self._g2rpo_config
 
-    def _sample_info(self, batch) -> SampleInfo:
-        """Per-sample task keys and reward dicts of ``batch`` (a ``KVBatchMeta``)."""
+    def _sample_info(self, batch, strict: bool = True) -> SampleInfo:
+        """Per-sample task keys and reward dicts of ``batch`` (a ``KVBatchMeta``), cached per batch.
+
+        ``strict=False`` (per-task metrics of an estimator that needs no task key): samples
+        without ``g2rpo.task_key`` are grouped by ``data_source`` instead, with one warning.
+        """
+        cached = getattr(self, "_g2rpo_info", None)
+        if cached is not None and cached[0] == batch.keys:
+            return cached[1]
         import transfer_queue as tq
 
         rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=_TQ_FIELDS)
         columns = {name: rows.pop(name).tolist() for name in ("uid", "data_source")}
         extra_infos = rows.pop("extra_info").tolist()
         reward_infos = [(ef or {}).get("reward_extra_info") for ef in rows.pop("extra_fields").tolist()]
-        tasks = resolve_task_keys(self.g2rpo_config.task_key, columns, extra_infos, reward_infos)
-        return SampleInfo(columns["uid"], columns["data_source"], tasks, reward_infos)
+        try:
+            tasks = resolve_task_keys(self.g2rpo_config.task_key, columns, extra_infos, reward_infos)
+        except ValueError as err:
+            if strict:
+                raise
+            if not getattr(self, "_g2rpo_warned_task_key", False):
+                logger.warning("%s Per-task metrics fall back to data_source.", err)
+                self._g2rpo_warned_task_key = True
+            tasks = [str(ds) for ds in columns["data_source"]]
+        info = SampleInfo(columns["uid"], columns["data_source"], tasks, reward_infos)
+        self._g2rpo_info = (list(batch.keys), info)
+        return info
 
     def _compute_advantage(self, batch, metrics: dict):
         estimator = self.config.algorithm.adv_estimator
-        shape_lengths = self.g2rpo_config.length.enable
-        if estimator not in ESTIMATORS and not shape_lengths:
-            return super()._compute_advantage(batch, metrics)
-        info = self._sample_info(batch)
-        truncated = self._shape_lengths(batch, info, metrics) if shape_lengths else None
+        length_cfg = self.g2rpo_config.length
+        info = self._sample_info(batch, strict=estimator in ESTIMATORS or length_cfg.enable)
+        responses = ResponseBatch.fetch(batch, self.eos_token_ids)
+        bonus = self._shape_lengths(batch, info, responses, metrics) if length_cfg.enable else 0.0
         if estimator in ESTIMATORS:
             components = gdpo_components(self.config.algorithm) if estimator == "gs_gdpo" else None
             side = build_task_batch(info.uids, info.tasks, info.reward_infos, components)
             with task_batch(side):
                 batch = super()._compute_advantage(batch, metrics)
-            metrics.update(task_advantage_metrics(side))
         else:
             batch = super()._compute_advantage(batch, metrics)
-        if truncated is not None and self.g2rpo_config.length.truncation == "mask":
-            self._mask_truncated(batch, truncated)
+        if length_cfg.enable and length_cfg.truncation == "mask":
+            self._mask_truncated(batch, responses)
+        advantages = responses.token_mean(batch, "advantages")
+        rewards = responses.rm_scores.sum(-1) + bonus
+        metrics.update(
+            task_step_metrics(info.tasks, info.reward_infos, rewards, advantages, responses.lengths, responses.truncated)
+        )
         return batch
 
 

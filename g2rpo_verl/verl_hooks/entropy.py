@@ -1,0 +1,418 @@
+"""Task-level entropy shaping in verl's actor update (``g2rpo.entropy``; math in :mod:`g2rpo_verl.entropy_shaping`).
+
+What is added to verl's actor loss, exactly
+-------------------------------------------
+For every PPO mini-batch ``g`` (the rows one optimizer step is taken on) and task τ with
+response tokens in it::
+
+    P_g = β · Σ_τ [ relu(Ĥ_{g,τ} − high_τ) + relu(low_τ − Ĥ_{g,τ}) ]
+    Ĥ_{g,τ} = Σ_{t∈g,τ} H_t / n_{g,τ}
+
+``H_t`` is the configured estimate: ``sampled`` = −log π(y_t) of the sampled token (the
+reference's), ``exact`` = entropy of the next-token distribution from the logits.
+
+* **Which policy picks the band side.** The slope of each task's term (+1 above the band, −1
+  below, 0 inside) and ``n_{g,τ}`` are fixed per step from the *old* policy, i.e. the per-token
+  estimate verl already stores in TransferQueue before the update (``entropy`` for ``exact``,
+  −``old_log_probs`` for ``sampled``; the same temperature-scaled distribution the actor
+  trains). The gradient added for mini-batch g is ``∇P_g`` evaluated with those slopes: on the
+  first mini-batch of the first epoch that is the exact gradient of ``P_g`` at the current
+  weights; later mini-batches/epochs keep the old policy's band side (as PPO keeps π_old), with
+  the current policy's per-token gradients.
+* **Per mini-batch.** ``Ĥ`` and ``n`` are taken over the whole global mini-batch (all
+  micro-batches, all data-parallel ranks), not per micro-batch: the trainer reproduces verl's
+  own mini-batch split (contiguous data-parallel chunks, then ``tensordict_utils.make_iterator``
+  with the actor's ``ppo_mini_batch_size·n``, ``shuffle``, ``data_loader_seed + dp_rank``,
+  ``ppo_epochs``) and writes per-row weights ``w = β·slope/n_{g,τ}`` into TransferQueue.
+  With one mini-batch per step (ppo_mini_batch_size = train_batch_size) this is per step.
+  With ``shuffle=True`` and ``ppo_epochs > 1`` rows change mini-batch between epochs, so one
+  weight column per epoch is written and the loss picks a row's column by counting how often
+  it has seen that row in this step (each row is trained once per epoch).
+* **Micro-batches / dynamic batch size.** The loss adds ``dp_size · Σ_{t∈micro} w·H_t`` (the
+  scaling verl's ``agg_loss(..., "token-sum")`` uses, since FSDP averages gradients over
+  data-parallel ranks). It is linear in per-row terms, so the accumulated gradient is the
+  same for any micro-batch split, ``use_dynamic_bsz`` or not, and for any ``loss_agg_mode``
+  (the penalty has its own normalisation, independent of verl's).
+* **Everything else of verl's loss is verl's.** :class:`EntropyShapedLoss` calls verl's own
+  ``ppo_loss`` (or ``distillation_ppo_loss`` when distillation is on) with verl's config and adds
+  the term after it, so clip ratios, dual clip, loss modes, ``loss_agg_mode``, the KL loss and
+  ``entropy_coeff`` are untouched; the term is added whether or not the KL loss is on. With
+  ``enable: false`` nothing is installed; a micro-batch without the weight field gets verl's
+  loss unchanged.
+* ``exact`` needs the current policy's entropy, so the update requests ``calculate_entropy``
+  for the duration of :meth:`EntropyShapingMixin._update_actor` (memory: verl keeps the
+  per-token entropy graph).
+* **Caveat on ``sampled``** (kept because it is the reference's): for tokens sampled from the
+  policy, ``E_y[∇(−log π(y))] = 0``, so the term moves the policy only through the particular
+  tokens drawn. It can lower a task's entropy at most to the empirical entropy of those tokens,
+  and because the band side is chosen from the same tokens, the noise that pushed Ĥ out of
+  the band is reinforced rather than corrected (tests/test_entropy_shaping.py shows both).
+  ``exact`` differentiates the true entropy.
+
+Metrics (per task, ``task_<name>/...`` like the advantage statistics): ``entropy`` = the old
+policy's ``Ĥ_τ`` over the whole step, ``entropy_penalty`` = ``β·(band violation)`` averaged
+over the mini-batches containing τ; and ``actor/entropy_shaping_loss`` from the workers (the
+surrogate's value, which shows the term reached the loss).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Sequence
+from functools import partial
+
+import numpy as np
+import torch
+
+from g2rpo_verl.config import EntropyShapingConfig
+from g2rpo_verl.entropy_shaping import (
+    band_violation,
+    group_task_stats,
+    penalty_weights,
+    row_entropy_sums,
+    shaping_surrogate,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EntropyShapingMixin",
+    "EntropyShapedLoss",
+    "WEIGHT_FIELD",
+    "ROW_FIELD",
+    "STEP_FIELD",
+    "ESTIMATORS",
+    "validate_entropy_config",
+    "task_bands",
+    "minibatch_groups",
+    "entropy_shaping_metrics",
+    "build_actor_loss",
+]
+
+#: ``(N, E)`` float32 per-row weights, one column per epoch (E = 1 unless rows change mini-batch).
+WEIGHT_FIELD = "g2rpo_entropy_weight"
+#: ``(N,)`` int64 row index and per-step nonce; written only when E > 1 (epoch lookup).
+ROW_FIELD = "g2rpo_entropy_row"
+STEP_FIELD = "g2rpo_entropy_step"
+
+ESTIMATORS = ("sampled", "exact")
+
+
+def validate_entropy_config(cfg: EntropyShapingConfig) -> None:
+    """Raise ``ValueError`` naming the offending ``g2rpo.entropy`` key."""
+    if cfg.estimator not in ESTIMATORS:
+        raise ValueError(f"g2rpo.entropy.estimator must be one of {ESTIMATORS}, got {cfg.estimator!r}")
+    if not (math.isfinite(cfg.beta) and cfg.beta >= 0):
+        raise ValueError(f"g2rpo.entropy.beta must be a finite number >= 0, got {cfg.beta}")
+    bands = {"<default>": {"low": cfg.low, "high": cfg.high}, **{str(k): dict(v) for k, v in cfg.per_task.items()}}
+    for task, band in bands.items():
+        unknown = set(band) - {"low", "high"}
+        if unknown:
+            raise ValueError(f"g2rpo.entropy.per_task[{task!r}] has unknown keys {sorted(unknown)}; use low / high")
+        lo, hi = float(band.get("low", cfg.low)), float(band.get("high", cfg.high))
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            raise ValueError(f"g2rpo.entropy band for task {task!r} needs finite low <= high, got [{lo}, {hi}]")
+
+
+def task_bands(cfg: EntropyShapingConfig, task_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(low, high)``, each ``(T,)`` float64, for ``task_names`` (``per_task`` overrides the default band)."""
+    low, high = [], []
+    for name in task_names:
+        band = cfg.per_task.get(str(name)) or {}
+        low.append(float(band.get("low", cfg.low)))
+        high.append(float(band.get("high", cfg.high)))
+    return torch.tensor(low, dtype=torch.float64), torch.tensor(high, dtype=torch.float64)
+
+
+def minibatch_groups(
+    num_rows: int, dp_size: int, mini_batch_size: int, epochs: int, seed: int | None, shuffle: bool
+) -> torch.Tensor:
+    """The global mini-batch of each row, per epoch, as verl's actor update will form them.
+
+    verl chunks the batch (in ``batch.keys`` order) into ``dp_size`` contiguous pieces and each
+    rank iterates ``make_iterator(piece, mini_batch_size // dp_size, epochs, seed + rank,
+    {"shuffle": shuffle})``; the k-th mini-batch of every rank is trained together. This calls
+    the same function on row indices.
+
+    Returns:
+        ``(E, num_rows)`` long: ``E = 1`` when every epoch groups the rows the same way (no
+        shuffle, or a single mini-batch), else ``epochs``.
+    """
+    from tensordict import TensorDict
+    from verl.utils import tensordict_utils as tu
+
+    if num_rows % dp_size or mini_batch_size % dp_size:
+        raise ValueError(f"{num_rows} rows / mini-batch {mini_batch_size} do not split over {dp_size} dp ranks")
+    per_rank, mb_per_rank = num_rows // dp_size, mini_batch_size // dp_size
+    per_epoch = per_rank // mb_per_rank
+    groups = torch.full((epochs, num_rows), -1, dtype=torch.long)
+    for rank in range(dp_size):
+        rows = TensorDict({"row": torch.arange(per_rank)}, batch_size=[per_rank])
+        it = tu.make_iterator(
+            rows,
+            mini_batch_size=mb_per_rank,
+            epochs=epochs,
+            seed=None if seed is None else seed + rank,
+            dataloader_kwargs={"shuffle": bool(shuffle)},
+        )
+        for k, mb in enumerate(it):
+            groups[k // per_epoch, rank * per_rank + mb["row"]] = k % per_epoch
+    if (groups < 0).any():
+        raise RuntimeError("verl's mini-batch iterator did not visit every row once per epoch")
+    if bool((groups == groups[:1]).all()):
+        groups = groups[:1]
+    return groups
+
+
+def entropy_shaping_metrics(
+    task_names: Sequence[str],
+    row_sum: torch.Tensor,
+    row_count: torch.Tensor,
+    task_ids: torch.Tensor,
+    groups: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    beta: float,
+) -> dict[str, float]:
+    """``task_<name>/entropy`` (step Ĥ_τ) and ``task_<name>/entropy_penalty`` (mean over its mini-batches)."""
+    from g2rpo_verl.verl_hooks.trainer import _metric_name  # trainer imports this module
+
+    num_tasks = len(task_names)
+    zeros = torch.zeros_like(task_ids)
+    step_sum, step_cnt = group_task_stats(row_sum, row_count, task_ids, zeros, num_tasks, 1)
+    pen_sum = torch.zeros(num_tasks, dtype=torch.float64)
+    pen_n = torch.zeros(num_tasks, dtype=torch.float64)
+    for epoch_groups in groups:
+        num_groups = int(epoch_groups.max().item()) + 1
+        sums, counts = group_task_stats(row_sum, row_count, task_ids, epoch_groups, num_tasks, num_groups)
+        present = counts > 0
+        pen = beta * band_violation(sums / counts.clamp_min(1.0), low, high)
+        pen_sum += torch.where(present, pen, torch.zeros_like(pen)).sum(0)
+        pen_n += present.sum(0)
+    metrics: dict[str, float] = {}
+    for t, name in enumerate(task_names):
+        if step_cnt[0, t] <= 0:
+            continue  # a task whose responses are all empty has no entropy to report
+        prefix = _metric_name(str(name))
+        metrics[f"{prefix}/entropy"] = (step_sum[0, t] / step_cnt[0, t]).item()
+        metrics[f"{prefix}/entropy_penalty"] = (pen_sum[t] / pen_n[t]).item()
+    return metrics
+
+
+class EntropyShapedLoss:
+    """verl's actor loss plus ``dp_size · Σ w·H`` for rows carrying :data:`WEIGHT_FIELD`.
+
+    Sent to every actor worker by ``set_loss_fn`` (so it is pickled: plain attributes only).
+    ``inner`` is the loss verl itself would use, built from the same config.
+    """
+
+    def __init__(self, inner, estimator: str):
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        self.inner = inner
+        self.estimator = estimator
+        self._step = None
+        self._seen: dict[int, int] = {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_step"], state["_seen"] = None, {}
+        return state
+
+    def __call__(self, model_output=None, data=None, dp_group=None, **kwargs):
+        result = self.inner(model_output=model_output, data=data, dp_group=dp_group, **kwargs)
+        # distillation calls the loss as a logits processor too; that output is not a loss
+        if kwargs.get("student_logits") is not None or data is None or WEIGHT_FIELD not in data.keys():
+            return result
+        loss, metrics = result
+        term = self.shaping_term(model_output, data)
+        from verl.utils.metric import AggregationType, Metric
+
+        # same rule as verl's ppo_loss: partial sums of a global-batch quantity are summed
+        inner_config = getattr(self.inner, "keywords", {}).get("config")
+        global_norm = (
+            data["dp_size"] > 1
+            or data["batch_num_tokens"] is not None
+            or data["global_batch_size"] is not None
+            or getattr(inner_config, "loss_scale_factor", None) is not None
+        )
+        aggregation = AggregationType.SUM if global_norm else AggregationType.MEAN
+        metrics["actor/entropy_shaping_loss"] = Metric(value=term.detach().item(), aggregation=aggregation)
+        return loss + term, metrics
+
+    def shaping_term(self, model_output, data) -> torch.Tensor:
+        """``dp_size · Σ_{rows, tokens} w·H`` for this micro-batch (scalar with the graph)."""
+        from verl.workers.utils.padding import no_padding_2_padding
+
+        if self.estimator == "exact":
+            entropy = model_output.get("entropy")
+            if entropy is None:
+                raise RuntimeError(
+                    "g2rpo.entropy.estimator=exact needs the model's entropy, but the actor update did not "
+                    "compute it (calculate_entropy was not requested for this batch)"
+                )
+            entropy = no_padding_2_padding(entropy, data)
+        else:
+            log_probs = model_output.get("log_probs")
+            if log_probs is None:
+                raise RuntimeError("g2rpo.entropy.estimator=sampled needs the actor's log_probs (distillation_only?)")
+            entropy = -no_padding_2_padding(log_probs, data)
+        fields = ["response_mask", WEIGHT_FIELD] + ([ROW_FIELD, STEP_FIELD] if ROW_FIELD in data.keys() else [])
+        sel = data.select(*fields).to_padded_tensor()
+        weights = sel[WEIGHT_FIELD]
+        if weights.dim() == 1:
+            weights = weights.unsqueeze(-1)
+        if weights.shape[-1] > 1:
+            cols = self._epoch_columns(sel[ROW_FIELD], sel[STEP_FIELD], weights.shape[-1])
+            weights = weights.gather(1, cols.to(weights.device).unsqueeze(-1))
+        local = shaping_surrogate(entropy, sel["response_mask"].bool(), weights[:, 0])
+        # FSDP averages gradients over data-parallel ranks: scale as agg_loss's "token-sum"
+        # does so the reduced gradient is the sum over the global mini-batch.
+        return local * data["dp_size"]
+
+    def _epoch_columns(self, rows: torch.Tensor, step: torch.Tensor, num_epochs: int) -> torch.Tensor:
+        # Each row is trained exactly once per epoch, so how often this worker has seen a row
+        # in the current step is its epoch; the nonce tells steps apart.
+        nonce = int(step.reshape(-1)[0].item())
+        if nonce != self._step:
+            self._step, self._seen = nonce, {}
+        cols = []
+        for row in rows.reshape(-1).tolist():
+            seen = self._seen.get(row, 0)
+            self._seen[row] = seen + 1
+            cols.append(min(seen, num_epochs - 1))
+        return torch.tensor(cols, dtype=torch.long)
+
+
+def build_actor_loss(actor_config, estimator: str, distillation_config=None) -> EntropyShapedLoss:
+    """Wrap the loss verl's actor worker builds in ``init_model`` (``ppo_loss`` or ``distillation_ppo_loss``).
+
+    ``actor_config`` is the ``actor_rollout_ref.actor`` section (DictConfig or ``ActorConfig``);
+    it is converted with verl's ``omega_conf_to_dataclass`` exactly as the worker does.
+    """
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.utils.losses import ppo_loss
+
+    if not hasattr(actor_config, "global_batch_info"):
+        actor_config = omega_conf_to_dataclass(actor_config)
+    if distillation_config is not None and getattr(distillation_config, "enabled", False):
+        from verl.trainer.distillation.losses import distillation_ppo_loss
+
+        inner = partial(distillation_ppo_loss, config=actor_config, distillation_config=distillation_config)
+    else:
+        inner = partial(ppo_loss, config=actor_config)
+    return EntropyShapedLoss(inner, estimator)
+
+
+@contextlib.contextmanager
+def _entropy_requested(actor_cfg, needed: bool):
+    """Temporarily set ``calculate_entropy`` so verl's update asks the engine for the entropy."""
+    if not needed or actor_cfg.get("calculate_entropy", False):
+        yield
+        return
+    from omegaconf import open_dict, read_write
+
+    with read_write(actor_cfg), open_dict(actor_cfg):
+        actor_cfg.calculate_entropy = True
+    try:
+        yield
+    finally:
+        with read_write(actor_cfg), open_dict(actor_cfg):
+            actor_cfg.calculate_entropy = False
+
+
+class EntropyShapingMixin:
+    """Trainer side of the shaping; a base of :class:`~g2rpo_verl.verl_hooks.trainer.G2RPOTrainerMixin`.
+
+    Uses that class's ``g2rpo_config`` and ``_sample_info`` (task keys for any estimator).
+    """
+
+    def on_init_end(self):
+        super().on_init_end()
+        shaping = self.g2rpo_config.entropy
+        if not shaping.enable:
+            return
+        validate_entropy_config(shaping)
+        rollout_corr = self.config.algorithm.get("rollout_correction", None)
+        if shaping.estimator == "exact" and rollout_corr is not None and rollout_corr.get("bypass_mode", False):
+            raise ValueError(
+                "g2rpo.entropy.estimator=exact needs the old policy's entropy, which verl does not compute when "
+                "algorithm.rollout_correction.bypass_mode=true; use estimator=sampled"
+            )
+        loss = build_actor_loss(
+            self.config.actor_rollout_ref.actor, shaping.estimator, getattr(self, "distillation_config", None)
+        )
+        self.actor_rollout_wg.set_loss_fn(loss)
+        logger.info(
+            "g2rpo: task-level entropy shaping on (beta=%s, band [%s, %s], per_task=%s, estimator=%s)",
+            shaping.beta, shaping.low, shaping.high, dict(shaping.per_task), shaping.estimator,
+        )
+
+    def _update_actor(self, batch, metrics: dict):
+        shaping = self.g2rpo_config.entropy
+        if not shaping.enable:
+            return super()._update_actor(batch, metrics)
+        batch = self._put_entropy_weights(batch, metrics, shaping)
+        with _entropy_requested(self.config.actor_rollout_ref.actor, shaping.estimator == "exact"):
+            return super()._update_actor(batch, metrics)
+
+    def _put_entropy_weights(self, batch, metrics: dict, shaping: EntropyShapingConfig):
+        import transfer_queue as tq
+        from tensordict import TensorDict
+
+        info = self._sample_info(batch)
+        source = "entropy" if shaping.estimator == "exact" else "old_log_probs"
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=[source, "response_mask"]
+        )
+        data = data.to_padded_tensor()
+        per_token = data[source] if source == "entropy" else -data[source]
+        row_sum, row_count = row_entropy_sums(per_token, data["response_mask"])
+
+        task_names, task_ids = np.unique(np.asarray(info.tasks, dtype=object), return_inverse=True)
+        task_ids = torch.as_tensor(task_ids.reshape(-1), dtype=torch.long)
+        low, high = task_bands(shaping, task_names)
+        groups = self._actor_minibatch_groups(len(batch.keys))
+        weights = torch.stack(
+            [penalty_weights(row_sum, row_count, task_ids, g, low, high, shaping.beta) for g in groups], dim=-1
+        )
+        n = len(batch.keys)
+        fields = {WEIGHT_FIELD: weights.to(torch.float32)}
+        if weights.shape[-1] > 1:
+            fields[ROW_FIELD] = torch.arange(n, dtype=torch.long)
+            fields[STEP_FIELD] = torch.full((n,), int.from_bytes(os.urandom(7), "little"), dtype=torch.long)
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(fields, batch_size=n))
+        # the workers fetch only the fields the meta lists; extend it in place rather than take
+        # kv_batch_put's meta, so the caller's tags and extra_info stay as they were
+        if batch.fields is not None:
+            batch.fields = list(dict.fromkeys([*batch.fields, *fields]))
+        metrics.update(
+            entropy_shaping_metrics(
+                [str(t) for t in task_names], row_sum, row_count, task_ids, groups, low, high, shaping.beta
+            )
+        )
+        return batch
+
+    def _actor_minibatch_groups(self, num_rows: int) -> torch.Tensor:
+        actor = self.config.actor_rollout_ref.actor
+        try:
+            wg = self.actor_rollout_wg
+            mapping = wg._dispatch_info.get("actor") or wg._query_dispatch_info("actor")
+            return minibatch_groups(
+                num_rows,
+                dp_size=max(mapping) + 1,
+                mini_batch_size=actor.ppo_mini_batch_size * self.config.actor_rollout_ref.rollout.n,
+                epochs=actor.ppo_epochs,
+                seed=actor.get("data_loader_seed", 42),
+                shuffle=actor.get("shuffle", False),
+            )
+        except Exception:
+            # A verl that splits differently must not stop training; the term then is one
+            # penalty over the whole step, spread over its mini-batches.
+            logger.warning(
+                "g2rpo: could not reproduce verl's actor mini-batches; entropy penalty per step", exc_info=True
+            )
+            return torch.zeros(1, num_rows, dtype=torch.long)
