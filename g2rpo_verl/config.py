@@ -11,6 +11,7 @@ with weight 1 each.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from omegaconf import OmegaConf
 __all__ = ["G2RPOConfig", "EntropyShapingConfig", "LengthShapingConfig", "DEFAULT_GDPO_COMPONENTS", "load_g2rpo_config", "gdpo_components"]
 
 DEFAULT_GDPO_COMPONENTS = ("accuracy", "format", "structure")
+ENTROPY_ESTIMATORS = ("exact", "sampled")
 
 
 @dataclass
@@ -50,6 +52,21 @@ class EntropyShapingConfig:
     beta: float = 0.02
     per_task: dict[str, dict[str, float]] = field(default_factory=dict)
     estimator: str = "exact"
+
+    def __post_init__(self) -> None:
+        # Errors name the key, so a typo stops the run at config load, not mid-training.
+        if self.estimator not in ENTROPY_ESTIMATORS:
+            raise ValueError(f"g2rpo.entropy.estimator must be one of {ENTROPY_ESTIMATORS}, got {self.estimator!r}")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"g2rpo.entropy.beta must be a finite number >= 0, got {self.beta}")
+        bands = {"<default>": {"low": self.low, "high": self.high}, **{str(k): dict(v) for k, v in self.per_task.items()}}
+        for task, band in bands.items():
+            unknown = set(band) - {"low", "high"}
+            if unknown:
+                raise ValueError(f"g2rpo.entropy.per_task[{task!r}] has unknown keys {sorted(unknown)}; use low / high")
+            lo, hi = float(band.get("low", self.low)), float(band.get("high", self.high))
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise ValueError(f"g2rpo.entropy band for task {task!r} needs finite low <= high, got [{lo}, {hi}]")
 
 
 def _default_length_profiles() -> dict[str, dict[str, Any]]:

@@ -73,7 +73,7 @@ def test_real_verl_run_logs_per_task_metrics_from_the_estimator(tmp_path, estima
             assert abs(mean) < 1e-5, f"step {step}: task {task} advantages are not zero-sum"
             lo, hi = data[task_metric(task, "advantage/min")], data[task_metric(task, "advantage/max")]
             assert lo <= mean <= hi and max(-lo, hi) < 3.0
-            for name in ("reward/total", "reward/accuracy", "reward/format", "length/mean", "length/truncation_rate"):
+            for name in ("reward/total", "reward/accuracy", "reward/format", "length/mean", "length/truncation_rate", "entropy"):
                 assert math.isfinite(data[task_metric(task, name)]), name
             if "+g2rpo.length.enable=true" in extra:
                 assert 0 <= data[task_metric(task, "length/score")] <= 1

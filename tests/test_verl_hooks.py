@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from g2rpo_verl import gs_gdpo_advantages, gs_grpo_advantages
 from g2rpo_verl.config import DEFAULT_GDPO_COMPONENTS, gdpo_components, load_g2rpo_config
 from g2rpo_verl.verl_hooks.estimators import task_batch
-from g2rpo_verl.verl_hooks.trainer import build_task_batch, resolve_task_keys, task_step_metrics
+from g2rpo_verl.verl_hooks.trainer import build_task_batch, resolve_task_keys, task_entropy_metrics, task_step_metrics
 
 
 def run_fresh(code: str) -> subprocess.CompletedProcess:
@@ -119,6 +119,13 @@ def test_per_task_step_metrics():
     assert "task_math/reward/problem_type" not in m and "task_math/reward/junk" not in m
     assert m["task_math/length/mean"] == 20 and m["task_math/length/truncation_rate"] == pytest.approx(1 / 3)
     assert m["task_OCR_task/reward/total"] == 0.5
+
+
+def test_per_task_entropy_is_a_token_mean_not_a_mean_of_row_means():
+    entropy = torch.tensor([[1.0, 1.0, 1.0, 9.0], [4.0, 9.0, 9.0, 9.0], [2.0, 2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    m = task_entropy_metrics(["a", "a", "b"], entropy, mask)
+    assert m == {"task_a/entropy": pytest.approx(7 / 4)}  # task b has no tokens: nothing logged
 
 
 def test_registered_gs_gdpo_uses_reward_components_with_missing_ones_neutral():

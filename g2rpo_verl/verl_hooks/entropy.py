@@ -49,8 +49,8 @@ reference's), ``exact`` = entropy of the next-token distribution from the logits
   the band is reinforced rather than corrected (tests/test_entropy_shaping.py shows both).
   ``exact`` differentiates the true entropy.
 
-Metrics (per task, ``task_<name>/...`` like the advantage statistics): ``entropy`` = the old
-policy's ``Ĥ_τ`` over the whole step, ``entropy_penalty`` = ``β·(band violation)`` averaged
+Metrics (per task, ``task_<name>/...`` like the advantage statistics): ``entropy_estimate`` = the
+old policy's ``Ĥ_τ`` over the whole step, ``entropy_penalty`` = ``β·(band violation)`` averaged
 over the mini-batches containing τ; and ``actor/entropy_shaping_loss`` from the workers (the
 surrogate's value, which shows the term reached the loss).
 """
@@ -67,7 +67,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from g2rpo_verl.config import EntropyShapingConfig
+from g2rpo_verl.config import ENTROPY_ESTIMATORS, EntropyShapingConfig
 from g2rpo_verl.entropy_shaping import (
     band_violation,
     group_task_stats,
@@ -84,8 +84,6 @@ __all__ = [
     "WEIGHT_FIELD",
     "ROW_FIELD",
     "STEP_FIELD",
-    "ESTIMATORS",
-    "validate_entropy_config",
     "task_bands",
     "minibatch_groups",
     "entropy_shaping_metrics",
@@ -97,25 +95,6 @@ WEIGHT_FIELD = "g2rpo_entropy_weight"
 #: ``(N,)`` int64 row index and per-step nonce; written only when E > 1 (epoch lookup).
 ROW_FIELD = "g2rpo_entropy_row"
 STEP_FIELD = "g2rpo_entropy_step"
-
-ESTIMATORS = ("sampled", "exact")
-
-
-def validate_entropy_config(cfg: EntropyShapingConfig) -> None:
-    """Raise ``ValueError`` naming the offending ``g2rpo.entropy`` key."""
-    if cfg.estimator not in ESTIMATORS:
-        raise ValueError(f"g2rpo.entropy.estimator must be one of {ESTIMATORS}, got {cfg.estimator!r}")
-    if not (math.isfinite(cfg.beta) and cfg.beta >= 0):
-        raise ValueError(f"g2rpo.entropy.beta must be a finite number >= 0, got {cfg.beta}")
-    bands = {"<default>": {"low": cfg.low, "high": cfg.high}, **{str(k): dict(v) for k, v in cfg.per_task.items()}}
-    for task, band in bands.items():
-        unknown = set(band) - {"low", "high"}
-        if unknown:
-            raise ValueError(f"g2rpo.entropy.per_task[{task!r}] has unknown keys {sorted(unknown)}; use low / high")
-        lo, hi = float(band.get("low", cfg.low)), float(band.get("high", cfg.high))
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-            raise ValueError(f"g2rpo.entropy band for task {task!r} needs finite low <= high, got [{lo}, {hi}]")
-
 
 def task_bands(cfg: EntropyShapingConfig, task_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(low, high)``, each ``(T,)`` float64, for ``task_names`` (``per_task`` overrides the default band)."""
@@ -177,7 +156,9 @@ def entropy_shaping_metrics(
     high: torch.Tensor,
     beta: float,
 ) -> dict[str, float]:
-    """``task_<name>/entropy`` (step Ĥ_τ) and ``task_<name>/entropy_penalty`` (mean over its mini-batches)."""
+    """``task_<name>/entropy_estimate`` (step Ĥ_τ of the configured estimator) and
+    ``task_<name>/entropy_penalty`` (mean over its mini-batches); the trainer logs verl's
+    per-token entropy as ``task_<name>/entropy`` whether shaping is on or not."""
     from g2rpo_verl.verl_hooks.trainer import _metric_name  # trainer imports this module
 
     num_tasks = len(task_names)
@@ -197,7 +178,7 @@ def entropy_shaping_metrics(
         if step_cnt[0, t] <= 0:
             continue  # a task whose responses are all empty has no entropy to report
         prefix = _metric_name(str(name))
-        metrics[f"{prefix}/entropy"] = (step_sum[0, t] / step_cnt[0, t]).item()
+        metrics[f"{prefix}/entropy_estimate"] = (step_sum[0, t] / step_cnt[0, t]).item()
         metrics[f"{prefix}/entropy_penalty"] = (pen_sum[t] / pen_n[t]).item()
     return metrics
 
@@ -210,8 +191,8 @@ class EntropyShapedLoss:
     """
 
     def __init__(self, inner, estimator: str):
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if estimator not in ENTROPY_ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ENTROPY_ESTIMATORS}, got {estimator!r}")
         self.inner = inner
         self.estimator = estimator
         self._step = None
@@ -335,7 +316,6 @@ class EntropyShapingMixin:
         shaping = self.g2rpo_config.entropy
         if not shaping.enable:
             return
-        validate_entropy_config(shaping)
         rollout_corr = self.config.algorithm.get("rollout_correction", None)
         if shaping.estimator == "exact" and rollout_corr is not None and rollout_corr.get("bypass_mode", False):
             raise ValueError(

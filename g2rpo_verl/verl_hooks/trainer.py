@@ -31,7 +31,7 @@ from g2rpo_verl.verl_hooks.length import LengthShapingMixin, ResponseBatch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["G2RPOTrainerMixin", "SampleInfo", "install", "resolve_task_keys", "build_task_batch", "task_step_metrics"]
+__all__ = ["G2RPOTrainerMixin", "SampleInfo", "install", "resolve_task_keys", "build_task_batch", "task_step_metrics", "task_entropy_metrics"]
 
 _TQ_FIELDS = ["uid", "data_source", "extra_info", "extra_fields"]
 
@@ -165,6 +165,20 @@ def task_step_metrics(
     return metrics
 
 
+def task_entropy_metrics(tasks: Sequence[str], entropy: torch.Tensor, response_mask: torch.Tensor) -> dict[str, float]:
+    """``task_<task>/entropy``: token-mean of verl's per-token entropy ``(N, T)`` over the task's tokens."""
+    names = np.asarray(tasks, dtype=object)
+    mask = response_mask.to(torch.float64)
+    per_row = (entropy.to(torch.float64) * mask).sum(-1)
+    metrics = {}
+    for task in dict.fromkeys(tasks):
+        sel = torch.from_numpy(names == task)
+        n_tokens = mask[sel].sum()
+        if n_tokens > 0:
+            metrics[f"{_metric_name(task)}/entropy"] = (per_row[sel].sum() / n_tokens).item()
+    return metrics
+
+
 @dataclass
 class SampleInfo:
     """What the plugin reads per sample from TransferQueue, rows in ``batch.keys`` order."""
@@ -232,6 +246,8 @@ class G2RPOTrainerMixin(EntropyShapingMixin, LengthShapingMixin):
         metrics.update(
             task_step_metrics(info.tasks, info.reward_infos, rewards, advantages, responses.lengths, responses.truncated)
         )
+        if batch.fields is None or "entropy" in batch.fields:  # verl stores it unless bypass_mode
+            metrics.update(task_entropy_metrics(info.tasks, responses.get(batch, "entropy"), responses.response_mask))
         return batch
 
 
