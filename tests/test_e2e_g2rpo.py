@@ -47,7 +47,9 @@ PROBLEM_TYPES = [pt for pt, _ in TOY_TASKS.values()]
             ],
             list(TOY_TASKS),
         ),
-        ("grpo", [], PROBLEM_TYPES),  # verl's own estimator gets the per-task metrics too
+        # verl's own estimator gets the per-task metrics too; scored by the project's reward
+        # function in verl's reward workers (the toy data's problem types are real ones)
+        ("grpo", ["reward.custom_reward_function.path=pkg://g2rpo_verl.rewards"], PROBLEM_TYPES),
     ],
 )
 def test_real_verl_run_logs_per_task_metrics_from_the_estimator(tmp_path, estimator, extra, tasks):
@@ -75,6 +77,8 @@ def test_real_verl_run_logs_per_task_metrics_from_the_estimator(tmp_path, estima
             assert lo <= mean <= hi and max(-lo, hi) < 3.0
             for name in ("reward/total", "reward/accuracy", "reward/format", "length/mean", "length/truncation_rate", "entropy"):
                 assert math.isfinite(data[task_metric(task, name)]), name
+            if estimator == "grpo":
+                assert data[task_metric(task, "reward/reward_failure")] == 0.0
             if "+g2rpo.length.enable=true" in extra:
                 assert 0 <= data[task_metric(task, "length/score")] <= 1
         # every sample of the step was assigned to one of the toy tasks, under the chosen key
