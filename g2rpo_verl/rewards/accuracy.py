@@ -162,14 +162,20 @@ def _numbers_equal(pred: tuple[float, bool], truth: tuple[float, bool]) -> bool:
     return any(round(p, 2) == round(t, 2) for p in pv for t in tv)
 
 
+def _answer_number(answer: str) -> tuple[tuple[float, bool] | None, float]:
+    """The answer's number and its structure bonus: only a bare number earns the bonus, but a
+    number inside prose still counts for accuracy."""
+    pred = parse_number(answer, strict=True)
+    if pred is not None:
+        return pred, STRUCTURE_BONUS
+    return parse_number(answer, strict=False), 0.0
+
+
 def _numerical(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any) -> Scored:
     true_num = _truth_number(truth)
     if answer is None:
         return Scored(0.0, 0.0)
-    pred = parse_number(answer, strict=True)
-    structure = STRUCTURE_BONUS if pred is not None else 0.0
-    if pred is None:
-        pred = parse_number(answer, strict=False)
+    pred, structure = _answer_number(answer)
     return Scored(float(pred is not None and _numbers_equal(pred, true_num)), structure)
 
 
@@ -192,10 +198,7 @@ def _regression(answer: str | None, truth: Any, extra_info: Mapping[str, Any], s
     true_value, _ = _truth_number(truth)
     if answer is None:
         return Scored(0.0, 0.0)
-    pred = parse_number(answer, strict=True)
-    structure = STRUCTURE_BONUS if pred is not None else 0.0
-    if pred is None:
-        pred = parse_number(answer, strict=False)
+    pred, structure = _answer_number(answer)
     # a percent sign is ignored here: regression targets are plain quantities
     return Scored(mean_relative_accuracy(pred[0], true_value) if pred is not None else 0.0, structure)
 
