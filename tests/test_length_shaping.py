@@ -127,3 +127,29 @@ def test_simulated_training_lengthens_reasoning_and_shortens_grounding():
             assert rule.floor <= edge <= rule.ceiling and a <= b <= c <= d
     assert math.exp(mu["math"]) > 120  # rose from 40 to the reasoning floor or beyond
     assert math.exp(mu["spatial grounding"]) < 30  # fell from 80 to the perception ceiling or below
+
+
+@pytest.mark.parametrize(
+    "estimator, mode, keys, error",
+    [
+        ("gs_gdpo", "reward", None, "ignores the summed reward"),
+        ("gdpo", "reward", ["accuracy"], "ignores the summed reward"),
+        ("gs_grpo", "component", None, "needs algorithm.adv_estimator=gs_gdpo"),
+        ("gs_gdpo", "component", ["accuracy"], "'length' in algorithm.gdpo_reward_keys"),
+        ("gs_gdpo", "component", ["accuracy", "length"], None),
+        ("grpo", "reward", None, None),
+    ],
+)
+def test_length_mode_must_reach_the_estimator(estimator, mode, keys, error):
+    from types import SimpleNamespace
+
+    from g2rpo_verl.verl_hooks.length import LengthShapingMixin
+
+    trainer = LengthShapingMixin()
+    trainer.g2rpo_config = SimpleNamespace(length=LengthShapingConfig(enable=True, mode=mode))
+    trainer.config = OmegaConf.create({"algorithm": {"adv_estimator": estimator, "gdpo_reward_keys": keys}})
+    if error is None:
+        assert isinstance(trainer.length_shaper, LengthShaper)
+    else:
+        with pytest.raises(ValueError, match=error):
+            trainer.length_shaper

@@ -108,13 +108,19 @@ class LengthShapingMixin:
     def length_shaper(self) -> LengthShaper:
         if getattr(self, "_length_shaper", None) is None:
             cfg = self.g2rpo_config.length
+            estimator = self.config.algorithm.adv_estimator
             if cfg.mode == "component" and (
-                self.config.algorithm.adv_estimator != "gs_gdpo"
-                or "length" not in (self.config.algorithm.get("gdpo_reward_keys") or [])
+                estimator != "gs_gdpo" or "length" not in (self.config.algorithm.get("gdpo_reward_keys") or [])
             ):
                 raise ValueError(
                     "g2rpo.length.mode=component needs algorithm.adv_estimator=gs_gdpo with 'length' "
                     "in algorithm.gdpo_reward_keys"
+                )
+            if cfg.mode == "reward" and estimator in ("gs_gdpo", "gdpo"):
+                # GDPO-style estimators rank the components, never the summed reward: the term would be lost.
+                raise ValueError(
+                    f"algorithm.adv_estimator={estimator} ignores the summed reward, so g2rpo.length.mode=reward "
+                    "would have no effect: use g2rpo.length.mode=component and add 'length' to gdpo_reward_keys"
                 )
             self._length_shaper = LengthShaper({}, cfg.rule, momentum=cfg.momentum)
         return self._length_shaper
