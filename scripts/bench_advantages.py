@@ -14,7 +14,7 @@ loop ``grpo``) writes group statistics — a Python dict of per-sample tensors a
 torch ops per group; ``python_loop`` is the plain-Python oracle of the tests
 (tests/reference_impl.py), which never touches torch and is much faster than the former.
 
-Usage: python scripts/bench_advantages.py [--device cpu|cuda] [--sizes 512 2048 8192] [--repeat 20]
+Usage: python scripts/bench_advantages.py [--device cpu|cuda] [--sizes 512 2048 8192] [--repeat 20] [--threads 1]
 """
 
 from __future__ import annotations
@@ -136,8 +136,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 8192], help="prompts per batch")
     parser.add_argument("--repeat", type=int, default=20)
+    # One intra-op thread by default: these are ~4k-65k-element ops, and on a small machine a
+    # second OpenMP thread that has to wait for a busy core makes timings 5-10x noisier.
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"tasks={N_TASKS} rollouts={N_ROLLOUTS} response_len={RESPONSE_LEN}")
     names = ["gs_grpo", "gs_gdpo", "grpo_vectorized", "grpo", "torch_loop", "python_loop"]
