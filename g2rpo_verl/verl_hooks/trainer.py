@@ -1,11 +1,13 @@
-"""The V1-trainer mixin that carries per-sample task keys and reward components to gs_*.
+"""The V1-trainer mixin: per-sample task keys for gs_*, task-level shaping, per-task metrics.
 
 verl's V1 trainer stores every dataset column (``data_source``, ``extra_info``, ...) and the
 reward function's dict (``extra_fields["reward_extra_info"]``) per sample in TransferQueue,
 but its advantage step reads only uids, masks and rewards. The mixin reads the rest for the
-same rows, resolves each sample's task key, opens a :func:`task_batch` context, and lets
-verl's own ``_compute_advantage`` run unchanged (KL-in-reward, rollout correction and the
-write-back stay verl's). For other estimators it is a pass-through.
+same rows and resolves each sample's task key; for gs_* it opens a :func:`task_batch`
+context and lets verl's own ``_compute_advantage`` run unchanged (KL-in-reward, rollout
+correction and the write-back stay verl's). Around it come length shaping (before) and the
+per-task metrics of the step (after), for every estimator. Entropy shaping and group
+filtering live in their own mixins (``entropy.py``, ``filtering.py``), bases of this one.
 
 It is mixed into every trainer in verl's ``TRAINER_REGISTRY`` when that module is imported,
 so ``algorithm.adv_estimator=gs_grpo`` works with the stock ``trainer.v1.trainer_mode``
@@ -26,12 +28,21 @@ import torch
 
 from g2rpo_verl.config import G2RPOConfig, gdpo_components, load_g2rpo_config
 from g2rpo_verl.verl_hooks.entropy import EntropyShapingMixin
+from g2rpo_verl.verl_hooks.filtering import GroupFilterMixin
 from g2rpo_verl.verl_hooks.estimators import ESTIMATORS, TaskBatch, task_batch
 from g2rpo_verl.verl_hooks.length import LengthShapingMixin, ResponseBatch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["G2RPOTrainerMixin", "SampleInfo", "install", "resolve_task_keys", "build_task_batch", "task_step_metrics", "task_entropy_metrics"]
+__all__ = [
+    "G2RPOTrainerMixin",
+    "SampleInfo",
+    "install",
+    "resolve_task_keys",
+    "build_task_batch",
+    "task_step_metrics",
+    "task_entropy_metrics",
+]
 
 _TQ_FIELDS = ["uid", "data_source", "extra_info", "extra_fields"]
 
@@ -189,7 +200,7 @@ class SampleInfo:
     reward_infos: list[Mapping | None]  # the reward function's dict (reward_extra_info)
 
 
-class G2RPOTrainerMixin(EntropyShapingMixin, LengthShapingMixin):
+class G2RPOTrainerMixin(EntropyShapingMixin, LengthShapingMixin, GroupFilterMixin):
     """Mixed in front of verl's V1 trainers; see the module docstring."""
 
     @property

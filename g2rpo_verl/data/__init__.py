@@ -1,0 +1,10 @@
+"""Data for verl: OneThinker / OpenVLThinker JSON records -> verl's multimodal RL parquet.
+
+``g2rpo-data convert`` (:mod:`g2rpo_verl.data.cli`) is the command; :mod:`.records` turns one
+record into one verl row and says exactly what is wrong with a bad one; :mod:`.writer`
+splits train / validation per task and writes every file atomically.
+"""
+
+from g2rpo_verl.data.records import DEFAULT_FORMAT_PROMPT, ConvertOptions, RecordError, convert_record
+
+__all__ = ["DEFAULT_FORMAT_PROMPT", "ConvertOptions", "RecordError", "convert_record"]

@@ -1,0 +1,172 @@
+"""``g2rpo-data``: the data command line (console script, see pyproject.toml).
+
+::
+
+    g2rpo-data convert --input train.json [more.json ...] --out ~/data/g2rpo \\
+        [--val val.json | --val-fraction 0.02] [--image-root DIR] [--embed-images]
+
+writes ``OUT/train.parquet``, ``OUT/val.parquet`` (every task), ``OUT/val_<task>.parquet``
+(one per task, task = ``--task-key``, default ``problem_type``) and ``OUT/manifest.json``
+(files, row counts per task, options). Inputs are JSON arrays or JSON lines. Every bad record
+is reported (index, ``problem_id``, field; the first 20 printed) and then nothing is written;
+exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from g2rpo_verl.data.records import DEFAULT_FORMAT_PROMPT, ConvertOptions, RecordError, convert_record
+from g2rpo_verl.data.writer import split_per_task, task_file_name, write_outputs
+
+__all__ = ["main", "load_records", "convert"]
+
+MAX_ERRORS_SHOWN = 20
+
+
+def load_records(path: Path) -> list[Any]:
+    """Records of a JSON array file or a JSON-lines file (blank lines skipped)."""
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"g2rpo-data: {path}: not valid JSON: {err}") from None
+        return data
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise SystemExit(f"g2rpo-data: {path}:{n}: not valid JSON lines: {err}") from None
+    return records
+
+
+def _convert_all(paths: Sequence[Path], split: str, args, errors: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    index = 0
+    for path in paths:
+        image_root = Path(args.image_root) if args.image_root else path.parent
+        options = ConvertOptions(
+            image_root=image_root,
+            embed_images=args.embed_images,
+            min_pixels=args.min_pixels,
+            max_pixels=args.max_pixels,
+            format_prompt=args.format_prompt,
+            append_options=not args.no_append_options,
+        )
+        for record in load_records(path):
+            try:
+                rows.append(convert_record(record, index, split, options))
+            except RecordError as err:
+                errors.append(f"{path}: {err}")
+            index += 1
+    return rows
+
+
+def _task_of(task_key: str):
+    def task(row: dict[str, Any]) -> str:
+        if task_key in row and not isinstance(row[task_key], (dict, list)):
+            return str(row[task_key])
+        return str(row["extra_info"].get(task_key))
+
+    return task
+
+
+def convert(args: argparse.Namespace) -> int:
+    errors: list[str] = []
+    train = _convert_all([Path(p) for p in args.input], "train", args, errors)
+    val = _convert_all([Path(p) for p in args.val], "val", args, errors) if args.val else []
+    if errors:
+        for line in errors[:MAX_ERRORS_SHOWN]:
+            print(f"g2rpo-data: {line}", file=sys.stderr)
+        more = len(errors) - MAX_ERRORS_SHOWN
+        print(
+            f"g2rpo-data: {len(errors)} bad record(s){f' ({more} not shown)' if more > 0 else ''}; nothing written",
+            file=sys.stderr,
+        )
+        return 2
+    task_of = _task_of(args.task_key)
+    if not args.val:
+        train, val = split_per_task(train, task_of, args.val_fraction, args.seed)
+        for row in val:
+            row["extra_info"]["split"] = "val"
+    if not train:
+        print("g2rpo-data: no training records", file=sys.stderr)
+        return 2
+    files = {"train.parquet": train}
+    if val:
+        files["val.parquet"] = val
+        for task in sorted({task_of(r) for r in val}):
+            files[task_file_name(task)] = [r for r in val if task_of(r) == task]
+    out = Path(args.out).expanduser()
+    manifest = {
+        "files": sorted(files),
+        "rows": {name: len(rows) for name, rows in files.items()},
+        "tasks": {
+            split: dict(sorted(Counter(task_of(r) for r in rows).items())) for split, rows in (("train", train), ("val", val))
+        },
+        "task_key": args.task_key,
+        "images": "embedded" if args.embed_images else "paths",
+        "min_pixels": args.min_pixels,
+        "max_pixels": args.max_pixels,
+        "max_images_per_sample": max((len(r["images"]) for r in [*train, *val]), default=0),
+    }
+    old = _old_val_files(out)
+    written = write_outputs(out, files, manifest)
+    for stale in old - set(files):
+        (out / stale).unlink(missing_ok=True)  # a task of an earlier conversion into OUT
+    for path in written:
+        print(f"g2rpo-data: wrote {path}" + (f" ({manifest['rows'][path.name]} rows)" if path.name in files else ""))
+    return 0
+
+
+def _old_val_files(out: Path) -> set[str]:
+    try:
+        listed = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError):
+        return set()
+    return {name for name in listed if name.startswith("val_") and name.endswith(".parquet")}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="g2rpo-data", description="Data tools of g2rpo-verl.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="OneThinker / OpenVLThinker JSON -> verl parquet (train + per-task val)")
+    c.add_argument("--input", nargs="+", required=True, help="JSON array or JSON-lines files of training records")
+    c.add_argument("--out", required=True, help="output directory")
+    group = c.add_mutually_exclusive_group()
+    group.add_argument("--val", nargs="+", help="validation records (instead of --val-fraction)")
+    group.add_argument("--val-fraction", type=float, default=0.02, help="held out per task (default 0.02)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    c.add_argument("--task-key", default="problem_type", help="task of the per-task validation files (extra_info key or column)")
+    c.add_argument("--image-root", help="base of relative image paths (default: each input file's directory)")
+    c.add_argument("--embed-images", action="store_true", help="store image bytes in the parquet instead of paths")
+    c.add_argument("--min-pixels", type=int, default=3136)
+    c.add_argument("--max-pixels", type=int, default=1048576)
+    c.add_argument("--format-prompt", default=DEFAULT_FORMAT_PROMPT, help="appended to every question ('' for none)")
+    c.add_argument("--no-append-options", action="store_true", help="never append the options list to the question")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "convert":
+        try:
+            return convert(args)
+        except ValueError as err:  # option errors (pixel bounds, val fraction)
+            print(f"g2rpo-data: {err}", file=sys.stderr)
+            return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

