@@ -4,9 +4,15 @@ Pieces (each module says why it exists):
 
 * :mod:`.platform` - a verl platform for the CPU (gloo, device ``"cpu"``, fake Ray GPU units);
 * :mod:`.hf_rollout` / :mod:`.hf_generation` - an ``hf`` rollout backend (HF ``generate()`` in a
-  Ray actor, weights synced from the trainer), replacing vLLM/SGLang;
+  Ray actor, concurrent requests batched, images through the model's processor, weights synced
+  from the trainer), replacing vLLM/SGLang;
 * :mod:`.tiny` / :mod:`.toy_reward` - a locally built tiny Qwen2 + tokenizer + toy dataset and its
   reward, so nothing is downloaded;
+* :mod:`.tiny_vl` - the same for vision-language: a tiny Qwen3-VL, its tokenizer (Qwen-VL special
+  tokens and chat template) and processor, a supervised warm start;
+* :mod:`.vl_processor` / :mod:`.vl_dataset` - Qwen3-VL's processor and verl's RL dataset without
+  torchvision / ``qwen_vl_utils`` (no CPU torchvision exists on the package registry);
+* :mod:`.replay_buffer` - verl's sync replay buffer polling every 50 ms instead of 2 s;
 * :mod:`.smoke` - ``python -m g2rpo_verl.cpu.smoke --workdir DIR [overrides...]``.
 
 This ``__init__`` is deliberately light (no torch / verl imports at module level): the plugin's

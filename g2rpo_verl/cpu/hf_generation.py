@@ -3,7 +3,7 @@
 This module knows nothing about Ray or verl's rollout classes (those live in
 :mod:`g2rpo_verl.cpu.hf_rollout`), so it can be tested in-process in milliseconds.
 
-Contract of :meth:`HFGenerator.generate` for one prompt ``prompt_ids`` (``list[int]``, length P):
+Contract of :meth:`HFGenerator.generate` (and of every row of :meth:`HFGenerator.generate_batch`) for one prompt ``prompt_ids`` (``list[int]``, length P):
 
 * returns ``GenerationResult(token_ids, log_probs, finish_reason)`` with
   ``1 <= len(token_ids) == len(log_probs) <= spec.max_new_tokens``;
@@ -274,6 +274,31 @@ class HFGenerator:
             inputs.update(video_processor(videos=video_data, return_tensors="pt", **kwargs))
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
+    def _with_token_types(self, input_ids: torch.Tensor, mm_inputs: dict[str, Any] | None) -> dict[str, Any]:
+        """``mm_inputs`` plus ``mm_token_type_ids`` (text 0, image 1, video 2) when the model needs them.
+
+        Qwen3-VL (transformers 5) places its M-RoPE positions from ``mm_token_type_ids``; without
+        them ``generate`` falls back to 1-D positions and its log-probs no longer match verl's
+        trainer, which computes the M-RoPE positions with the processor's ``get_rope_index``.
+        The ids are derived from the placeholder tokens of the prompt (``image_token_id`` /
+        ``video_token_id`` of the model config), exactly as verl's agent loop derives them.
+        """
+        out = dict(mm_inputs or {})
+        has_media = out.get("image_grid_thw") is not None or out.get("video_grid_thw") is not None
+        if not has_media or "mm_token_type_ids" in out:
+            return out
+        config = self.model.config
+        image_id, video_id = getattr(config, "image_token_id", None), getattr(config, "video_token_id", None)
+        if image_id is None and video_id is None:
+            return out
+        types = torch.zeros_like(input_ids, dtype=torch.int)
+        if image_id is not None:
+            types[input_ids == image_id] = 1
+        if video_id is not None:
+            types[input_ids == video_id] = 2
+        out["mm_token_type_ids"] = types
+        return out
+
     # ------------------------------------------------------------------------------------------
     # generation
     # ------------------------------------------------------------------------------------------
@@ -306,33 +331,84 @@ class HFGenerator:
         multi_modal_inputs: dict[str, Any] | None = None,
     ) -> GenerationResult:
         """Generate one response for ``prompt_ids``; see the module docstring for the contract."""
-        if not prompt_ids:
-            raise ValueError("prompt_ids must not be empty")
-        input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
+        return self.generate_batch([prompt_ids], spec, [multi_modal_inputs or {}])[0]
+
+    @torch.no_grad()
+    def generate_batch(
+        self,
+        prompts: list[list[int]],
+        spec: SamplingSpec,
+        multi_modal_inputs: list[dict[str, Any]] | None = None,
+    ) -> list[GenerationResult]:
+        """Generate one response per prompt in one batched ``generate()`` call.
+
+        Prompts are left-padded with ``pad_token_id`` (masked out), so each row's positions and
+        attention are those of the prompt alone and every result meets the single-prompt
+        contract of the module docstring. ``multi_modal_inputs[i]`` holds row ``i``'s vision
+        features (``pixel_values``, ``image_grid_thw``, ...; ``{}`` for none); they are
+        concatenated along dim 0 in row order, which is how Qwen-VL models take a batch.
+        Sampling draws from torch's global generator; ``spec.seed`` seeds it once per batch
+        (reproducible for the same batch, so seeded requests are best sent alone).
+        """
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt must have at least one token")
+        mm_list = list(multi_modal_inputs) if multi_modal_inputs is not None else [{} for _ in prompts]
+        if len(mm_list) != len(prompts):
+            raise ValueError(f"got {len(mm_list)} multi-modal inputs for {len(prompts)} prompts")
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long, device=self.device)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            attention_mask[row, width - len(prompt) :] = 1
+        mm_inputs = self._with_token_types(input_ids, _concat_rows(mm_list))
+        if "mm_token_type_ids" in mm_inputs:
+            # padding is text (0) whatever its id; the processor's ids are per prompt, unpadded
+            mm_inputs["mm_token_type_ids"] = mm_inputs["mm_token_type_ids"] * attention_mask.to(torch.int)
         if spec.seed is not None:
-            # HF samples with torch's global generator; requests are serialized, so seeding it
-            # here makes a seeded request reproducible.
+            # HF samples with torch's global generator; batches are serialized, so seeding it
+            # here makes a seeded batch reproducible.
             torch.manual_seed(spec.seed)
         out = self.model.generate(
             input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
+            attention_mask=attention_mask,
             generation_config=self._generation_config(spec),
-            **(multi_modal_inputs or {}),
+            **mm_inputs,
         )
-        response = out.sequences[0, input_ids.shape[1] :].tolist()
-        # generate() may stop early and pad a *batch*; with one prompt there is no padding,
-        # but trim defensively to the number of decoding steps it reports.
-        response = response[: len(out.logits)]
-
-        stop_ids = self.eos_token_ids | set(spec.stop_token_ids)
-        stopped = not spec.ignore_eos and bool(response) and response[-1] in stop_ids
-        finish_reason: FinishReason = "stop" if stopped else "length"
-
-        log_probs = None
+        steps = len(out.logits)
+        responses = out.sequences[:, width : width + steps].tolist()
+        stop_ids = set() if spec.ignore_eos else self.eos_token_ids | set(spec.stop_token_ids)
+        logp = None
         if spec.return_log_probs:
-            # (num_steps, vocab) raw logits -> temperature-scaled log-softmax, as verl's trainer.
-            logits = torch.cat([step_logits[:1].float() for step_logits in out.logits], dim=0)
+            # (steps, B, vocab) raw logits -> temperature-scaled log-softmax, as verl's trainer.
+            logits = torch.stack([step_logits.float() for step_logits in out.logits], dim=0)
             logp = torch.log_softmax(logits / spec.logprob_temperature, dim=-1)
-            index = torch.tensor(response, dtype=torch.long, device=logp.device).unsqueeze(-1)
-            log_probs = logp.gather(-1, index).squeeze(-1).tolist()
-        return GenerationResult(token_ids=response, log_probs=log_probs, finish_reason=finish_reason)
+        results = []
+        for row, response in enumerate(responses):
+            # generate() pads rows that stopped early; a response ends at its first stop token.
+            end = next((t + 1 for t, tok in enumerate(response) if tok in stop_ids), len(response))
+            tokens = response[:end]
+            finish_reason: FinishReason = "stop" if tokens and tokens[-1] in stop_ids else "length"
+            log_probs = None
+            if logp is not None:
+                index = torch.tensor(tokens, dtype=torch.long, device=logp.device)
+                log_probs = logp[torch.arange(len(tokens)), row, index].tolist()
+            results.append(GenerationResult(token_ids=tokens, log_probs=log_probs, finish_reason=finish_reason))
+        return results
+
+
+def _concat_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-row vision inputs -> one batch: tensors concatenated along dim 0 in row order."""
+    keys = [k for row in rows for k in row]
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(keys):
+        values = [row[key] for row in rows if key in row and row[key] is not None]
+        if not values:
+            continue
+        if all(isinstance(v, torch.Tensor) for v in values):
+            out[key] = values[0] if len(values) == 1 else torch.cat(values, dim=0)
+        elif len(values) == 1:
+            out[key] = values[0]
+        else:
+            raise ValueError(f"cannot batch multi-modal input {key!r} of type {type(values[0]).__name__}")
+    return out

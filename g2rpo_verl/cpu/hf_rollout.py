@@ -7,7 +7,7 @@ This backend provides the same three pieces with a Hugging Face model on the CPU
   verl's agent loop calls ``generate(request_id, prompt_ids, sampling_params, image_data, ...)``
   and gets a :class:`~verl.workers.rollout.replica.TokenOutput` (response ids, per-token
   log-probs, stop reason ``"completed"`` on EOS / ``"length"`` on truncation, and the
-  ``global_steps`` weight version). Requests are served one at a time.
+  ``global_steps`` weight version). Concurrent requests are batched into one ``generate()``.
 * :class:`HFServerAdapter` - the :class:`~verl.workers.rollout.base.BaseRollout` that lives in the
   training worker (hybrid engine). verl's weight sync calls its ``update_weights`` with the
   trainer's full tensors; it forwards them to its replica's server.
@@ -99,6 +99,18 @@ def _eos_token_ids(model_config: HFModelConfig) -> set[int]:
     return ids
 
 
+@dataclasses.dataclass(eq=False)
+class _Request:
+    """A queued generation request and the future its caller awaits (result, weight version)."""
+
+    prompt_ids: list[int]
+    spec: SamplingSpec
+    image_data: list[Any] | None
+    video_data: list[Any] | None
+    mm_processor_kwargs: dict[str, Any] | None
+    future: asyncio.Future = dataclasses.field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
 class HFRolloutServer:
     """Generation server of one replica (wrapped with ``ray.remote`` by :class:`HFReplica`).
 
@@ -109,9 +121,13 @@ class HFRolloutServer:
         model_config: verl ``HFModelConfig`` (dataclass or DictConfig) of the actor model; its
             patched ``hf_config`` (attention implementation, token ids) is used as is.
         replica_rank: rank of the replica (seeds sampling with ``seed + replica_rank``).
+        max_batch_size: most requests served by one batched ``generate()``; default: the
+            rollout config's ``max_num_seqs`` (vLLM's knob for the same thing). 1 serves requests
+            one at a time, in arrival order, which makes a seeded run's sampling reproducible;
+            in a batch the tokens drawn for a request depend on which requests share the batch.
     """
 
-    def __init__(self, config: Any, model_config: Any, replica_rank: int = 0) -> None:
+    def __init__(self, config: Any, model_config: Any, replica_rank: int = 0, max_batch_size: int | None = None) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # the "Loading weights" bar would spam the trainer log
@@ -139,6 +155,12 @@ class HFRolloutServer:
         self.global_steps: int | None = None
         # One lock for generation and weight loads: a response never mixes two weight versions.
         self._lock = asyncio.Lock()
+        self._queue: list[_Request] = []
+        self._server_task: asyncio.Task | None = None
+        #: batching: largest batch, and how long to wait for more requests (see _serve)
+        self.max_batch_size = max(1, int(max_batch_size or self.config.max_num_seqs or 1))
+        self.batch_window_s = 0.03
+        self.max_batch_wait_s = 0.3
         torch.manual_seed(self.config.seed + replica_rank)
 
     # ------------------------------------------------------------------------------------------
@@ -175,7 +197,10 @@ class HFRolloutServer:
     ) -> TokenOutput:
         """Token-in / token-out generation (the signature verl's ``LLMServerClient`` calls).
 
-        ``_ignored`` absorbs scheduler hints other servers take (``priority``, ...).
+        Concurrent requests with the same sampling parameters are served together in one
+        batched ``generate()`` (see :meth:`_serve`); a request with a ``seed`` is served alone
+        so it stays reproducible. ``_ignored`` absorbs scheduler hints other servers take
+        (``priority``, ...).
         """
         if audio_data:
             raise ValueError("hf rollout does not support audio inputs")
@@ -184,16 +209,58 @@ class HFRolloutServer:
         max_new = self._clamp_max_tokens(spec.max_new_tokens, len(prompt_ids))
         if max_new != spec.max_new_tokens:
             spec = dataclasses.replace(spec, max_new_tokens=max_new)
-        async with self._lock:
-            mm_inputs = self.generator.multi_modal_inputs(image_data, video_data, mm_processor_kwargs)
-            result: GenerationResult = await asyncio.to_thread(self.generator.generate, prompt_ids, spec, mm_inputs)
-            global_steps = self.global_steps
+        request = _Request(prompt_ids, spec, image_data, video_data, mm_processor_kwargs)
+        self._queue.append(request)
+        if self._server_task is None or self._server_task.done():
+            self._server_task = asyncio.get_running_loop().create_task(self._serve())
+        result, global_steps = await request.future
         return TokenOutput(
             token_ids=result.token_ids,
             log_probs=result.log_probs,
             stop_reason=_STOP_REASON[result.finish_reason],
             extra_fields={"global_steps": global_steps},
         )
+
+    async def _serve(self) -> None:
+        """Drain the request queue in batches until it is empty.
+
+        Waits while requests keep arriving (verl's agent loop sends a whole training batch at
+        once, spread over a few milliseconds of prompt preparation) so that they share one
+        ``generate()`` call, then takes the oldest request and every queued request with the
+        same sampling parameters, up to ``max_batch_size``. Generation and weight loads hold
+        the same lock, so a batch never mixes two weight versions.
+        """
+        while self._queue:
+            waited, seen = 0.0, -1
+            while len(self._queue) != seen and waited < self.max_batch_wait_s and len(self._queue) < self.max_batch_size:
+                seen = len(self._queue)
+                await asyncio.sleep(self.batch_window_s)
+                waited += self.batch_window_s
+            head = self._queue[0]
+            if head.spec.seed is not None:
+                batch = [head]
+            else:
+                batch = [r for r in self._queue if r.spec == head.spec][: self.max_batch_size]
+            taken = {id(r) for r in batch}
+            self._queue = [r for r in self._queue if id(r) not in taken]
+            try:
+                async with self._lock:
+                    results = await asyncio.to_thread(self._generate_batch, batch)
+                    global_steps = self.global_steps
+            except Exception as err:  # every waiter gets the error; the server keeps serving
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(err)
+                continue
+            for request, result in zip(batch, results, strict=True):
+                if not request.future.done():
+                    request.future.set_result((result, global_steps))
+
+    def _generate_batch(self, batch: list[_Request]) -> list[GenerationResult]:
+        mm_inputs = [
+            self.generator.multi_modal_inputs(r.image_data, r.video_data, r.mm_processor_kwargs) for r in batch
+        ]
+        return self.generator.generate_batch([r.prompt_ids for r in batch], batch[0].spec, mm_inputs)
 
     # ------------------------------------------------------------------------------------------
     # weights

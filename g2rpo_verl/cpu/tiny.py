@@ -24,6 +24,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,26 @@ def _corpus(seed: int, n_per_task: int = 1500) -> list[str]:
     return texts
 
 
-def build_tokenizer(seed: int = 0, vocab_size: int = 512):
-    """Train a byte-level BPE tokenizer on the toy corpus; return a ``PreTrainedTokenizerFast``."""
+def build_tokenizer(
+    seed: int = 0,
+    vocab_size: int = 512,
+    corpus: Iterable[str] | None = None,
+    special_tokens: Sequence[str] = (),
+    chat_template: str = CHAT_TEMPLATE,
+):
+    """Train a byte-level BPE tokenizer; return a ``PreTrainedTokenizerFast``.
+
+    Args:
+        seed: seed of the default corpus (the toy tasks); unused when ``corpus`` is given.
+        vocab_size: BPE vocabulary size including the special tokens (the reasoning/answer tags
+            are added on top, so ``len(tokenizer) == vocab_size + len(TAG_TOKENS)`` when the
+            corpus is rich enough to fill the merges).
+        corpus: texts to learn the merges from (default: chat-formatted toy tasks).
+        special_tokens: extra special tokens after ``<|endoftext|>, <|im_start|>, <|im_end|>``
+            (e.g. Qwen-VL's ``<|vision_start|>``); they get the next ids, in order, and are
+            dropped by ``decode(..., skip_special_tokens=True)`` as in the real tokenizers.
+        chat_template: Jinja chat template stored on the tokenizer.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -160,20 +179,17 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 512):
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[BOS_TEXT, IM_START, IM_END],
+        special_tokens=[BOS_TEXT, IM_START, IM_END, *special_tokens],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_corpus(seed), trainer)
+    bpe.train_from_iterator(_corpus(seed) if corpus is None else corpus, trainer)
+    extra = {"additional_special_tokens": list(special_tokens)} if special_tokens else {}
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        eos_token=IM_END,
-        pad_token=BOS_TEXT,
-        bos_token=None,
-        unk_token=None,
+        tokenizer_object=bpe, eos_token=IM_END, pad_token=BOS_TEXT, bos_token=None, unk_token=None, **extra
     )
     tokenizer.add_tokens(list(TAG_TOKENS))
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     tokenizer.padding_side = "left"
     return tokenizer
 

@@ -1,0 +1,104 @@
+"""Write the demo tasks as verl parquet: one training file, one validation file per task.
+
+verl reports validation per ``data_source`` (``val-core/<data_source>/...``), so each task has
+its own data_source and its own validation file; the training file interleaves the tasks row
+by row (every training batch of >= 5 prompts holds every task).
+
+Row schema (verl's RL dataset):
+
+* ``data_source``: ``demo_<task>``;
+* ``prompt``: ``[{"role": "user", "content": "<image>question..."}]``;
+* ``images``: ``[{"bytes": PNG}]`` (verl's dataset turns ``<image>`` into an image part);
+* ``ability``: the task type; ``reward_model``: ``{"style": "rule", "ground_truth": answer}``;
+* ``extra_info``: ``split, index, problem_type, task_type, options`` (options: the choice list
+  for multiple choice, else an empty list; the reward function reads it).
+
+Everything is a pure function of ``seed``: the same seed writes identical files. Train and
+validation use disjoint seed streams (and the model's warm start a third one).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from g2rpo_verl.demo.tasks import TASKS, VisualSample, make_sample, png_bytes
+
+__all__ = ["DemoData", "sample_row", "write_demo_data", "find_demo_data"]
+
+_VAL_SEED_OFFSET = 1_000_003
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """Paths of a written dataset: ``train`` and ``val[data_source]``."""
+
+    train: Path
+    val: dict[str, Path]
+
+    @property
+    def val_files(self) -> list[Path]:
+        return [self.val[source] for source in TASKS]
+
+
+def sample_row(sample: VisualSample, split: str, index: int) -> dict:
+    """One verl dataset row of ``sample`` (see the module docstring for the schema)."""
+    return {
+        "data_source": sample.data_source,
+        "prompt": [{"role": "user", "content": sample.question}],
+        "images": [{"bytes": png_bytes(sample.image)}],
+        "ability": sample.task_type,
+        "reward_model": {"style": "rule", "ground_truth": sample.answer},
+        "extra_info": {
+            "split": split,
+            "index": index,
+            "problem_type": sample.problem_type,
+            "task_type": sample.task_type,
+            "options": list(sample.options or []),
+        },
+    }
+
+
+def _paths(out: Path) -> DemoData:
+    return DemoData(train=out / "train.parquet", val={s: out / f"val_{s}.parquet" for s in TASKS})
+
+
+def write_demo_data(out_dir: str | os.PathLike, n_train: int, n_val_per_task: int, seed: int = 0) -> DemoData:
+    """Write ``train.parquet`` (``n_train`` rows, tasks interleaved) and ``val_<source>.parquet``.
+
+    Each validation file holds ``n_val_per_task`` rows of its task. Files are written under a
+    temporary name and renamed, so a reader never sees a partial file.
+    """
+    import pandas as pd
+
+    if n_train < len(TASKS) or n_val_per_task < 1:
+        raise ValueError(f"need n_train >= {len(TASKS)} and n_val_per_task >= 1, got {n_train}, {n_val_per_task}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = _paths(out)
+    sources = list(TASKS)
+
+    rng = random.Random(seed)
+    train = [sample_row(make_sample(sources[i % len(sources)], rng), "train", i) for i in range(n_train)]
+    _write(pd.DataFrame(train), paths.train)
+    for k, source in enumerate(sources):
+        rng = random.Random((seed + _VAL_SEED_OFFSET) * 31 + k)
+        rows = [sample_row(make_sample(source, rng), "val", i) for i in range(n_val_per_task)]
+        _write(pd.DataFrame(rows), paths.val[source])
+    return paths
+
+
+def _write(frame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def find_demo_data(out_dir: str | os.PathLike) -> DemoData | None:
+    """The dataset in ``out_dir`` if every file exists, else None."""
+    paths = _paths(Path(out_dir))
+    if paths.train.is_file() and all(p.is_file() for p in paths.val.values()):
+        return paths
+    return None

@@ -1,0 +1,208 @@
+"""``g2rpo-train`` / ``python -m g2rpo_verl.demo``: the embedded default, end to end.
+
+::
+
+    g2rpo-train [--workdir runs/demo] [--seed 0] [--verbose] [hydra overrides ...]
+
+1. builds (once per work directory) the tiny Qwen3-VL (:mod:`g2rpo_verl.demo.model`) and the
+   five-task visual dataset (:mod:`g2rpo_verl.demo.data`);
+2. runs the real ``python -m verl.trainer.main_ppo`` (Ray, TransferQueue, FSDP2 on gloo, the
+   hf rollout, reward workers, per-task validation) with the CPU backend's overrides,
+   ``configs/demo_cpu.yaml`` and the user's overrides (which win), showing a progress bar;
+3. merges the run's metrics into ``DIR/metrics.jsonl`` and draws ``DIR/plots/*.png``.
+
+Re-running the same command continues from verl's last checkpoint in ``DIR/checkpoints``
+(``trainer.resume_mode=auto``); the metrics of every run are merged per step. Everything the
+run writes stays under the work directory::
+
+    DIR/model/          tokenizer, processor, weights (the warm-started starting point)
+    DIR/data/           train.parquet, val_<task>.parquet
+    DIR/logs/           demo.log (this command), trainer_<k>.log, metrics_<k>.jsonl (per run)
+    DIR/metrics.jsonl   every step's metrics, all runs merged
+    DIR/rollouts/       one JSONL of generations per training step (verl's rollout dump)
+    DIR/checkpoints/    verl checkpoints (+ the length-shaping state)
+    DIR/plots/          training_curves.png, advantages.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "prepare", "trainer_environment", "wandb_configured"]
+
+logger = logging.getLogger("g2rpo_verl.demo")
+
+#: Data sizes: plenty of training prompts (a 40-step run uses 400), 32 validation prompts per task.
+N_TRAIN = 2000
+N_VAL_PER_TASK = 32
+
+
+def _setup_logging(log_path: Path) -> None:
+    logger.setLevel(logging.INFO)
+    logger.handlers.clear()
+    logger.propagate = False
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    file = logging.FileHandler(log_path, encoding="utf-8")
+    file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(console)
+    logger.addHandler(file)
+
+
+def prepare(workdir: Path, seed: int, rebuild: bool = False, warm_start_steps: int | None = None):
+    """Build or reuse ``workdir/model`` and ``workdir/data``; returns ``(model_dir, DemoData)``."""
+    from g2rpo_verl.demo.data import find_demo_data, write_demo_data
+    from g2rpo_verl.demo.model import WARM_START_STEPS, build_demo_model
+
+    model_dir = workdir / "model"
+    start = time.monotonic()
+    steps = WARM_START_STEPS if warm_start_steps is None else warm_start_steps
+    build_demo_model(model_dir, seed=seed, warm_start_steps=steps, overwrite=rebuild, log=logger.info)
+    data = None if rebuild else find_demo_data(workdir / "data")
+    if data is None:
+        data = write_demo_data(workdir / "data", n_train=N_TRAIN, n_val_per_task=N_VAL_PER_TASK, seed=seed)
+    logger.info("model and data ready in %s (%.0f s)", workdir, time.monotonic() - start)
+    return model_dir, data
+
+
+def wandb_configured(env: dict[str, str] | None = None) -> bool:
+    """True when the user has W&B set up: ``WANDB_API_KEY`` or a stored ``wandb login``.
+
+    Only credentials *presence* is checked (nothing is contacted); ``WANDB_MODE=disabled``
+    wins.
+    """
+    env = dict(os.environ) if env is None else env
+    if env.get("WANDB_MODE", "").lower() == "disabled":
+        return False
+    if env.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(env.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def trainer_environment(workdir: Path, metrics_path: Path, use_wandb: bool) -> dict[str, str]:
+    """This process's environment + the CPU backend's + the metrics file; W&B left on if used."""
+    from g2rpo_verl.cpu.smoke import trainer_env
+
+    env = trainer_env(workdir)
+    env["VERL_FILE_LOGGER_PATH"] = str(metrics_path)
+    if use_wandb:
+        # CPU_ENV disables W&B for smoke runs; the demo keeps the user's own setting.
+        if "WANDB_MODE" in os.environ:
+            env["WANDB_MODE"] = os.environ["WANDB_MODE"]
+        else:
+            env.pop("WANDB_MODE", None)
+    return env
+
+
+def _next_run_index(logs: Path) -> int:
+    existing = [int(p.stem.split("_")[-1]) for p in logs.glob("metrics_*.jsonl") if p.stem.split("_")[-1].isdigit()]
+    return max(existing, default=0) + 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="g2rpo-train",
+        description=(
+            "G²RPO end to end on CPU: a tiny local Qwen3-VL, generated visual tasks, the real "
+            "verl.trainer.main_ppo, per-task validation and plots. Extra arguments are Hydra "
+            "overrides for verl (they win over configs/demo_cpu.yaml)."
+        ),
+    )
+    parser.add_argument("--workdir", type=Path, default=Path("runs/demo"), help="everything goes here (default runs/demo)")
+    parser.add_argument("--config", type=Path, default=None, help="demo config YAML (default configs/demo_cpu.yaml)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of model, warm start and data (when built)")
+    parser.add_argument("--warm-start-steps", type=int, default=None, help="supervised warm-start steps (when built)")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild model and data even if present")
+    parser.add_argument("--verbose", action="store_true", help="show the trainer's raw output instead of a progress bar")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--dry-run", action="store_true", help="build model and data, print the trainer command, stop")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for verl.trainer.main_ppo")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from g2rpo_verl.cpu.smoke import trainer_command
+    from g2rpo_verl.demo.metrics import merge_run_metrics
+    from g2rpo_verl.demo.overrides import DEFAULT_CONFIG, demo_overrides, override_value
+    from g2rpo_verl.demo.trainer_process import run_trainer
+
+    args = _parser().parse_args(argv)
+    started = time.monotonic()
+    workdir = args.workdir.expanduser().resolve()
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    _setup_logging(logs / "demo.log")
+
+    model_dir, data = prepare(workdir, args.seed, args.rebuild, args.warm_start_steps)
+    use_wandb = wandb_configured()
+    extra = ["++trainer.logger=[console,file,wandb]"] if use_wandb else []
+    overrides = demo_overrides(workdir, model_dir, data, args.overrides, args.config or DEFAULT_CONFIG, extra)
+    cmd = trainer_command(overrides)
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+
+    run_index = _next_run_index(logs)
+    metrics_path = logs / f"metrics_{run_index}.jsonl"
+    log_path = logs / f"trainer_{run_index}.log"
+    total_steps = int(float(override_value(overrides, "trainer.total_training_steps", "0") or 0))
+    estimator = override_value(overrides, "algorithm.adv_estimator", "?")
+    logger.info(
+        "training: verl.trainer.main_ppo, adv_estimator=%s, %d steps%s; trainer output -> %s",
+        estimator,
+        total_steps,
+        ", W&B on" if use_wandb else "",
+        log_path,
+    )
+    try:
+        run = run_trainer(
+            cmd,
+            trainer_environment(workdir, metrics_path, use_wandb),
+            workdir,
+            log_path,
+            total_steps,
+            verbose=args.verbose,
+        )
+    except KeyboardInterrupt:
+        merge_run_metrics(sorted(logs.glob("metrics_*.jsonl")), workdir / "metrics.jsonl")
+        saved = sorted(workdir.glob("checkpoints/global_step_*"), key=lambda p: int(p.name.rsplit("_", 1)[-1]))
+        where = f"from {saved[-1].name}" if saved else "from the start (no checkpoint yet)"
+        logger.warning("interrupted; run the same command again to continue %s", where)
+        return 130
+    merged = merge_run_metrics(sorted(logs.glob("metrics_*.jsonl")), workdir / "metrics.jsonl")
+    if run.returncode != 0:
+        logger.error("the trainer failed (exit code %d); its last lines:\n%s", run.returncode, "\n".join(run.tail))
+        logger.error("full output: %s", log_path)
+        return run.returncode or 1
+
+    if not args.no_plots:
+        from g2rpo_verl.demo.plots import draw_all
+
+        band = None
+        if (override_value(overrides, "g2rpo.entropy.enable", "false") or "").lower() == "true":
+            band = (
+                float(override_value(overrides, "g2rpo.entropy.low", "0.2")),
+                float(override_value(overrides, "g2rpo.entropy.high", "0.6")),
+            )
+        for path in draw_all(workdir, merged, logger=logger, entropy_band=band, estimator=estimator):
+            logger.info("plot: %s", path)
+    from g2rpo_verl.demo.metrics import validation_summary
+
+    for line in validation_summary(merged):
+        logger.info(line)
+    logger.info("done in %.0f s (metrics: %s)", time.monotonic() - started, workdir / "metrics.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
