@@ -12,8 +12,8 @@ TORCH := torch==2.13.0
 	touch $@
 
 .PHONY: demo test bench
-demo: .venv/.installed  ## real verl PPO loop on CPU with G²RPO (tiny local model, toy tasks)
-	$(PY) -m g2rpo_verl.cpu.smoke --workdir runs/demo algorithm.adv_estimator=gs_grpo $(ARGS)
+demo: .venv/.installed  ## the embedded default: G²RPO on CPU, tiny Qwen3-VL, drawn visual tasks, plots
+	$(PY) -m g2rpo_verl.demo --workdir runs/demo $(ARGS)
 
 test: .venv/.installed  ## the whole test suite, the real-verl end-to-end runs included
 	$(PY) -m pytest -q $(ARGS)

@@ -136,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from g2rpo_verl.demo.overrides import DEFAULT_CONFIG, demo_overrides, override_value
     from g2rpo_verl.demo.trainer_process import run_trainer
 
-    args = _parser().parse_args(argv)
+    # intermixed: flags may come after Hydra overrides (`make demo ARGS="x=1 --verbose"`)
+    args = _parser().parse_intermixed_args(argv)
     started = time.monotonic()
     workdir = args.workdir.expanduser().resolve()
     logs = workdir / "logs"
