@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from g2rpo_verl.demo import data as demo_data
 from g2rpo_verl.demo import tasks
@@ -330,3 +329,8 @@ def test_rerunning_the_command_resumes_from_the_last_checkpoint(demo_run):
     merged = load_metrics([demo_run / "metrics.jsonl"])
     assert sorted(merged) == [0, 1, 2, 3] and "task_math/reward/total" in merged[1]
     assert "validation, step 0 -> step 3" in proc.stdout  # first and last validation of all runs
+
+    # a finished run is not started again: the command only redraws and summarises
+    again = _run_demo(demo_run, "trainer.total_training_steps=3")
+    assert "already trained to step 3" in again.stdout and "validation, step 0 -> step 3" in again.stdout
+    assert len(list((demo_run / "logs").glob("metrics_*.jsonl"))) == 2

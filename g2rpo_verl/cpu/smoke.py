@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,36 +112,6 @@ def trainer_env(workdir: Path) -> dict[str, str]:
     return env
 
 
-def _run_streaming(cmd: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> int:
-    """Run ``cmd``, copying its merged stdout/stderr to our stdout and ``log_path``."""
-    with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            bufsize=1,
-        )
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-                log.write(line)
-            return proc.wait()
-        except KeyboardInterrupt:
-            # Let the trainer shut its Ray cluster down; kill it only if it does not.
-            proc.send_signal(signal.SIGINT)
-            try:
-                return proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                return proc.wait()
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m g2rpo_verl.cpu.smoke",
@@ -169,7 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(" ".join(cmd))
         return 0
-    return _run_streaming(cmd, trainer_env(workdir), workdir, workdir / "smoke.log")
+    from g2rpo_verl.demo.trainer_process import run_trainer
+
+    try:  # the trainer's output goes to the console and to smoke.log
+        return run_trainer(cmd, trainer_env(workdir), workdir, workdir / "smoke.log", 0, verbose=True).returncode
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -288,21 +289,32 @@ def build_tiny_qwen2(
     out = Path(out_dir)
     if is_model_dir(out) and not overwrite:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         tokenizer = build_tokenizer(seed)
         model = warm_start(build_tiny_model(tokenizer, seed), tokenizer, seed, steps=warm_start_steps)
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp)
         GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).save_pretrained(tmp)
+    return out
+
+
+@contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``out``; on success it replaces ``out`` (rename).
+
+    An interrupted or failed build therefore never leaves a half-written ``out``, and the
+    temporary directory is always removed.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:

@@ -24,8 +24,6 @@ position ids from the processor's ``get_rope_index``, the Qwen-VL continuous-tok
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 
 import torch
 
-from g2rpo_verl.cpu.tiny import IM_END, build_tokenizer
+from g2rpo_verl.cpu.tiny import IM_END, build_tokenizer, staged_dir
 from g2rpo_verl.cpu.vl_processor import Qwen3VLProcessor, write_processor_remote_code
 
 __all__ = [
@@ -274,20 +272,12 @@ def save_vl_model(out_dir: str | os.PathLike, model, processor) -> Path:
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars would clutter the demo's console
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         tokenizer = processor.tokenizer
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)  # also writes the tokenizer files
         write_processor_remote_code(tmp)
         GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

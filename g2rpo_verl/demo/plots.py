@@ -141,12 +141,7 @@ def plot_training_curves(
         handles, _ = ax.get_legend_handles_labels()
         if handles:
             ax.legend(fontsize=8, loc="best")
-    if title:
-        fig.suptitle(title, fontsize=13)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return out_path
+    return _save(fig, out_path, title)
 
 
 class RolloutBatch:
@@ -271,6 +266,11 @@ def plot_advantages(
         ax.legend(fontsize=8, loc="upper left")
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
+    return _save(fig, out_path, title)
+
+
+def _save(fig, out_path: Path, title: str | None) -> Path:
+    plt = _pyplot()
     if title:
         fig.suptitle(title, fontsize=12)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,9 @@
 3. merges the run's metrics into ``DIR/metrics.jsonl`` and draws ``DIR/plots/*.png``.
 
 Re-running the same command continues from verl's last checkpoint in ``DIR/checkpoints``
-(``trainer.resume_mode=auto``); the metrics of every run are merged per step. Everything the
-run writes stays under the work directory::
+(``trainer.resume_mode=auto``); the metrics of every run are merged per step. A run that has
+reached ``trainer.total_training_steps`` is not started again (the command only redraws the
+plots); ``--rebuild`` starts over. Everything the run writes stays under the work directory::
 
     DIR/model/          tokenizer, processor, weights (the warm-started starting point)
     DIR/data/           train.parquet, val_<task>.parquet
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -122,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=None, help="demo config YAML (default configs/demo_cpu.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="seed of model, warm start and data (when built)")
     parser.add_argument("--warm-start-steps", type=int, default=None, help="supervised warm-start steps (when built)")
-    parser.add_argument("--rebuild", action="store_true", help="rebuild model and data even if present")
+    parser.add_argument("--rebuild", action="store_true", help="start over: rebuild model and data, delete earlier checkpoints, logs, metrics, plots")
     parser.add_argument("--verbose", action="store_true", help="show the trainer's raw output instead of a progress bar")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--dry-run", action="store_true", help="build model and data, print the trainer command, stop")
@@ -141,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     workdir = args.workdir.expanduser().resolve()
     logs = workdir / "logs"
+    if args.rebuild:
+        _clear_run_outputs(workdir)
     logs.mkdir(parents=True, exist_ok=True)
     _setup_logging(logs / "demo.log")
 
@@ -153,11 +157,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(" ".join(cmd))
         return 0
 
+    total_steps = int(float(override_value(overrides, "trainer.total_training_steps", "0") or 0))
+    estimator = override_value(overrides, "algorithm.adv_estimator", "?")
+    done = last_checkpoint_step(workdir / "checkpoints")
+    resuming = override_value(overrides, "trainer.resume_mode", "auto") == "auto"
+    if resuming and done is not None and done >= total_steps:
+        # verl would only re-run validation (sampled: a second, noisier reading of the same weights)
+        logger.info(
+            "already trained to step %d (%s); nothing to train. Raise trainer.total_training_steps to "
+            "continue, or pass --rebuild to start over.", done, workdir / "checkpoints"
+        )
+        return _finish(workdir, logs, overrides, estimator, args.no_plots, started)
+
     run_index = _next_run_index(logs)
     metrics_path = logs / f"metrics_{run_index}.jsonl"
     log_path = logs / f"trainer_{run_index}.log"
-    total_steps = int(float(override_value(overrides, "trainer.total_training_steps", "0") or 0))
-    estimator = override_value(overrides, "algorithm.adv_estimator", "?")
     logger.info(
         "training: verl.trainer.main_ppo, adv_estimator=%s, %d steps%s; trainer output -> %s",
         estimator,
@@ -176,17 +190,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         merge_run_metrics(sorted(logs.glob("metrics_*.jsonl")), workdir / "metrics.jsonl")
-        saved = sorted(workdir.glob("checkpoints/global_step_*"), key=lambda p: int(p.name.rsplit("_", 1)[-1]))
-        where = f"from {saved[-1].name}" if saved else "from the start (no checkpoint yet)"
+        saved = last_checkpoint_step(workdir / "checkpoints")
+        where = "from the start (no checkpoint yet)" if saved is None else f"from step {saved}"
         logger.warning("interrupted; run the same command again to continue %s", where)
         return 130
-    merged = merge_run_metrics(sorted(logs.glob("metrics_*.jsonl")), workdir / "metrics.jsonl")
     if run.returncode != 0:
+        merge_run_metrics(sorted(logs.glob("metrics_*.jsonl")), workdir / "metrics.jsonl")
         logger.error("the trainer failed (exit code %d); its last lines:\n%s", run.returncode, "\n".join(run.tail))
         logger.error("full output: %s", log_path)
         return run.returncode or 1
+    return _finish(workdir, logs, overrides, estimator, args.no_plots, started)
 
-    if not args.no_plots:
+
+def _finish(workdir: Path, logs: Path, overrides: list[str], estimator: str, no_plots: bool, started: float) -> int:
+    """Merge every run's metrics, draw the plots, print the first-vs-last validation summary."""
+    from g2rpo_verl.demo.metrics import merge_run_metrics, validation_summary
+    from g2rpo_verl.demo.overrides import override_value
+
+    merged = merge_run_metrics(sorted(logs.glob("metrics_*.jsonl")), workdir / "metrics.jsonl")
+    if not no_plots:
         from g2rpo_verl.demo.plots import draw_all
 
         band = None
@@ -197,12 +219,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         for path in draw_all(workdir, merged, logger=logger, entropy_band=band, estimator=estimator):
             logger.info("plot: %s", path)
-    from g2rpo_verl.demo.metrics import validation_summary
-
     for line in validation_summary(merged):
         logger.info(line)
     logger.info("done in %.0f s (metrics: %s)", time.monotonic() - started, workdir / "metrics.jsonl")
     return 0
+
+
+def last_checkpoint_step(checkpoints: Path) -> int | None:
+    """The step of verl's latest checkpoint in ``checkpoints`` (its tracker file), else None."""
+    from verl.utils.checkpoint.checkpoint_manager import get_checkpoint_tracker_filename
+
+    try:
+        return int(Path(get_checkpoint_tracker_filename(str(checkpoints))).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _clear_run_outputs(workdir: Path) -> None:
+    """``--rebuild``: forget earlier runs (checkpoints of the old model must not be resumed)."""
+    for name in ("checkpoints", "rollouts", "plots", "logs"):
+        shutil.rmtree(workdir / name, ignore_errors=True)
+    (workdir / "metrics.jsonl").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
