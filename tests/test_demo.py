@@ -239,6 +239,16 @@ def test_validation_summary_compares_first_and_last_validation():
     assert validation_summary({0: metrics[0]}) == []
 
 
+def test_the_demo_reads_the_last_step_from_verls_checkpoint_tracker(tmp_path):
+    from verl.utils.checkpoint.checkpoint_manager import get_checkpoint_tracker_filename
+
+    from g2rpo_verl.demo.run import last_checkpoint_step
+
+    assert last_checkpoint_step(tmp_path) is None
+    Path(get_checkpoint_tracker_filename(str(tmp_path))).write_text("30")
+    assert last_checkpoint_step(tmp_path) == 30
+
+
 def test_wandb_is_used_only_when_configured(tmp_path):
     from g2rpo_verl.demo.run import trainer_environment, wandb_configured
 

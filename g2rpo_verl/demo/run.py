@@ -226,11 +226,13 @@ def _finish(workdir: Path, logs: Path, overrides: list[str], estimator: str, no_
 
 
 def last_checkpoint_step(checkpoints: Path) -> int | None:
-    """The step of verl's latest checkpoint in ``checkpoints`` (its tracker file), else None."""
-    from verl.utils.checkpoint.checkpoint_manager import get_checkpoint_tracker_filename
+    """The step of verl's latest checkpoint in ``checkpoints`` (its tracker file), else None.
 
+    The file name is verl's ``get_checkpoint_tracker_filename``; it is not imported from verl
+    because importing verl here prints a page of engine warnings onto the demo's console.
+    """
     try:
-        return int(Path(get_checkpoint_tracker_filename(str(checkpoints))).read_text().strip())
+        return int((checkpoints / "latest_checkpointed_iteration.txt").read_text().strip())
     except (OSError, ValueError):
         return None
 
