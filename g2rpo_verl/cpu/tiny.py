@@ -223,8 +223,6 @@ def build_tiny_model(tokenizer, seed: int = 0, hidden_size: int = 64, num_layers
 
 def _warm_start_batch(tokenizer, rng: random.Random, batch_size: int):
     """Right-padded (input_ids, attention_mask, labels); loss only on response + EOS tokens."""
-    import torch
-
     sequences, targets = [], []
     sources = sorted(TOY_TASKS)
     for _ in range(batch_size):
@@ -235,14 +233,24 @@ def _warm_start_batch(tokenizer, rng: random.Random, batch_size: int):
         response = tokenizer(toy_response(answer) + IM_END, add_special_tokens=False)["input_ids"]
         sequences.append(prompt + response)
         targets.append([-100] * len(prompt) + response)
-    width = max(map(len, sequences))
-    input_ids = torch.full((batch_size, width), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full((batch_size, width), -100, dtype=torch.long)
-    mask = torch.zeros((batch_size, width), dtype=torch.long)
-    for i, (seq, tgt) in enumerate(zip(sequences, targets, strict=True)):
-        input_ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, : len(tgt)] = torch.tensor(tgt)
-        mask[i, : len(seq)] = 1
+    return pad_sft_rows(sequences, targets, tokenizer.pad_token_id)
+
+
+def pad_sft_rows(rows: Sequence[list[int]], targets: Sequence[list[int]], pad_token_id: int):
+    """Right-pad token rows and their label rows: ``(input_ids, attention_mask, labels)``, each (B, T).
+
+    ``targets[i]`` has ``rows[i]``'s length (-100 where no loss); padding gets label -100 and mask 0.
+    """
+    import torch
+
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row, target) in enumerate(zip(rows, targets, strict=True)):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        labels[i, : len(target)] = torch.tensor(target)
+        mask[i, : len(row)] = 1
     return input_ids, mask, labels
 
 

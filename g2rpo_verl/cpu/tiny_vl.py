@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from g2rpo_verl.cpu.tiny import IM_END, build_tokenizer, staged_dir
+from g2rpo_verl.cpu.tiny import IM_END, build_tokenizer, pad_sft_rows, staged_dir
 from g2rpo_verl.cpu.vl_processor import Qwen3VLProcessor, write_processor_remote_code
 
 __all__ = [
@@ -202,15 +202,7 @@ def sft_batch(processor, examples: Sequence[VLExample]) -> dict[str, torch.Tenso
         response_ids = tokenizer(ex.response + IM_END, add_special_tokens=False)["input_ids"]
         rows.append(prompt_ids + response_ids)
         targets.append([-100] * len(prompt_ids) + response_ids)
-    width = max(map(len, rows))
-    batch = len(rows)
-    input_ids = torch.full((batch, width), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full((batch, width), -100, dtype=torch.long)
-    mask = torch.zeros((batch, width), dtype=torch.long)
-    for i, (row, target) in enumerate(zip(rows, targets, strict=True)):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        labels[i, : len(target)] = torch.tensor(target)
-        mask[i, : len(row)] = 1
+    input_ids, mask, labels = pad_sft_rows(rows, targets, tokenizer.pad_token_id)
     token_types = torch.zeros_like(input_ids, dtype=torch.int)
     token_types[input_ids == processor.image_token_id] = 1
     out = {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "mm_token_type_ids": token_types}
