@@ -38,6 +38,9 @@ __all__ = [
     "build_tiny_qwen2",
     "dataset_paths",
     "is_model_dir",
+    "pad_sft_rows",
+    "sft_steps",
+    "staged_dir",
     "toy_example",
     "toy_response",
     "warm_start",
@@ -261,24 +264,43 @@ def warm_start(model, tokenizer, seed: int = 0, steps: int = 120, batch_size: in
     """
     import torch
 
-    if steps <= 0:
-        return model.eval()
     rng = random.Random(seed + 7919)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+
+    def batch(_step: int) -> dict:
+        input_ids, mask, labels = _warm_start_batch(tokenizer, rng, batch_size)
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+    return sft_steps(model, batch, steps, torch.optim.AdamW(model.parameters(), lr=lr), seed)
+
+
+def sft_steps(model, batch_of_step, steps: int, optimizer, seed: int, scheduler=None, clip_norm=None, on_loss=None):
+    """``steps`` supervised steps on ``model(**batch_of_step(step)).loss``; returns the model in eval mode.
+
+    Each step: backward, optional gradient-norm clip to ``clip_norm``, ``optimizer`` step, optional
+    ``scheduler`` step, then ``on_loss(step, loss)`` if given. torch's RNG is forked and seeded
+    with ``seed``, so the caller's random state is untouched. One intra-op thread: the matrices
+    are tiny, and on a busy 2-core machine OpenMP's spinning threads made this ~8x slower than a
+    single one (and one thread keeps the result reproducible).
+    """
+    import torch
+
     model.train()
-    # One thread: the matrices are tiny, and on a busy 2-core machine OpenMP's spinning threads
-    # made this ~8x slower than a single one (and one thread keeps the result reproducible).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            for _ in range(steps):
-                input_ids, mask, labels = _warm_start_batch(tokenizer, rng, batch_size)
-                loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            for step in range(steps):
+                loss = model(**batch_of_step(step)).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                if on_loss is not None:
+                    on_loss(step, loss)
     finally:
         torch.set_num_threads(threads)
     return model.eval()

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from g2rpo_verl.cpu.tiny import IM_END, build_tokenizer, pad_sft_rows, staged_dir
+from g2rpo_verl.cpu.tiny import IM_END, build_tokenizer, pad_sft_rows, sft_steps, staged_dir
 from g2rpo_verl.cpu.vl_processor import Qwen3VLProcessor, write_processor_remote_code
 
 __all__ = [
@@ -225,32 +225,27 @@ def vl_warm_start(
     """``steps`` AdamW steps on batches ``examples(step)``; returns the model in eval mode.
 
     ``examples(step)`` returns the batch of step ``step`` (the caller controls the data and its
-    seed). Runs on one thread (tiny matrices: extra OpenMP threads only spin on a small machine,
-    and one thread keeps the result reproducible). Linear warm-up over the first 10% of steps.
+    seed). Linear warm-up over the first 10% of steps, gradient norm clipped to 1; the loop is
+    :func:`g2rpo_verl.cpu.tiny.sft_steps` (one thread, forked RNG).
     """
-    if steps <= 0:
-        return model.eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(1, steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    model.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            for step in range(steps):
-                loss = model(**sft_batch(processor, examples(step))).loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                if log_every and (step + 1) % log_every == 0:
-                    log(f"warm start step {step + 1}/{steps}: loss {loss.item():.3f}")
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
+
+    def report(step: int, loss: torch.Tensor) -> None:
+        if log_every and (step + 1) % log_every == 0:
+            log(f"warm start step {step + 1}/{steps}: loss {loss.item():.3f}")
+
+    return sft_steps(
+        model,
+        lambda step: sft_batch(processor, examples(step)),
+        steps,
+        optimizer,
+        seed,
+        scheduler=scheduler,
+        clip_norm=1.0,
+        on_loss=report,
+    )
 
 
 def save_vl_model(out_dir: str | os.PathLike, model, processor) -> Path:
