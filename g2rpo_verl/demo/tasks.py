@@ -151,12 +151,18 @@ def _cell_box(col: int, row: int, w: int = 1, h: int = 1) -> tuple[int, int, int
 # --------------------------------------------------------------------------------------------
 # tasks
 # --------------------------------------------------------------------------------------------
-def _grounding(rng: random.Random):
+def _one_shape(rng: random.Random):
+    """One shape of random colour and kind over 1-2 x 1-2 grid cells: ``(image, (col, row, w, h), color, shape)``."""
     w, h = rng.choice((1, 2)), rng.choice((1, 2))
     col, row = rng.randrange(GRID - w + 1), rng.randrange(GRID - h + 1)
     color, shape = rng.choice(sorted(COLORS)), rng.choice(SHAPES)
     image, draw = _canvas()
     _draw_shape(draw, shape, _cell_box(col, row, w, h), COLORS[color])
+    return image, (col, row, w, h), color, shape
+
+
+def _grounding(rng: random.Random):
+    image, (col, row, w, h), color, shape = _one_shape(rng)
     unit = BOX_SCALE // GRID
     box = [col * unit, row * unit, (col + w) * unit, (row + h) * unit]
     answer = json.dumps({"boxes": box})
@@ -176,11 +182,7 @@ def _counting(rng: random.Random):
 
 
 def _attribute(rng: random.Random):
-    w, h = rng.choice((1, 2)), rng.choice((1, 2))
-    col, row = rng.randrange(GRID - w + 1), rng.randrange(GRID - h + 1)
-    color, shape = rng.choice(sorted(COLORS)), rng.choice(SHAPES)
-    image, draw = _canvas()
-    _draw_shape(draw, shape, _cell_box(col, row, w, h), COLORS[color])
+    image, _, color, shape = _one_shape(rng)
     if rng.random() < 0.5:
         names, truth, asked = sorted(COLORS), color, "color"
     else:
