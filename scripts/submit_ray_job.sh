@@ -23,14 +23,8 @@ N_GPUS_PER_NODE="${N_GPUS_PER_NODE:-8}"
 RUNTIME_ENV="${RUNTIME_ENV:-$REPO_DIR/scripts/ray_runtime_env.yaml}"
 DRY_RUN="${DRY_RUN:-0}"
 
-run() {
-    if [[ "$DRY_RUN" == 1 ]]; then
-        printf '%q ' "$@"
-        printf '\n'
-    else
-        "$@"
-    fi
-}
+# shellcheck source=common.sh source-path=SCRIPTDIR
+source "$REPO_DIR/scripts/common.sh"
 
 args=(
     "--config-name=$CONFIG"

@@ -20,14 +20,8 @@ N_GPUS="${N_GPUS:-8}"
 PYTHON="${PYTHON:-python3}"
 DRY_RUN="${DRY_RUN:-0}"
 
-run() {
-    if [[ "$DRY_RUN" == 1 ]]; then
-        printf '%q ' "$@"
-        printf '\n'
-    else
-        "$@"
-    fi
-}
+# shellcheck source=common.sh source-path=SCRIPTDIR
+source "$REPO_DIR/scripts/common.sh"
 
 # Ray 2.60 turns token auth on by default; a single-node run starts its own local cluster.
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"

@@ -30,7 +30,7 @@ def shellcheck_binary() -> str:
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
 def test_shellcheck_clean(script):
-    proc = subprocess.run([shellcheck_binary(), "--severity=style", str(script)], capture_output=True, text=True)
+    proc = subprocess.run([shellcheck_binary(), "--external-sources", "--severity=style", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
