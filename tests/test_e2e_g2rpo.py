@@ -7,22 +7,13 @@ per-task advantage statistics it logs reach verl's file logger.
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
 from g2rpo_verl.cpu.toy_reward import TOY_TASKS
+from smoke_runs import run_smoke
 
 pytestmark = pytest.mark.e2e
-
-
-def run_smoke(workdir, *overrides):
-    cmd = [sys.executable, "-m", "g2rpo_verl.cpu.smoke", "--workdir", str(workdir), *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    steps = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {s["step"]: s["data"] for s in steps}
 
 
 def task_metric(task: str, name: str) -> str:

@@ -5,12 +5,9 @@ them to the loss (jagged prompts/responses/masks from TransferQueue, flat per-to
 so the real :class:`EntropyShapedLoss` and verl's own ``ppo_loss`` run unmodified. No Ray.
 """
 
-import json
 import math
 import os
 import pickle
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -39,6 +36,7 @@ from g2rpo_verl.verl_hooks.entropy import (
     minibatch_groups,
     task_bands,
 )
+from smoke_runs import run_smoke
 
 LOW, HIGH, BETA = 0.2, 0.6, 0.02
 
@@ -632,15 +630,11 @@ def test_real_verl_run_adds_the_entropy_penalty_per_task(tmp_path):
         "actor_rollout_ref.actor.ppo_epochs=2",
         "actor_rollout_ref.actor.shuffle=True",
     ]
-    cmd = [sys.executable, "-m", "g2rpo_verl.cpu.smoke", "--workdir", str(tmp_path), *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    assert [s["step"] for s in steps] == [1, 2]
+    steps = run_smoke(tmp_path, *overrides)
+    assert sorted(steps) == [1, 2]
     tasks = [pt for pt, _ in TOY_TASKS.values()]
     penalties = []
-    for s in steps:
-        data = s["data"]
+    for data in steps.values():
         seen = [t for t in tasks if f"task_{t.replace(' ', '_')}/entropy" in data]
         assert seen, sorted(k for k in data if k.startswith("task_"))
         for t in seen:

@@ -8,10 +8,7 @@ band, the refill budget and the per-task counts as verl's loop sees them.
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
@@ -25,6 +22,7 @@ from g2rpo_verl.verl_hooks.filtering import (
     install_band,
     load_filter_band,
 )
+from smoke_runs import run_smoke
 
 replay_buffer = pytest.importorskip("verl.trainer.ppo.v1.replay_buffer")
 
@@ -266,10 +264,7 @@ def test_real_verl_run_with_band_filtering(tmp_path):
         "algorithm.filter_groups.max_num_gen_batches=2",
         "+trainer.v1.sampler.sampler_kwargs.filter_band={low:0.01,high:0.99}",
     ]
-    cmd = [sys.executable, "-m", "g2rpo_verl.cpu.smoke", "--workdir", str(tmp_path), *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    steps = [json.loads(line)["data"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if line]
+    steps = list(run_smoke(tmp_path, *overrides).values())
     assert len(steps) == 2
     for step in steps:
         filtered = {k: v for k, v in step.items() if k.endswith("/filtered_groups")}
