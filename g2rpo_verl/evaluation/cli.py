@@ -1,0 +1,141 @@
+"""``g2rpo-eval``: evaluate a model or checkpoint per task, compare two evaluations, write hand-off configs.
+
+::
+
+    g2rpo-eval --model M --data FILE [FILE ...] --out O [--n N] [--temperature T] [--top-p P]
+               [--max-new-tokens K] [--config RUN.yaml] [--backend auto|hf|vllm]
+               [--batch-size B] [--limit L] [--export-dir D] [--seed S] [--overwrite]
+    g2rpo-eval --compare O1 O2
+    g2rpo-eval --handoff MODEL_DIR --out O
+
+``M`` is an HF model directory or a verl checkpoint (``global_step_N/actor``, ``global_step_N``
+or the checkpoint root); a checkpoint is merged with verl's model_merger into ``--export-dir``
+(default ``<global_step_N>/hf``, reused while the checkpoint is unchanged). The reward function,
+its kwargs, the data settings and the task key come from the run's config: ``--config``, else
+the ``.hydra/config.yaml`` found next to the checkpoint, else the project's defaults (said in
+every output). ``--max-new-tokens`` defaults to the run's ``data.max_response_length``.
+See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+#: ``--max-new-tokens`` when neither the flag nor a run config gives one
+DEFAULT_MAX_NEW_TOKENS = 2048
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="g2rpo-eval",
+        description="Evaluate an HF model or a verl checkpoint on verl parquet files, per task, scored by the training reward.",
+    )
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--model", help="HF model directory or verl checkpoint (global_step_N[/actor] or the checkpoint root)")
+    mode.add_argument("--compare", nargs=2, metavar=("O1", "O2"), help="per-task deltas O2 - O1 of two evaluation directories")
+    mode.add_argument("--handoff", metavar="MODEL_DIR", help="write VLMEvalKit and lmms-eval configs for an HF model directory into --out")
+    p.add_argument("--data", nargs="+", help="verl parquet files (prompt, images, data_source, reward_model.ground_truth, extra_info)")
+    p.add_argument("--out", type=Path, help="output directory")
+    p.add_argument("--n", type=int, default=1, help="responses per prompt (default 1; > 1 needs --temperature > 0)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's data.max_response_length")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (sampled decoding only)")
+    p.add_argument("--config", type=Path, default=None, help="the training run's config YAML (its .hydra/config.yaml)")
+    p.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"), help="auto: vLLM when installed and a GPU is visible, else HF")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate() call")
+    p.add_argument("--limit", type=int, default=None, help="only the first L rows of each file")
+    p.add_argument("--export-dir", type=Path, default=None, help="where a checkpoint is merged (default <global_step_N>/hf)")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier evaluation in --out instead of resuming it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.compare:
+            return _compare(args)
+        if args.handoff:
+            return _handoff(args)
+        return _evaluate(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"g2rpo-eval: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _compare(args) -> int:
+    from g2rpo_verl.evaluation.compare import compare_dirs
+    from g2rpo_verl.evaluation.report import comparison_table
+
+    a, b = args.compare
+    rows = compare_dirs(a, b)
+    print(f"{b} minus {a}: mean over paired prompts, 95% paired bootstrap interval (10 000 resamples)")
+    print("\n".join(comparison_table(rows, "1", "2")))
+    return 0
+
+
+def _handoff(args) -> int:
+    from g2rpo_verl.evaluation.handoff import write_handoff
+
+    if args.out is None:
+        raise ValueError("--handoff needs --out")
+    for path in write_handoff(args.handoff, args.out).values():
+        print(path)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from g2rpo_verl.evaluation.checkpoint import export_checkpoint, find_run_config, resolve_model
+    from g2rpo_verl.evaluation.evaluate import EvalSettings, evaluate
+    from g2rpo_verl.evaluation.generation import Decoding, select_backend
+    from g2rpo_verl.evaluation.prompts import read_rows
+    from g2rpo_verl.evaluation.run_config import load_run_config
+
+    if not args.data or args.out is None:
+        raise ValueError("--model needs --data FILE... and --out DIR")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+
+    data = tuple(str(Path(d).expanduser().resolve()) for d in args.data)
+    for d in data:
+        read_rows(d)  # missing or non-parquet files fail here, before any model loads
+    source = resolve_model(args.model)
+    config_path = args.config or find_run_config(source)
+    run = load_run_config(config_path)
+    described = run.describe()
+    logging.info("g2rpo-eval: reward %s:%s with kwargs %s (from %s)", described["path"], described["name"], described["kwargs"], described["source"])
+    max_new = args.max_new_tokens or run.data.get("max_response_length") or DEFAULT_MAX_NEW_TOKENS
+    decoding = Decoding(max_new_tokens=int(max_new), n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    select_backend(args.backend)  # vLLM asked for and missing: fail before the export
+    if source.kind == "checkpoint":
+        target = args.export_dir or source.path.parent / "hf"
+        model_dir = export_checkpoint(source.path, target, log=logging.info)
+    else:
+        model_dir = source.path
+    settings = EvalSettings(
+        model=str(source.path),
+        model_dir=str(model_dir),
+        data=data,
+        decoding=decoding,
+        run=run,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        limit=args.limit,
+    )
+    metrics = evaluate(settings, args.out, overwrite=args.overwrite, progress=not args.no_progress, log=logging.info)
+    print((Path(args.out) / "report.md").read_text())
+    return 0 if metrics else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
