@@ -9,7 +9,9 @@
 2. runs the real ``python -m verl.trainer.main_ppo`` (Ray, TransferQueue, FSDP2 on gloo, the
    hf rollout, reward workers, per-task validation) with the CPU backend's overrides,
    ``configs/demo_cpu.yaml`` and the user's overrides (which win), showing a progress bar;
-3. merges the run's metrics into ``DIR/metrics.jsonl`` and draws ``DIR/plots/*.png``.
+3. merges the run's metrics into ``DIR/metrics.jsonl`` and draws ``DIR/plots/*.png``;
+4. exports the trained policy to ``DIR/hf`` and prints a greedy base-vs-trained table
+   (:mod:`g2rpo_verl.demo.evaluate`).
 
 Re-running the same command continues from verl's last checkpoint in ``DIR/checkpoints``
 (``trainer.resume_mode=auto``); the metrics of every run are merged per step. A run that has
@@ -23,6 +25,9 @@ plots); ``--rebuild`` starts over. Everything the run writes stays under the wor
     DIR/rollouts/       one JSONL of generations per training step (verl's rollout dump)
     DIR/checkpoints/    verl checkpoints (+ the length-shaping state)
     DIR/plots/          training_curves.png, advantages.png
+    DIR/hf/             the trained policy as an HF model (verl's model_merger), then
+    DIR/eval/           base vs trained, greedy, on the validation files (base_vs_trained.md)
+    DIR/handoff/        VLMEvalKit / lmms-eval configs for DIR/hf
 """
 
 from __future__ import annotations
@@ -220,6 +225,10 @@ def _finish(workdir: Path, logs: Path, overrides: list[str], estimator: str, no_
         for path in draw_all(workdir, merged, logger=logger, entropy_band=band, estimator=estimator):
             logger.info("plot: %s", path)
     for line in validation_summary(merged):
+        logger.info(line)
+    from g2rpo_verl.demo.evaluate import export_and_evaluate
+
+    for line in export_and_evaluate(workdir, log=logger.info):
         logger.info(line)
     logger.info("done in %.0f s (metrics: %s)", time.monotonic() - started, workdir / "metrics.jsonl")
     return 0

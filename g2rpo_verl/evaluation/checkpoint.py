@@ -24,6 +24,8 @@ by :func:`find_run_config` next to the checkpoint when the run put it there (the
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -137,9 +139,14 @@ def export_checkpoint(actor: str | os.PathLike, target: str | os.PathLike, log=p
         hf_model_config_path=str(actor / "huggingface"),
         trust_remote_code=True,
     )
-    merger = FSDPModelMerger(config)
-    merger.merge_and_save()
-    merger.cleanup()
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):  # the merger narrates each step with print()
+            merger = FSDPModelMerger(config)
+            merger.merge_and_save()
+            merger.cleanup()
+    except Exception as err:
+        raise RuntimeError(f"verl's model_merger failed on {actor}: {err}\n{printed.getvalue()[-2000:]}") from err
     # remote code (auto_map) the processor or model needs, e.g. the CPU demo's processor module
     for code in (actor / "huggingface").glob("*.py"):
         if not (tmp / code.name).exists():

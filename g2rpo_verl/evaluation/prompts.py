@@ -16,6 +16,8 @@ Rows stay in file order (``shuffle=False``) and none is dropped for length.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +60,8 @@ class PromptBuilder:
         self.tokenizer = hf_tokenizer(self.model_dir, trust_remote_code=True)
         self.processor = hf_processor(self.model_dir, trust_remote_code=True)
         self.data_config = run.data_config()
-        self.dataset_cls = get_dataset_class(self.data_config)
+        with contextlib.redirect_stdout(io.StringIO()):  # verl prints the class name
+            self.dataset_cls = get_dataset_class(self.data_config)
         model_type = AutoConfig.from_pretrained(self.model_dir, trust_remote_code=True).model_type
         self.builder = create_continuous_token_builder(
             self.tokenizer,
@@ -71,7 +74,8 @@ class PromptBuilder:
 
     def dataset(self, path: str | os.PathLike):
         """verl's dataset (the run's class) over one file."""
-        return self.dataset_cls(data_files=[str(path)], tokenizer=self.tokenizer, config=self.data_config, processor=self.processor)
+        with contextlib.redirect_stdout(io.StringIO()):  # verl prints the row count of every file
+            return self.dataset_cls(data_files=[str(path)], tokenizer=self.tokenizer, config=self.data_config, processor=self.processor)
 
     def prompts(self, path: str | os.PathLike, rows: list[int], dataset=None) -> Iterator[EvalPrompt]:
         """:class:`EvalPrompt` of each of ``rows`` of ``path``, in the given order."""
