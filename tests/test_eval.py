@@ -176,6 +176,50 @@ def test_handoff_configs_point_at_the_exported_model(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# --model forms and the run config next to a checkpoint
+# ------------------------------------------------------------------------------------------------
+def _fake_checkpoint(root: Path, step: int) -> Path:
+    actor = root / "checkpoints" / f"global_step_{step}" / "actor"
+    (actor / "huggingface").mkdir(parents=True)
+    (actor / "fsdp_config.json").write_text('{"FSDP_version": 2, "world_size": 1}')
+    (root / "checkpoints" / "latest_checkpointed_iteration.txt").write_text(str(step))
+    return actor
+
+
+def test_model_forms_resolve_to_the_actor_checkpoint_or_the_hf_directory(tmp_path):
+    from g2rpo_verl.evaluation.checkpoint import resolve_model
+
+    actor = _fake_checkpoint(tmp_path, 7)
+    for form in (actor, actor.parent, tmp_path / "checkpoints"):
+        source = resolve_model(form)
+        assert (source.kind, source.path, source.step) == ("checkpoint", actor, 7)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"x")
+    assert resolve_model(hf).kind == "hf"
+    with pytest.raises(FileNotFoundError, match="neither an HF model directory .* nor a verl checkpoint"):
+        resolve_model(tmp_path)
+    (tmp_path / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("9")
+    with pytest.raises(FileNotFoundError, match="names step '9'"):
+        resolve_model(tmp_path / "checkpoints")
+
+
+def test_the_run_config_is_found_only_when_it_belongs_to_the_checkpoint(tmp_path):
+    from g2rpo_verl.evaluation.checkpoint import find_run_config, resolve_model
+
+    actor = _fake_checkpoint(tmp_path, 3)
+    source = resolve_model(actor)
+    assert find_run_config(source) is None
+    config = tmp_path / "hydra" / ".hydra" / "config.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f"trainer:\n  default_local_dir: {tmp_path / 'elsewhere'}\n")
+    assert find_run_config(source) is None  # another run's config
+    config.write_text(f"trainer:\n  default_local_dir: {tmp_path / 'checkpoints'}\n")
+    assert find_run_config(source) == config
+
+
+# ------------------------------------------------------------------------------------------------
 # settings and errors
 # ------------------------------------------------------------------------------------------------
 def test_decoding_rejects_what_cannot_be_done():
@@ -321,3 +365,18 @@ def test_cli_evaluates_and_compares(tiny_eval, tmp_path, capsys):
     assert "paired bootstrap" in printed and "+0.000 [+0.000, +0.000]" in printed  # same model, same prompts
     assert cli.main(["--model", str(model), "--data", str(root / "missing.parquet"), "--out", str(tmp_path / "x")]) == 2
     assert "missing.parquet: no such file" in capsys.readouterr().err
+
+
+def test_sampled_evaluation_reports_mean_and_pass_at_n(tiny_eval, tmp_path):
+    _, model, data, _, _ = tiny_eval
+    settings = EvalSettings(
+        model=str(model), model_dir=str(model), data=(str(data.val_files[0]),), run=load_run_config(None),
+        decoding=Decoding(max_new_tokens=32, n=3, temperature=1.0), backend="hf", limit=2,
+    )
+    result = evaluate(settings, tmp_path / "sampled", progress=False, log=lambda _: None)
+    records = PredictionStore(tmp_path / "sampled" / "predictions.jsonl").load()
+    assert sorted((r["row"], r["sample"]) for r in records) == [(row, s) for row in range(2) for s in range(3)]
+    overall = result["overall"]
+    assert overall["prompts"] == 2 and overall["samples"] == 6 and overall["mean@3"] == overall["accuracy"]
+    best = [max(r["reward"]["accuracy"] for r in records if r["row"] == row) for row in range(2)]
+    assert overall["pass@3"] == pytest.approx(np.mean(best))
