@@ -2,7 +2,7 @@
 
 Worked examples and properties run on hand-made records in milliseconds; one module-scoped
 fixture builds the demo's tiny Qwen3-VL (a short warm start) and its validation files and
-evaluates it in-process (about 30 s on 2 cores). The export of a real verl checkpoint and the
+evaluates it in-process (the whole file: about 20 s on 2 cores). The export of a real verl checkpoint and the
 demo's base-vs-trained table are checked by the demo's end-to-end test (tests/test_demo.py),
 which trains and checkpoints anyway.
 """
@@ -10,9 +10,7 @@ which trains and checkpoints anyway.
 from __future__ import annotations
 
 import json
-import random
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -369,11 +367,11 @@ def test_cli_evaluates_and_compares(tiny_eval, tmp_path, capsys):
 
 def test_sampled_evaluation_reports_mean_and_pass_at_n(tiny_eval, tmp_path):
     _, model, data, _, _ = tiny_eval
-    settings = EvalSettings(
+    sampled = EvalSettings(
         model=str(model), model_dir=str(model), data=(str(data.val_files[0]),), run=load_run_config(None),
         decoding=Decoding(max_new_tokens=32, n=3, temperature=1.0), backend="hf", limit=2,
     )
-    result = evaluate(settings, tmp_path / "sampled", progress=False, log=lambda _: None)
+    result = evaluate(sampled, tmp_path / "sampled", progress=False, log=lambda _: None)
     records = PredictionStore(tmp_path / "sampled" / "predictions.jsonl").load()
     assert sorted((r["row"], r["sample"]) for r in records) == [(row, s) for row in range(2) for s in range(3)]
     overall = result["overall"]

@@ -53,7 +53,7 @@ def export_and_evaluate(workdir: Path, log=print) -> list[str]:
         raise FileNotFoundError(f"no demo data in {workdir / 'data'}")
     run = load_run_config(config)
     hf = export_checkpoint(source.path, workdir / "hf", log=log)
-    decoding = Decoding(max_new_tokens=int(run.data.get("max_response_length", 32)))
+    decoding = Decoding(max_new_tokens=int(run.data["max_response_length"]))  # as in training
     val_files = tuple(str(p) for p in data.val_files)
     outs = {"base": workdir / "eval" / "base", "trained": workdir / "eval" / "trained"}
     for name, model_dir in (("base", workdir / "model"), ("trained", hf)):

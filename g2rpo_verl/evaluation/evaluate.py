@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,6 @@ class EvalSettings:
     backend: str = "auto"
     batch_size: int = 16
     limit: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
         """What must agree for a rerun to resume (written to ``settings.json``)."""
@@ -79,7 +77,6 @@ class EvalSettings:
                 "seed": self.decoding.seed,
                 "reward": self.run.describe(),
                 "task_key": self.run.task_key,
-                **self.extra,
             }
         )
 

@@ -130,7 +130,8 @@ class HFBackend:
             temperature=decoding.temperature,
             top_p=decoding.top_p,
             return_log_probs=False,
-            # one seed per batch: a resumed run redraws a batch exactly when its batches align
+            # one seed per batch (HF samples from torch's global generator): an uninterrupted run
+            # with the same data, batch size and seed draws the same responses
             seed=None if decoding.greedy else decoding.seed * 1_000_003 + batch_index,
         )
         mm = [self.generator.multi_modal_inputs(image_data=p.images or None) for p in rows]
