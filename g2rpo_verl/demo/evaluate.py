@@ -29,10 +29,11 @@ TABLE_FILE = "base_vs_trained.md"
 def export_and_evaluate(workdir: Path, log=print) -> list[str]:
     """Export, evaluate base and trained, compare (module docstring); returns the table's lines.
 
-    Raises ``FileNotFoundError`` when there is no checkpoint, validation data or run config.
+    Without a checkpoint (``trainer.save_freq`` never reached) it says so and returns ``[]``;
+    raises ``FileNotFoundError`` when the validation data or the run config is missing.
     """
     from g2rpo_verl.demo.data import find_demo_data
-    from g2rpo_verl.evaluation.checkpoint import export_checkpoint, find_run_config, resolve_model
+    from g2rpo_verl.evaluation.checkpoint import TRACKER_FILE, export_checkpoint, find_run_config, resolve_model
     from g2rpo_verl.evaluation.compare import compare_dirs
     from g2rpo_verl.evaluation.evaluate import EvalSettings, evaluate
     from g2rpo_verl.evaluation.generation import Decoding
@@ -44,6 +45,9 @@ def export_and_evaluate(workdir: Path, log=print) -> list[str]:
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model on the demo's console
     started = time.monotonic()
+    if not (workdir / "checkpoints" / TRACKER_FILE).is_file():
+        log(f"no checkpoint in {workdir / 'checkpoints'} (trainer.save_freq): no export, no base-vs-trained table")
+        return []
     source = resolve_model(workdir / "checkpoints")
     config = find_run_config(source)
     if config is None:
