@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -140,13 +141,20 @@ def export_checkpoint(actor: str | os.PathLike, target: str | os.PathLike, log=p
         trust_remote_code=True,
     )
     printed = io.StringIO()
+    # unpickling the shards' DTensors outside a process group warns once per shard; harmless here
+    mesh_logger = logging.getLogger("torch.distributed.device_mesh")
+    level = mesh_logger.level
+    mesh_logger.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(printed):  # the merger narrates each step with print()
+        # the merger narrates each step with print() and progress bars: kept for an error message
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
             merger = FSDPModelMerger(config)
             merger.merge_and_save()
             merger.cleanup()
     except Exception as err:
         raise RuntimeError(f"verl's model_merger failed on {actor}: {err}\n{printed.getvalue()[-2000:]}") from err
+    finally:
+        mesh_logger.setLevel(level)
     # remote code (auto_map) the processor or model needs, e.g. the CPU demo's processor module
     for code in (actor / "huggingface").glob("*.py"):
         if not (tmp / code.name).exists():
