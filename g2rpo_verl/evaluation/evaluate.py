@@ -113,6 +113,9 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, overwrite: bool = Fals
     from g2rpo_verl.evaluation.prompts import read_rows
 
     started = time.monotonic()
+    names = [Path(f).name for f in settings.data]
+    if len(set(names)) < len(names):  # a response's key is "<file name>:<row>#<sample>"
+        raise ValueError(f"--data: file names must be distinct, got {sorted(n for n in names if names.count(n) > 1)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     identity = settings.identity()
