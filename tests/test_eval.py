@@ -228,6 +228,15 @@ def test_decoding_rejects_what_cannot_be_done():
     assert Decoding(max_new_tokens=8).greedy and not Decoding(max_new_tokens=8, n=2, temperature=1.0).greedy
 
 
+def test_two_data_files_with_one_name_are_refused(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    files = (str(tmp_path / "a" / "val.parquet"), str(tmp_path / "b" / "val.parquet"))
+    settings = EvalSettings(model="m", model_dir="m", data=files, decoding=Decoding(max_new_tokens=4), run=load_run_config(None))
+    with pytest.raises(ValueError, match=r"file names must be distinct, got \['val.parquet', 'val.parquet'\]"):
+        evaluate(settings, tmp_path / "out", progress=False, log=lambda _: None)
+
+
 def test_run_config_passes_reward_kwargs_through(tmp_path):
     yaml = tmp_path / "config.yaml"
     yaml.write_text(
