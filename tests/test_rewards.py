@@ -168,7 +168,7 @@ def test_last_answer_block_is_scored_and_missing_answer_scores_zero():
     assert out["accuracy"] == 1.0 and out["format"] == 0.0
     out = compute_score("s", "<think>B</think> B", "B", {"problem_type": "multiple choice"})
     assert out["accuracy"] == 0.0 and out["structure"] == 0.0 and out["reward_failure"] == 0.0
-    out = compute_score("s", "<think>r</think> B", "B", {"problem_type": "multiple choice"}, require_answer_tag=False)
+    out = compute_score("s", "<think>r</think> B", "B", {"problem_type": "multiple choice"}, answer_fallback="after_think")
     assert out["accuracy"] == 1.0 and out["structure"] == 0.5 and out["format"] == 0.0
 
 
@@ -184,8 +184,8 @@ def test_weights_from_kwargs():
     assert out["score"] == 1.0
     out = score("numerical", "8", "7", accuracy_weight=0.5, format_weight=0.5, structure_weight=2.0)
     assert out["score"] == pytest.approx(0.5 * 0 + 0.5 * 1 + 2.0 * 0.5)
-    # verl also passes reward-model kwargs; unknown keys are ignored
-    out = score("numerical", "7", "7", reward_router_address=None, some_unknown_key=3)
+    # verl also passes reward-model kwargs: those are ignored
+    out = score("numerical", "7", "7", reward_router_address=None, reward_model_tokenizer=None)
     assert out["score"] == pytest.approx(1.5)
 
 

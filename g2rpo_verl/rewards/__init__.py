@@ -4,8 +4,12 @@ Use it with::
 
     reward.custom_reward_function.path=pkg://g2rpo_verl.rewards
     reward.custom_reward_function.name=compute_score
-    # optional, see RewardSettings: weights, tag names, timeouts, problem-type fallbacks
-    +reward.custom_reward_function.reward_kwargs.format_requires_think=false
+    # optional: the rule set, then single rules (RewardSettings; docs/rewards.md)
+    +reward.custom_reward_function.reward_kwargs.preset=reference
+    +reward.custom_reward_function.reward_kwargs.ocr_fold=true
+
+Two presets: ``strict`` (the default, this project's judgement) and ``reference`` (the rules
+of the authors' released reward, except where their code crashes or a rule is a plain bug).
 
 Per sample it returns a dict with the SAME keys every time (verl stacks
 ``reward_extra_info`` per key from the first sample's keys — ``RewardLoopManager
@@ -19,7 +23,8 @@ key                 value
                     (default ``0.9·accuracy + 0.1·format + structure``, in [0, 1.5])
 ``accuracy``        in [0, 1], by problem type (:mod:`g2rpo_verl.rewards.accuracy`)
 ``format``          0 or 1: ``<think>…</think><answer>…</answer>`` (tag names configurable)
-``structure``       0 or 0.5: the answer has the shape its problem type needs
+``structure``       0 or 0.5: the answer has the shape its problem type needs (``reference``:
+                    flat 0.5 but JSON ``{"boxes": …}`` for grounding, only when the format passes)
 ``acc``             = ``accuracy``; verl's validation reports ``val-core/<data_source>/acc``
                     when a reward returns ``acc`` (else the raw score)
 ``reward_failure``  1.0 when a guarded check failed (exception, timeout, unreadable
@@ -37,8 +42,10 @@ unknown name is kept as the task key and scored as free-form with one warning.
 Guarantees: malformed output scores 0 on the affected components; an exception in a
 scorer, an unreadable ground truth or a math check over its time limit gives accuracy 0,
 structure 0 and ``reward_failure=1`` — never a raised exception, never a hang. The only
-exception ``compute_score`` raises is ``ValueError`` for an invalid ``reward_kwargs``
-value (a configuration error, identical for every sample). The math check runs in a
+exception ``compute_score`` raises is ``ValueError`` for an invalid or unknown
+``reward_kwargs`` key (a configuration error, identical for every sample). Math answers pass
+cheap pre-checks (:mod:`g2rpo_verl.rewards.math_prechecks`) first, so junk costs microseconds
+instead of the math time limit. The math check runs in a
 killable worker process (:mod:`g2rpo_verl.rewards.guard`), so its time limit also works
 when verl calls from executor threads.
 
@@ -61,8 +68,8 @@ from g2rpo_verl.rewards.accuracy import (
     canonical_problem_type,
     score_answer,
 )
-from g2rpo_verl.rewards.answers import clip_tail, extract_answer, format_score, strip_answer_tags
-from g2rpo_verl.rewards.settings import RewardSettings, settings_from_kwargs
+from g2rpo_verl.rewards.answers import clip_tail, collapse_tag_space, format_score, read_answer, strip_answer_tags
+from g2rpo_verl.rewards.settings import PRESETS, RewardSettings, settings_from_kwargs
 
 __all__ = [
     "compute_score",
@@ -71,6 +78,7 @@ __all__ = [
     "COMPONENT_KEYS",
     "REWARD_KEYS",
     "PROBLEM_TYPES",
+    "PRESETS",
     "RewardSettings",
 ]
 
@@ -135,13 +143,17 @@ def compute_score(
 ) -> dict[str, Any]:
     """Score one response; returns the dict described in the module docstring.
 
+    Example: ``compute_score("geo", "<thinking>…</thinking><answer>15</answer>", "15",
+    {"problem_type": "numerical"}, preset="reference")["score"] == 1.5``.
+
     Args:
         data_source: the sample's ``data_source`` (problem-type fallback only).
         solution_str: the decoded response.
         ground_truth: ``reward_model.ground_truth``; ``<answer>…</answer>`` is stripped.
         extra_info: the sample's ``extra_info``; reads ``problem_type`` and, for multiple
             choice, ``options``.
-        **kwargs: ``reward_kwargs`` (:class:`RewardSettings` fields); other keys are ignored.
+        **kwargs: ``reward_kwargs`` (:class:`RewardSettings` fields, ``preset`` first); any
+            other key but verl's own raises ``ValueError``.
     """
     settings = settings_from_kwargs(kwargs)  # ValueError on bad config, by design
     info: Mapping[str, Any] = extra_info if isinstance(extra_info, Mapping) else {}
@@ -151,14 +163,23 @@ def compute_score(
     failure = 0.0
     try:
         solution, truncated = clip_tail(solution_str, settings.max_solution_chars)
-        if not truncated:  # a clipped response lost its start: its format cannot be checked
-            fmt = format_score(solution, settings.think_tag, settings.answer_tag, settings.format_requires_think)
-        answer = extract_answer(solution, settings.answer_tag, settings.think_tag, settings.require_answer_tag)
         truth = strip_answer_tags(ground_truth, settings.answer_tag)
         if isinstance(truth, str):
             truth, _ = clip_tail(truth, settings.max_solution_chars)
-        scored = score_answer(problem_type, answer, truth, info, settings)
+        if settings.collapse_tag_space:  # both sides, so a text like "a / b" still matches itself
+            solution = collapse_tag_space(solution)
+            truth = collapse_tag_space(truth) if isinstance(truth, str) else truth
+        if not truncated:  # a clipped response lost its start: its format cannot be checked
+            fmt = format_score(
+                solution, settings.think_tag, settings.answer_tag, settings.format_requires_think, settings.format_check
+            )
+        answer, tagged = read_answer(
+            solution, settings.answer_tag, settings.think_tag, settings.answer_block, settings.answer_fallback
+        )
+        scored = score_answer(problem_type, answer, truth, info, settings, tagged)
         accuracy, structure = scored.accuracy, scored.structure
+        if settings.structure_requires_format and not fmt:
+            structure = 0.0
     except Exception as err:
         accuracy = structure = 0.0
         failure = 1.0

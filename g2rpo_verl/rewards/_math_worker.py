@@ -5,7 +5,8 @@ imports only the standard library and ``math_verify`` — not ``g2rpo_verl/__ini
 imports torch, ~1 s and ~300 MB per worker).
 
 Protocol: newline-delimited JSON on stdin/stdout. The worker first writes ``{"ready": true}``.
-Then, per request line ``{"gold": str, "pred": str, "soft_timeout_s": float}``, it writes one
+Then, per request line ``{"gold": str, "pred": str, "soft_timeout_s": float, "delimit": bool}``
+(``delimit``, default true: wrap a bare prediction in ``$…$``), it writes one
 line: ``{"ok": true, "correct": bool, "parsed": bool}`` or
 ``{"ok": false, "error": "timeout" | "exception", "detail": str}``; a reply with
 ``"recycle": true`` means the worker exits right after it (after a timeout, ``MemoryError``
@@ -50,14 +51,14 @@ def _delimit(text: str) -> str:
     return f"${text}$"
 
 
-def _score(gold: str, pred: str) -> tuple[bool, bool]:
+def _score(gold: str, pred: str, delimit: bool = True) -> tuple[bool, bool]:
     from math_verify import parse, verify
     from sympy import Basic, MatrixBase
 
     # Timeouts disabled here on purpose: math-verify's own timeout uses signal.alarm too and
     # would replace our handler; our alarm covers parse and verify together.
     gold_parsed = parse(_delimit(gold), parsing_timeout=None)
-    pred_parsed = parse(_delimit(pred), parsing_timeout=None)
+    pred_parsed = parse(_delimit(pred) if delimit else pred, parsing_timeout=None)
     parsed = any(isinstance(x, (Basic, MatrixBase)) for x in pred_parsed)
     if not gold_parsed or not pred_parsed:
         return False, parsed
@@ -123,7 +124,7 @@ def main() -> None:
             _arm_cpu_limit(soft + 2.0)
             signal.setitimer(signal.ITIMER_REAL, soft)
             try:
-                correct, parsed = _score(str(request["gold"]), str(request["pred"]))
+                correct, parsed = _score(str(request["gold"]), str(request["pred"]), bool(request.get("delimit", True)))
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             response = {"ok": True, "correct": correct, "parsed": parsed}

@@ -1,6 +1,8 @@
 """Per-problem-type accuracy (in [0, 1]) and structure (0 or 0.5) of one extracted answer.
 
-Problem types (canonical names; aliases in :data:`PROBLEM_TYPE_ALIASES`):
+Problem types (canonical names; aliases in :data:`PROBLEM_TYPE_ALIASES`), as the ``strict``
+preset judges them (the switches of :class:`~g2rpo_verl.rewards.settings.RewardSettings` change
+single rules; ``docs/rewards.md`` has both presets side by side):
 
 ==================  ====================================================  ==========================
 problem type        accuracy                                              structure 0.5 when
@@ -9,11 +11,13 @@ multiple choice     predicted option letter == true letter (1/0)          the an
 numerical           equal after rounding to 2 decimals (1/0)              the answer is one number
 regression          mean relative accuracy over t = 0.50, 0.55, …, 0.95   the answer is one number
 OCR                 1 − word error rate (jiwer), clipped to [0, 1]         the answer is non-empty
-math                symbolic equivalence via math-verify (1/0)            math-verify parses it
+math                symbolic equivalence via math-verify (1/0), after     math-verify parses it
+                    cheap pre-checks (:mod:`.math_prechecks`)
 spatial grounding   IoU of boxes, optimal one-to-one matching              the answer is strict JSON boxes
 free-form           exact match after normalization (1/0)                 the answer is non-empty
 ==================  ====================================================  ==========================
 
+With ``structure_check="flat"`` every type but grounding gets the bonus whatever the answer.
 An unknown problem type is scored as free-form (one warning per name). A ground truth that
 cannot be read for its problem type raises ``ValueError`` (counted as a reward failure by
 the caller: it is a data error, not a model error).
@@ -34,11 +38,13 @@ from g2rpo_verl.rewards.answers import (
     match_option_text,
     normalize_text,
     parse_boxes,
+    parse_boxes_key,
     parse_choice_letter,
     parse_number,
     parse_options,
 )
 from g2rpo_verl.rewards.guard import GuardError, GuardTimeout, math_pool
+from g2rpo_verl.rewards.math_prechecks import precheck_math
 
 __all__ = [
     "MULTIPLE_CHOICE",
@@ -127,15 +133,16 @@ def canonical_problem_type(name: Any) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------
-def _multiple_choice(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any) -> Scored:
+def _multiple_choice(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True) -> Scored:
     options = parse_options(extra_info.get("options"))
     truth_s = str(truth).strip()
     true_letter = parse_choice_letter(truth_s) or match_option_text(truth_s, options)
     if answer is None:
         return Scored(0.0, 0.0)
-    letter = parse_choice_letter(answer)
+    lenient = settings.choice_format == "lenient"
+    letter = parse_choice_letter(answer, lenient=lenient)
     structure = STRUCTURE_BONUS if letter is not None else 0.0
-    if letter is None:
+    if letter is None and lenient:
         letter = match_option_text(answer, options)
     if true_letter is None:
         # a ground truth that is neither a letter nor an option: compare the texts
@@ -171,7 +178,7 @@ def _answer_number(answer: str) -> tuple[tuple[float, bool] | None, float]:
     return parse_number(answer, strict=False), 0.0
 
 
-def _numerical(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any) -> Scored:
+def _numerical(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True) -> Scored:
     true_num = _truth_number(truth)
     if answer is None:
         return Scored(0.0, 0.0)
@@ -194,7 +201,7 @@ def mean_relative_accuracy(pred: float, truth: float, thresholds: tuple[float, .
     return sum(1.0 for t in thresholds if rel < 1.0 - t) / len(thresholds)
 
 
-def _regression(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any) -> Scored:
+def _regression(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True) -> Scored:
     true_value, _ = _truth_number(truth)
     if answer is None:
         return Scored(0.0, 0.0)
@@ -203,15 +210,20 @@ def _regression(answer: str | None, truth: Any, extra_info: Mapping[str, Any], s
     return Scored(mean_relative_accuracy(pred[0], true_value) if pred is not None else 0.0, structure)
 
 
-def ocr_accuracy(pred: str, truth: str) -> float:
-    """``1 − WER(truth, pred)`` clipped to [0, 1], after :func:`normalize_text` on both.
+def ocr_accuracy(pred: str, truth: str, fold: bool = True) -> float:
+    """``1 − WER(truth, pred)`` clipped to [0, 1]; words are split on whitespace.
 
-    Normalization: Unicode NFKC, case-folding, whitespace collapsed; punctuation is kept
-    (it is part of the text to read). Empty truth: 1 if the prediction is empty too, else 0.
+    ``fold=True``: :func:`normalize_text` on both first (Unicode NFKC, case-folding). With
+    ``fold=False`` the words are compared as written (the reference). Punctuation is kept
+    either way (it is part of the text to read). Empty truth: 1 if the prediction is empty
+    too, else 0.
     """
     import jiwer
 
-    ref, hyp = normalize_text(truth), normalize_text(pred)
+    if fold:
+        ref, hyp = normalize_text(truth), normalize_text(pred)
+    else:
+        ref, hyp = " ".join(truth.split()), " ".join(pred.split())
     if not ref:
         return 1.0 if not hyp else 0.0
     if not hyp:
@@ -219,14 +231,19 @@ def ocr_accuracy(pred: str, truth: str) -> float:
     return min(1.0, max(0.0, 1.0 - float(jiwer.wer(ref, hyp))))
 
 
-def _ocr(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any) -> Scored:
+def _ocr(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True) -> Scored:
     if answer is None:
         return Scored(0.0, 0.0)
-    return Scored(ocr_accuracy(answer, str(truth)), STRUCTURE_BONUS)
+    return Scored(ocr_accuracy(answer, str(truth), settings.ocr_fold), STRUCTURE_BONUS)
 
 
-def math_equivalent(pred: str, truth: str, timeout_s: float = 5.0, queue_timeout_s: float = 60.0, workers: int = 0) -> tuple[bool, bool]:
+def math_equivalent(
+    pred: str, truth: str, timeout_s: float = 1.0, queue_timeout_s: float = 60.0, workers: int = 0, delimit: bool = True
+) -> tuple[bool, bool]:
     """``(equivalent, parsed)`` by math-verify, run in a killable worker process.
+
+    ``delimit``: a bare answer is read as one LaTeX expression (wrapped in ``$…$``); False
+    lets math-verify find the expression in free text (a whole response).
 
     ``parsed``: math-verify turned the prediction into a sympy object. Raises
     :class:`ScoringFailure` on a timeout or a worker failure. Typical worst case
@@ -236,7 +253,7 @@ def math_equivalent(pred: str, truth: str, timeout_s: float = 5.0, queue_timeout
     pool = math_pool(workers or None)
     try:
         reply = pool.call(
-            {"gold": truth, "pred": pred, "soft_timeout_s": timeout_s},
+            {"gold": truth, "pred": pred, "soft_timeout_s": timeout_s, "delimit": delimit},
             timeout_s=timeout_s + 2.0,  # the worker's own alarm fires first; this is the hard stop
             queue_timeout_s=queue_timeout_s,
         )
@@ -247,7 +264,7 @@ def math_equivalent(pred: str, truth: str, timeout_s: float = 5.0, queue_timeout
     return bool(reply.get("correct")), bool(reply.get("parsed"))
 
 
-def _math(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any) -> Scored:
+def _math(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True) -> Scored:
     if answer is None or len(answer) > settings.max_math_chars:
         return Scored(0.0, 0.0)
     truth_s = str(truth).strip()
@@ -255,18 +272,31 @@ def _math(answer: str | None, truth: Any, extra_info: Mapping[str, Any], setting
         raise ValueError("empty ground truth")
     if len(truth_s) > settings.max_math_chars:
         raise ValueError(f"ground truth longer than max_math_chars={settings.max_math_chars}")
+    settled = precheck_math(answer, truth_s, settings.max_math_depth, settings.max_math_digits)
+    if settled is not None:  # verbatim right, or junk: no math-verify call
+        return Scored(float(settled), STRUCTURE_BONUS if settled else 0.0)
     correct, parsed = math_equivalent(
-        answer, truth_s, settings.math_timeout_s, settings.math_queue_timeout_s, settings.math_workers
+        answer, truth_s, settings.math_timeout_s, settings.math_queue_timeout_s, settings.math_workers, delimit=tagged
     )
     return Scored(float(correct), STRUCTURE_BONUS if parsed else 0.0)
 
 
-def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    """IoU of two boxes ``(x1, y1, x2, y2)``; swapped corners are reordered; no-area -> 0."""
-    ax1, ax2 = sorted((a[0], a[2]))
-    ay1, ay2 = sorted((a[1], a[3]))
-    bx1, bx2 = sorted((b[0], b[2]))
-    by1, by2 = sorted((b[1], b[3]))
+def box_iou(a: tuple[float, ...], b: tuple[float, ...], sort_corners: bool = True) -> float:
+    """IoU of two boxes ``(x1, y1, x2, y2)``; no-area -> 0.
+
+    ``sort_corners``: swapped corners are reordered; otherwise a box with ``x2 < x1`` or
+    ``y2 < y1`` has no area (the reference).
+    """
+    if sort_corners:
+        ax1, ax2 = sorted((a[0], a[2]))
+        ay1, ay2 = sorted((a[1], a[3]))
+        bx1, bx2 = sorted((b[0], b[2]))
+        by1, by2 = sorted((b[1], b[3]))
+    else:
+        ax1, ay1, ax2, ay2 = a[:4]
+        bx1, by1, bx2, by2 = b[:4]
+        if ax2 < ax1 or ay2 < ay1 or bx2 < bx1 or by2 < by1:
+            return 0.0
     iw = max(0.0, min(ax2, bx2) - max(ax1, bx1))
     ih = max(0.0, min(ay2, by2) - max(ay1, by1))
     inter = iw * ih
@@ -276,7 +306,7 @@ def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return min(1.0, max(0.0, inter / union))
 
 
-def match_boxes(pred: list[tuple[float, ...]], truth: list[tuple[float, ...]]) -> float:
+def match_boxes(pred: list[tuple[float, ...]], truth: list[tuple[float, ...]], sort_corners: bool = True) -> float:
     """Sum of IoUs of the best one-to-one matching, divided by ``max(len(pred), len(truth))``.
 
     Each true box is matched with at most one predicted box (Hungarian assignment maximizing
@@ -286,26 +316,32 @@ def match_boxes(pred: list[tuple[float, ...]], truth: list[tuple[float, ...]]) -
     if not pred or not truth:
         return 0.0
     if len(pred) == 1 and len(truth) == 1:
-        return box_iou(pred[0], truth[0])
+        return box_iou(pred[0], truth[0], sort_corners)
     import numpy as np
     from scipy.optimize import linear_sum_assignment
 
-    ious = np.array([[box_iou(p, t) for t in truth] for p in pred], dtype=np.float64)
+    ious = np.array([[box_iou(p, t, sort_corners) for t in truth] for p in pred], dtype=np.float64)
     rows, cols = linear_sum_assignment(ious, maximize=True)
     return float(min(1.0, ious[rows, cols].sum() / max(len(pred), len(truth))))
 
 
-def _grounding(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any) -> Scored:
+def _grounding(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True) -> Scored:
     true_boxes = parse_boxes(truth, strict=True) or parse_boxes(truth, strict=False)
     if true_boxes is None:
         raise ValueError(f"ground truth {str(truth)[:80]!r} has no box")
     if answer is None:
         return Scored(0.0, 0.0)
+    sort_corners = settings.box_corners == "sort"
+    if settings.box_format == "boxes_key":
+        box = parse_boxes_key(answer)
+        if box is None:
+            return Scored(0.0, 0.0)
+        return Scored(match_boxes([box], true_boxes, sort_corners), STRUCTURE_BONUS)
     boxes = parse_boxes(answer, strict=True)
     structure = STRUCTURE_BONUS if boxes is not None else 0.0
     if boxes is None:
         boxes = parse_boxes(answer, strict=False)
-    return Scored(match_boxes(boxes or [], true_boxes), structure)
+    return Scored(match_boxes(boxes or [], true_boxes, sort_corners), structure)
 
 
 def _free_form_norm(text: str) -> str:
@@ -314,14 +350,16 @@ def _free_form_norm(text: str) -> str:
     return s.rstrip(".。!").strip()
 
 
-def _free_form(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any) -> Scored:
+def _free_form(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True) -> Scored:
     if answer is None:
         return Scored(0.0, 0.0)
     truth_n = _free_form_norm(str(truth))
     return Scored(float(bool(truth_n) and _free_form_norm(answer) == truth_n), STRUCTURE_BONUS)
 
 
-_SCORERS: dict[str, Callable[[str | None, Any, Mapping[str, Any], Any], Scored]] = {
+# scorer(answer, truth, extra_info, settings, tagged): ``tagged`` is False when the answer is
+# a fallback text (no answer block), e.g. a whole response
+_SCORERS: dict[str, Callable[[str | None, Any, Mapping[str, Any], Any, bool], Scored]] = {
     MULTIPLE_CHOICE: _multiple_choice,
     NUMERICAL: _numerical,
     REGRESSION: _regression,
@@ -336,9 +374,12 @@ _warned_lock = threading.Lock()
 
 
 def score_answer(
-    problem_type: str, answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any
+    problem_type: str, answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True
 ) -> Scored:
     """Accuracy and structure of ``answer`` (``None``: no answer found) for ``problem_type``.
+
+    ``settings`` is a :class:`~g2rpo_verl.rewards.settings.RewardSettings` (the rule switches);
+    ``tagged=False``: the answer is a fallback text, not an answer block's content.
 
     ``problem_type`` is canonical or unknown (unknown -> free-form, warned once per name).
     Raises ``ValueError`` for an unreadable ground truth and :class:`ScoringFailure` for a
@@ -357,6 +398,9 @@ def score_answer(
                 ", ".join(PROBLEM_TYPES),
             )
         scorer = _free_form
-    result = scorer(answer, truth, extra_info, settings)
+    result = scorer(answer, truth, extra_info, settings, tagged)
     accuracy = result.accuracy if math.isfinite(result.accuracy) else 0.0
-    return Scored(min(1.0, max(0.0, accuracy)), STRUCTURE_BONUS if result.structure > 0 else 0.0)
+    structure = result.structure > 0
+    if settings.structure_check == "flat" and problem_type != GROUNDING:
+        structure = True  # the reference: a flat bonus for every type without a JSON answer
+    return Scored(min(1.0, max(0.0, accuracy)), STRUCTURE_BONUS if structure else 0.0)

@@ -27,6 +27,7 @@ __all__ = [
     "clip_tail",
     "tag_pair",
     "extract_answer",
+    "read_answer",
     "format_score",
     "strip_answer_tags",
     "normalize_text",
@@ -35,6 +36,9 @@ __all__ = [
     "match_option_text",
     "parse_number",
     "parse_boxes",
+    "parse_boxes_key",
+    "collapse_tag_space",
+    "loose_format",
     "MAX_BOXES",
 ]
 
@@ -68,42 +72,93 @@ def tag_pair(tag: str) -> tuple[str, str]:
     return f"<{tag}>", f"</{tag}>"
 
 
-def extract_answer(
-    text: str, answer_tag: str = "answer", think_tag: str = "think", require_answer_tag: bool = True
-) -> str | None:
-    """The stripped content of the LAST complete ``<answer>...</answer>`` block, else ``None``.
+_TAG_SPACE_RE = re.compile(r"([<>/])")
 
-    The last block is used because a model may quote the tag while reasoning. With
-    ``require_answer_tag=False`` a response without a complete answer block falls back to
-    the text after the last ``</think>`` (or the whole response), for models prompted
-    without answer tags. Returns ``None`` for an empty answer.
+
+def collapse_tag_space(text: str) -> str:
+    """``text`` without the whitespace next to ``<``, ``>`` and ``/`` (``< answer >`` -> ``<answer>``).
+
+    Linear time (a split on the three characters; a ``\\s*([<>/])\\s*`` regex substitution is
+    quadratic on long runs of spaces).
+    """
+    if "<" not in text and ">" not in text and "/" not in text:
+        return text
+    parts = _TAG_SPACE_RE.split(text)  # even indices: text between, odd: the characters
+    last = len(parts) - 1
+    for i in range(0, len(parts), 2):
+        piece = parts[i]
+        if i > 0:
+            piece = piece.lstrip()
+        if i < last:
+            piece = piece.rstrip()
+        parts[i] = piece
+    return "".join(parts)
+
+
+def read_answer(
+    text: str,
+    answer_tag: str = "answer",
+    think_tag: str = "think",
+    block: str = "last",
+    fallback: str = "none",
+) -> tuple[str | None, bool]:
+    """The stripped content of the ``block`` (``"last"``/``"first"``) complete answer block.
+
+    ``last``: the content between the last ``</answer>`` and the ``<answer>`` before it (a model
+    may quote the tag while reasoning). ``first``: the content between the first ``<answer>``
+    that has a ``</answer>`` after it and the next ``</answer>``.
+    When there is no complete block, or its content is empty, ``fallback`` decides: ``none``
+    -> ``None``; ``after_think`` -> the text after the last ``</think>`` (or the whole text)
+    without a lone ``<answer>``; ``response`` -> the whole stripped text.
+    Returns ``(answer, tagged)``: ``answer`` is ``None`` instead of an empty string, ``tagged``
+    is True when it is an answer block's content.
     """
     open_a, close_a = tag_pair(answer_tag)
-    end = text.rfind(close_a)
-    if end >= 0:
-        start = text.rfind(open_a, 0, end)
-        if start >= 0:
-            answer = text[start + len(open_a) : end].strip()
-            return answer or None
-    if require_answer_tag:
-        return None
-    _, close_t = tag_pair(think_tag)
-    cut = text.rfind(close_t)
-    rest = text[cut + len(close_t) :] if cut >= 0 else text
-    # a lone opening answer tag (truncated response) is not part of the answer
-    rest = rest.replace(open_a, " ").strip()
-    return rest or None
+    if block == "first":
+        start = text.find(open_a)
+        end = text.find(close_a, start + len(open_a)) if start >= 0 else -1
+        if start >= 0 and end < 0:  # the first opening tag is unclosed: no later one is closed either
+            start = -1
+    else:
+        end = text.rfind(close_a)
+        start = text.rfind(open_a, 0, end) if end >= 0 else -1
+    if start >= 0 and end >= 0:
+        answer = text[start + len(open_a) : end].strip()
+        if answer:
+            return answer, True
+    if fallback == "response":
+        return text.strip() or None, False
+    if fallback == "after_think":
+        _, close_t = tag_pair(think_tag)
+        cut = text.rfind(close_t)
+        rest = text[cut + len(close_t) :] if cut >= 0 else text
+        # a lone opening answer tag (truncated response) is not part of the answer
+        rest = rest.replace(open_a, " ").strip()
+        return rest or None, False
+    return None, False
 
 
-def format_score(text: str, think_tag: str = "think", answer_tag: str = "answer", require_think: bool = True) -> float:
-    """1.0 when ``text`` is exactly ``<think>…</think><answer>…</answer>``, else 0.0.
+def extract_answer(
+    text: str, answer_tag: str = "answer", think_tag: str = "think", block: str = "last", fallback: str = "none"
+) -> str | None:
+    """The answer text of :func:`read_answer` (``None`` when there is none)."""
+    return read_answer(text, answer_tag, think_tag, block, fallback)[0]
 
-    Rules: surrounding whitespace and whitespace between the blocks are allowed; each tag
-    appears exactly once and in that order; nothing precedes the think block or follows the
-    answer block; the answer is non-empty (the reasoning may be empty). With
-    ``require_think=False`` the think block is optional, but when present it must still be
-    well formed. Tags are case-sensitive. Runs in O(len(text)).
+
+def format_score(
+    text: str, think_tag: str = "think", answer_tag: str = "answer", require_think: bool = True, rule: str = "exact"
+) -> float:
+    """1.0 when ``text`` has the format ``<think>…</think><answer>…</answer>``, else 0.0.
+
+    ``rule="exact"``: surrounding whitespace and whitespace between the blocks are allowed;
+    each tag appears exactly once and in that order; nothing precedes the think block or
+    follows the answer block; the answer is non-empty (the reasoning may be empty).
+    ``rule="loose"`` (the reference's): see :func:`loose_format`.
+    With ``require_think=False`` the think block is optional, but when present it must still
+    be well formed. Tags are case-sensitive. Runs in O(len(text)).
     """
+    if rule == "loose":
+        return loose_format(text, think_tag, answer_tag, require_think)
     open_t, close_t = tag_pair(think_tag)
     open_a, close_a = tag_pair(answer_tag)
     s = text.strip()
@@ -121,6 +176,38 @@ def format_score(text: str, think_tag: str = "think", answer_tag: str = "answer"
         return 0.0
     # the only think tags are the ones delimiting ``head``, so the answer holds none
     return 1.0 if head.startswith(open_t) and head.endswith(close_t) and len(head) >= len(open_t) + len(close_t) else 0.0
+
+
+def loose_format(text: str, think_tag: str = "think", answer_tag: str = "answer", require_think: bool = True) -> float:
+    """1.0 when the stripped ``text`` starts with ``<think>``, ends with ``</answer>`` and holds a
+    ``</think>`` followed (whitespace allowed) by ``<answer>`` between the two, else 0.0.
+
+    What lies inside is not checked: several answer blocks, tags inside the reasoning and an
+    empty answer all pass (the authors' released format check). With ``require_think=False``
+    a response that starts with ``<answer>`` also passes. O(len(text)).
+    """
+    open_t, close_t = tag_pair(think_tag)
+    open_a, close_a = tag_pair(answer_tag)
+    s = text.strip()
+    if not s.endswith(close_a):
+        return 0.0
+    limit = len(s) - len(close_a)  # the answer's opening tag must end by here
+    if not require_think and s.startswith(open_a) and len(open_a) <= limit:
+        return 1.0
+    if not s.startswith(open_t):
+        return 0.0
+    at = s.find(close_t, len(open_t))
+    while at >= 0:
+        after = at + len(close_t)
+        nxt = after
+        while nxt < len(s) and s[nxt].isspace():
+            nxt += 1
+        if nxt + len(open_a) > limit:
+            return 0.0  # every later ``</think>`` is further right still
+        if s.startswith(open_a, nxt):
+            return 1.0
+        at = s.find(close_t, after)
+    return 0.0
 
 
 def strip_answer_tags(ground_truth: Any, answer_tag: str = "answer") -> Any:
@@ -182,6 +269,7 @@ def _unwrap(text: str) -> str:
 # ---------------------------------------------------------------------------------------
 # multiple choice
 _LETTER_ONLY_RE = re.compile(r"\(?\s*([A-Za-z])\s*\)?\s*[.:]?")
+_LETTER_BARE_RE = re.compile(r"\(\s*([A-Za-z])\s*\)|([A-Za-z])")
 _LETTER_UPPER_LABEL_RE = re.compile(r"\(?([A-Z])\s*[.):：]\s*\S")
 _LETTER_PAREN_LABEL_RE = re.compile(r"\(([A-Za-z])\)\s*\S")
 _LETTER_LOWER_LABEL_RE = re.compile(r"([a-z])[.)]\s+\S")
@@ -189,14 +277,18 @@ _OPTION_LABEL_RE = re.compile(r"\s*\(?([A-Za-z])\s*[.):：]\s*(.*)", re.DOTALL)
 _MAX_LETTER_TEXT = 2_000
 
 
-def parse_choice_letter(text: str) -> str | None:
+def parse_choice_letter(text: str, lenient: bool = True) -> str | None:
     """The option letter (upper case) if ``text`` is a letter answer, else ``None``.
 
-    Accepted: ``B``, ``b``, ``(B)``, ``B.``, ``B)``, ``b)``, ``B: text``, ``B. text``,
-    ``(b) text``, each optionally wrapped in ``$…$`` / ``\\boxed{}`` / ``**…**``. A lower-case
-    letter followed by text needs ``.`` or ``)`` then a space (so "a cat" is not "A").
+    Always accepted: ``B``, ``b``, ``(B)``, each optionally wrapped in ``$…$`` / ``\\boxed{}`` /
+    ``\\text{}`` / ``**…**``. ``lenient`` also accepts ``B.``, ``B:``, ``B)``, ``b)``,
+    ``B: text``, ``B. text``, ``(b) text``; a lower-case letter followed by text needs ``.`` or
+    ``)`` then a space (so "a cat" is not "A").
     """
     s = _unwrap(text[:_MAX_LETTER_TEXT])
+    if not lenient:
+        m = _LETTER_BARE_RE.fullmatch(s)
+        return (m.group(1) or m.group(2)).upper() if m else None
     m = _LETTER_ONLY_RE.fullmatch(s)
     if m:
         return m.group(1).upper()
@@ -351,6 +443,43 @@ def _strip_fence(s: str) -> str:
     inner = s[3:-3]
     lang = _FENCE_LANG_RE.match(inner)
     return inner[lang.end() if lang else 0 :].strip()
+
+
+def _coordinate(value: Any) -> float | None:
+    """A finite coordinate from a JSON number or a numeric string (``"12.5"``), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        out = float(value)
+    elif isinstance(value, str) and len(value) <= 64:
+        out = _to_float(value.strip())
+        if out is None:
+            return None
+    else:
+        return None
+    return out if math.isfinite(out) else None
+
+
+def parse_boxes_key(answer: str) -> Box | None:
+    """The one box of an answer that is exactly the JSON object ``{"boxes": [x1, y1, x2, y2]}``.
+
+    Other keys may sit next to ``boxes``; coordinates are JSON numbers or numeric strings
+    (``"12"``). Anything else (a bare list, a fence, several boxes, prose) -> ``None``.
+    """
+    s = answer.strip()
+    if len(s) > _MAX_JSON_CHARS or not s.startswith("{"):
+        return None
+    try:
+        obj = json.loads(s)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, Mapping):
+        return None
+    value = obj.get("boxes")
+    if not isinstance(value, list) or len(value) != 4:
+        return None
+    box = tuple(_coordinate(v) for v in value)
+    return box if all(v is not None for v in box) else None  # type: ignore[return-value]
 
 
 def parse_boxes(answer: Any, strict: bool = True) -> list[Box] | None:
