@@ -23,6 +23,10 @@ from g2rpo_verl.rewards.settings import RewardSettings
 
 # one pathological expression: 2^(2^65536); sympy spins on it for minutes in pure Python
 TOWER = "2^{2^{2^{2^{2^{2}}}}}"
+# 9^(9^9), 370 million digits: the pre-checks reject it (more than max_math_digits); with the
+# limit raised it reaches math-verify and exercises the time limit
+SLOW = "9^{9^{9}}"
+REACH_MATH_VERIFY = {"max_math_digits": 10**9}
 
 
 def wrap(answer, think="I reason."):
@@ -254,7 +258,7 @@ def test_every_sample_has_the_same_keys_and_verl_can_stack_them():
         score("brand new type", "a", "a"),
         compute_score("s", None, None, None),
         compute_score("s", b"\xff\xfe<answer>", 3.5, {"problem_type": "numerical"}),
-        score("math", TOWER, "2", math_timeout_s=0.5),
+        score("math", SLOW, "2", math_timeout_s=0.5, **REACH_MATH_VERIFY),
     ]
     for out in samples:
         assert tuple(out) == REWARD_KEYS
@@ -278,7 +282,7 @@ def test_math_timeout_from_a_non_main_thread():
 
     def run():
         t0 = time.monotonic()
-        result["out"] = score("math", TOWER, "2", math_timeout_s=1.0)
+        result["out"] = score("math", SLOW, "2", math_timeout_s=1.0, **REACH_MATH_VERIFY)
         result["seconds"] = time.monotonic() - t0
 
     thread = threading.Thread(target=run)
@@ -299,16 +303,19 @@ def test_math_timeout_from_a_non_main_thread():
 def test_concurrent_calls_through_an_event_loop_executor():
     # verl: `await loop.run_in_executor(None, lambda: compute_score(...))`, many at once
     jobs = [("math", "0.5", "\\frac{1}{2}", 1.0), ("math", "1/3", "\\frac{1}{2}", 0.0)] * 4
-    jobs += [("math", TOWER, "2", 0.0), ("numerical", "7", "7", 1.0), ("OCR", "a b", "a b", 1.0)]
+    jobs += [("math", SLOW, "2", 0.0), ("numerical", "7", "7", 1.0), ("OCR", "a b", "a b", 1.0)]
 
     async def main():
         loop = asyncio.get_running_loop()
-        calls = [loop.run_in_executor(None, lambda j=j: score(j[0], j[1], j[2], math_timeout_s=1.0)) for j in jobs]
+        calls = [
+            loop.run_in_executor(None, lambda j=j: score(j[0], j[1], j[2], math_timeout_s=1.0, **REACH_MATH_VERIFY))
+            for j in jobs
+        ]
         return await asyncio.gather(*calls)
 
     outs = asyncio.run(main())
     assert [o["accuracy"] for o in outs] == [j[3] for j in jobs]
-    assert [o["reward_failure"] for o in outs].count(1.0) == 1  # only the tower
+    assert [o["reward_failure"] for o in outs].count(1.0) == 1  # only the huge power
 
 
 def test_hard_kill_when_the_worker_ignores_its_soft_limit():

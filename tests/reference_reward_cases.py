@@ -1,0 +1,151 @@
+"""Hand-written cases of the authors' released reward rules, with the score each rule gives.
+
+The expected values follow this statement of their rules (docs/rewards.md, "The reference
+rules"), worked out by hand — not by running their code:
+
+* the response first loses the whitespace next to ``<``, ``>`` and ``/``;
+* format = 1 when the response starts with ``<thinking>``, ends with ``</answer>`` and has
+  ``</thinking>`` then ``<answer>`` in between (anything else inside is allowed, an empty
+  answer too);
+* the answer is the FIRST ``<answer>…</answer>`` block's stripped content; when it is missing
+  or empty the whole (rewritten, stripped) response is scored instead;
+* structure = 0.5 for every type but grounding; for grounding 0.5 when the answer is the JSON
+  object ``{"boxes": [x1, y1, x2, y2]}`` (numbers or numeric strings); 0 whenever format = 0;
+* accuracy — multiple choice: the answer is the true letter (any case, optionally in ``( )``,
+  ``$ $`` or ``\\boxed{}``); numerical: ``float`` of the whole answer equals the truth to 2
+  decimals; regression: mean over t = 0.50…0.95 of ``|pred − truth| / |truth| < 1 − t``;
+  OCR: 1 − WER on whitespace-split words, case-sensitive; math: math-verify equivalence;
+  grounding: IoU of the answer's one box (corners as given) with the true box;
+* overall = 0.9·accuracy + 0.1·format + structure.
+
+``exception`` names the documented place where the ``reference`` preset deliberately differs
+from that rule (docs/rewards.md, "Where reference differs from the authors' code"); the value
+given is still what THEIR rule gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Case:
+    problem_type: str
+    response: str
+    truth: str
+    accuracy: float
+    format: float
+    structure: float
+    note: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    exception: str = ""  # "" or the documented exception (E1..) that makes reference differ
+
+    @property
+    def overall(self) -> float:
+        return 0.9 * self.accuracy + 0.1 * self.format + self.structure
+
+
+def T(answer: str, think: str = "I look at the image.") -> str:
+    return f"<thinking>{think}</thinking><answer>{answer}</answer>"
+
+
+MC = {"options": ["A. a cat", "B. a dog", "C. a bird", "D. a fish"]}
+BOX = '{"boxes": [0, 0, 100, 100]}'
+
+CASES = [
+    # ------------------------------------------------------------ multiple choice, truth B
+    Case("multiple choice", T("B"), "B", 1, 1, 0.5, "correct letter", MC),
+    Case("multiple choice", T("C"), "B", 0, 1, 0.5, "wrong letter", MC),
+    Case("multiple choice", T("b"), "B", 1, 1, 0.5, "lower case", MC),
+    Case("multiple choice", T("(B)"), "B", 1, 1, 0.5, "in parentheses", MC),
+    Case("multiple choice", T("$\\boxed{B}$"), "B", 1, 1, 0.5, "boxed", MC),
+    Case("multiple choice", T("B."), "B", 0, 1, 0.5, "letter and a period is not the letter", MC),
+    Case("multiple choice", T("B. a dog"), "B", 0, 1, 0.5, "letter with the option text", MC),
+    Case("multiple choice", T("a dog"), "B", 0, 1, 0.5, "option text only", MC),
+    Case("multiple choice", "<think>r</think><answer>B</answer>", "B", 1, 0, 0, "<think> tag: format fails, structure gated", MC),
+    Case("multiple choice", "<answer>B</answer>", "B", 1, 0, 0, "no think block", MC),
+    Case("multiple choice", T(""), "B", 0, 1, 0.5, "empty answer passes format; whole response scored", MC),
+    Case("multiple choice", "<thinking>r</thinking> B", "B", 0, 0, 0, "no answer block: whole response is not a letter", MC),
+    Case("multiple choice", "B", "B", 1, 0, 0, "bare letter: whole response scored", MC),
+    Case("multiple choice", T("A") + "<answer>B</answer>", "B", 0, 1, 0.5, "two answer blocks: the first counts", MC),
+    Case("multiple choice", "< thinking >r</ thinking > < answer > B </ answer >", "B", 1, 1, 0.5, "spaces inside tags", MC),
+    Case("multiple choice", "<thinking>r</thinking>\n\n<answer>\nB\n</answer>\n", "B", 1, 1, 0.5, "newlines between blocks", MC),
+    Case("multiple choice", T("B") + " done", "B", 1, 0, 0, "text after the answer block", MC),
+    Case("multiple choice", "x " + T("B"), "B", 1, 0, 0, "text before the think block", MC),
+    Case("multiple choice", "<thinking>a</thinking>b<thinking>c</thinking><answer>B</answer>", "B", 1, 1, 0.5, "two think blocks", MC),
+    # ------------------------------------------------------------ numerical, truth 15
+    Case("numerical", T("15"), "15", 1, 1, 0.5, "correct"),
+    Case("numerical", T("15.001"), "15", 1, 1, 0.5, "equal to 2 decimals"),
+    Case("numerical", T("14.996"), "15", 1, 1, 0.5, "rounds to 15.00"),
+    Case("numerical", T("15.01"), "15", 0, 1, 0.5, "differs at 2 decimals"),
+    Case("numerical", T("16"), "15", 0, 1, 0.5, "wrong"),
+    Case("numerical", T("-15"), "15", 0, 1, 0.5, "wrong sign"),
+    Case("numerical", T("1,500"), "1500", 1, 1, 0.5, "thousands comma"),
+    Case("numerical", T("15"), "15.0", 1, 1, 0.5, "truth written as a float"),
+    Case("numerical", T("fifteen"), "15", 0, 1, 0.5, "a word"),
+    Case("numerical", T("15 objects"), "15", 0, 1, 0.5, "number with a unit word", exception="E2"),
+    Case("numerical", T("$15$"), "15", 0, 1, 0.5, "number in $…$", exception="E2"),
+    Case("numerical", "15", "15", 1, 0, 0, "bare number: whole response scored"),
+    Case("numerical", "<thinking>r</thinking>15", "15", 0, 0, 0, "no answer block", exception="E2"),
+    Case("numerical", T(""), "15", 0, 1, 0.5, "empty answer"),
+    Case("numerical", "<think>r</think><answer>15</answer>", "15", 1, 0, 0, "<think> tag"),
+    # ------------------------------------------------------------ regression, truth 10
+    Case("regression", T("10"), "10", 1, 1, 0.5, "exact"),
+    Case("regression", T("10.4"), "10", 1, 1, 0.5, "4 % off: every threshold"),
+    Case("regression", T("9.4"), "10", 0.9, 1, 0.5, "6 % off: t = .50 … .90"),
+    Case("regression", T("11"), "10", 0.8, 1, 0.5, "10 % off: t = .50 … .85"),
+    Case("regression", T("12.5"), "10", 0.5, 1, 0.5, "25 % off: t = .50 … .70"),
+    Case("regression", T("15"), "10", 0, 1, 0.5, "50 % off: no threshold (0.5 < 0.5 is false)"),
+    Case("regression", T("abc"), "10", 0, 1, 0.5, "not a number"),
+    Case("regression", "10", "10", 1, 0, 0, "bare number"),
+    Case("regression", "<answer>11</answer>", "10", 0.8, 0, 0, "no think block"),
+    # ------------------------------------------------------------ OCR, truth "Hello World"
+    Case("OCR", T("Hello World"), "Hello World", 1, 1, 0.5, "exact"),
+    Case("OCR", T("hello world"), "Hello World", 0, 1, 0.5, "case differs: two substitutions"),
+    Case("OCR", T("Hello world"), "Hello World", 0.5, 1, 0.5, "one word's case differs"),
+    Case("OCR", T("Hello  World"), "Hello World", 1, 1, 0.5, "extra space"),
+    Case("OCR", T("Hello there World"), "Hello World", 0.5, 1, 0.5, "one insertion"),
+    Case("OCR", T("Hello"), "Hello World", 0.5, 1, 0.5, "one deletion"),
+    Case("OCR", T("Goodbye"), "Hello World", 0, 1, 0.5, "all wrong"),
+    Case("OCR", T("Hello World Hello World Hello"), "Hello World", 0, 1, 0.5, "WER above 1 is clipped"),
+    Case("OCR", "<thinking>r</thinking>Hello World", "Hello World", 0.5, 0, 0, "no answer block: the first word is glued to the tags"),
+    Case("OCR", "Hello World", "Hello World", 1, 0, 0, "bare text"),
+    Case("OCR", T("A / B"), "A / B", 0, 1, 0.5, "slash: their rewrite joins the answer's words only", exception="E3"),
+    # ------------------------------------------------------------ math, truth \frac{1}{2}
+    Case("math", T("\\frac{1}{2}"), "\\frac{1}{2}", 1, 1, 0.5, "same expression"),
+    Case("math", T("0.5"), "\\frac{1}{2}", 1, 1, 0.5, "equivalent decimal"),
+    Case("math", T("$\\frac{1}{2}$"), "\\frac{1}{2}", 1, 1, 0.5, "in $…$"),
+    Case("math", T("\\boxed{\\frac12}"), "\\frac{1}{2}", 1, 1, 0.5, "boxed"),
+    Case("math", T("1/3"), "\\frac{1}{2}", 0, 1, 0.5, "wrong"),
+    Case("math", T("x"), "\\frac{1}{2}", 0, 1, 0.5, "a symbol"),
+    Case("math", T("!" * 40), "\\frac{1}{2}", 0, 1, 0.5, "junk still earns the flat structure"),
+    Case("math", T("[[" * 50), "\\frac{1}{2}", 0, 1, 0.5, "bracket junk"),
+    Case("math", "<think>r</think><answer>0.5</answer>", "\\frac{1}{2}", 1, 0, 0, "<think> tag"),
+    Case("math", "<thinking>so it is \\boxed{\\frac{1}{2}}</thinking>", "\\frac{1}{2}", 1, 0, 0, "no answer block: found in the whole response"),
+    # ------------------------------------------------------------ spatial grounding, truth one box
+    Case("spatial grounding", T(BOX), BOX, 1, 1, 0.5, "exact box"),
+    Case("spatial grounding", T('{"boxes": [50, 50, 150, 150]}'), BOX, 2500 / 17500, 1, 0.5, "partial overlap"),
+    Case("spatial grounding", T('{"boxes": [200, 200, 300, 300]}'), BOX, 0, 1, 0.5, "no overlap, right structure"),
+    Case("spatial grounding", T('{"boxes": ["0", "0", "100", "100"]}'), BOX, 1, 1, 0.5, "string coordinates"),
+    Case("spatial grounding", T('{"boxes": [0, 0, 100, 100], "label": "dog"}'), BOX, 1, 1, 0.5, "an extra key"),
+    Case("spatial grounding", T("[0, 0, 100, 100]"), BOX, 0, 1, 0, "bare list"),
+    Case("spatial grounding", T('```json\n{"boxes": [0, 0, 100, 100]}\n```'), BOX, 0, 1, 0, "json fence"),
+    Case("spatial grounding", T('[{"bbox_2d": [0, 0, 100, 100], "label": "dog"}]'), BOX, 0, 1, 0, "Qwen bbox_2d objects"),
+    Case("spatial grounding", T('{"boxes": [[0, 0, 100, 100]]}'), BOX, 0, 1, 0, "a list of boxes"),
+    Case("spatial grounding", T('{"boxes": [100, 100, 0, 0]}'), BOX, 0, 1, 0.5, "swapped corners: no area"),
+    Case("spatial grounding", T("The dog is at [0, 0, 100, 100]."), BOX, 0, 1, 0, "prose"),
+    Case("spatial grounding", T('{"boxes": [0, 0, 100]}'), BOX, 0, 1, 0, "three coordinates"),
+    Case("spatial grounding", "<think>r</think><answer>" + BOX + "</answer>", BOX, 1, 0, 0, "<think> tag: structure gated"),
+    Case("spatial grounding", BOX, BOX, 1, 0, 0, "bare JSON: whole response scored"),
+    Case("spatial grounding", T(""), BOX, 0, 1, 0, "empty answer: no JSON"),
+    # ------------------------------------------------------------ a type their code does not know
+    Case("open-ended", T("Paris"), "Paris", 0, 1, 0.5, "their open-ended/unknown types score 0", exception="E4"),
+]
+
+#: the documented exceptions (docs/rewards.md) by id
+EXCEPTIONS = {
+    "E2": "numbers are read from the answer text ('15 objects', '$15$'), not float() of it",
+    "E3": "the whitespace rewrite applies to the ground truth too",
+    "E4": "unknown problem types are scored as free-form (theirs: 0)",
+}
