@@ -11,9 +11,20 @@ answer forms the scorers accept. Two ways of calling:
 
 It also times the costly paths of the math guard: the first call of a process (starting a
 worker) and a pathological expression that hits the time limit (the worker is killed and
-replaced). Prints samples/s, the slowest problem type and what bounds it.
+replaced). Prints samples/s and the mean accuracy (half the samples are right; the wrong
+half earns partial credit where the type has it), which must not change between revisions.
+
+The collapse case (``--junk``): a collapsing policy writes junk for whole batches ("!!!!…",
+runs of brackets, power towers). Each problem type scores a batch of well-tagged junk answers
+(:data:`JUNK`, ``--junk-repeat`` times) one after another; printed: samples/s and the median,
+90th percentile and largest time per sample (targets: ≤ 20 ms, ≤ 50 ms, ≤ 1 s).
+
+``--before REF`` runs the same measurements on the reward code of git revision ``REF`` (its
+``g2rpo_verl`` package extracted to a temporary directory, in a subprocess of this Python)
+and prints before and after side by side.
 
 Usage: python scripts/bench_rewards.py [--samples 400] [--threads 8] [--think-chars 2000]
+                                       [--junk] [--junk-repeat 3] [--before main]
 """
 
 from __future__ import annotations
@@ -22,8 +33,14 @@ import argparse
 import json
 import os
 import random
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from g2rpo_verl.rewards import compute_score
 from g2rpo_verl.rewards.guard import math_pool
@@ -74,60 +91,178 @@ def make_samples(problem_type: str, n: int, think_chars: int, seed: int = 0) -> 
     return out
 
 
-def run(samples: list[tuple], threads: int) -> float:
-    """Seconds to score all samples (threads=0: sequential on this thread)."""
+TYPES = ["multiple choice", "numerical", "regression", "OCR", "math", "spatial grounding", "free-form"]
+TRUTHS = {
+    "multiple choice": "B",
+    "numerical": "15",
+    "regression": "3.5",
+    "OCR": "hello world",
+    "math": "\\frac{1}{2}",
+    "spatial grounding": '{"boxes": [120, 40, 560, 910]}',
+    "free-form": "Paris",
+}
+#: what a collapsing policy writes inside its answer tags: runs of one character or bracket,
+#: bracket soup, power towers and huge factorials, long digit strings
+JUNK = [
+    "!" * 40, "!" * 400, "?" * 200, "." * 400,
+    "[[" * 50, "(" * 300, ")" * 300, "[" * 1000, "([{" * 100, "{}" * 200, "((((((((((1))))))))))",
+    "\\sqrt{" * 200, "\\frac{" * 100, "x^" * 300, "(1)^" * 200 + "1",
+    "9^{9^{9^9}}", "(10^{10})!", "10^{10^{10}}", "2^{2^{2^{2^{2^{2}}}}}", "1000000!",
+    "1" * 500, "9" * 1500, "1234567890" * 30,
+]
+
+
+def run(samples: list[tuple], threads: int) -> tuple[float, float]:
+    """``(seconds, mean accuracy)`` of scoring all samples (threads=0: sequential here)."""
     t0 = time.perf_counter()
     if threads <= 0:
-        for sol, truth, extra in samples:
-            compute_score("bench", sol, truth, extra)
+        outs = [compute_score("bench", sol, truth, extra) for sol, truth, extra in samples]
     else:
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda s: compute_score("bench", s[0], s[1], s[2]), samples))
-    return time.perf_counter() - t0
+            outs = list(pool.map(lambda s: compute_score("bench", s[0], s[1], s[2]), samples))
+    return time.perf_counter() - t0, sum(o["accuracy"] for o in outs) / len(outs)
+
+
+def junk_batch(problem_type: str, repeat: int, template: str = "<think>r</think><answer>{}</answer>", **kwargs) -> dict:
+    """Score ``repeat`` x :data:`JUNK` (each put into ``template``) one by one."""
+    times = []
+    for _ in range(repeat):
+        for junk in JUNK:
+            t0 = time.perf_counter()
+            compute_score("bench", template.format(junk), TRUTHS[problem_type], {"problem_type": problem_type}, **kwargs)
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return {
+        "per_s": len(times) / sum(times),
+        "median_ms": 1e3 * statistics.median(times),
+        "p90_ms": 1e3 * times[min(len(times) - 1, int(0.9 * len(times)))],
+        "max_ms": 1e3 * times[-1],
+    }
+
+
+def measure(args) -> dict:
+    """Every measurement of this run as one dict (printed as JSON with --json)."""
+    import g2rpo_verl
+
+    pool = math_pool()
+    out: dict = {"package": str(Path(g2rpo_verl.__file__).parent), "workers": pool.max_workers}
+    first = ("bench", "<answer>0.5</answer>", "\\frac{1}{2}", {"problem_type": "math"})  # reaches math-verify
+    t0 = time.perf_counter()
+    compute_score(*first)
+    out["cold_ms"] = 1e3 * (time.perf_counter() - t0)
+    # 9^(9^9) reaches math-verify (the pre-checks, where present, are told to let it through)
+    # and runs into the 1 s limit: the worker is killed and replaced
+    t0 = time.perf_counter()
+    slow = compute_score(
+        "bench", "<answer>9^{9^{9}}</answer>", "2", {"problem_type": "math"}, math_timeout_s=1.0, max_math_digits=10**9
+    )
+    out["timeout_s"] = time.perf_counter() - t0
+    out["timeout_failure"] = slow["reward_failure"]
+    t0 = time.perf_counter()
+    compute_score(*first)
+    out["respawn_ms"] = 1e3 * (time.perf_counter() - t0)
+    out["valid"] = {}
+    for problem_type in TYPES if args.samples > 0 else []:
+        samples = make_samples(problem_type, args.samples, args.think_chars)
+        run(samples[:10], 0)  # warm caches (imports, jiwer, scipy)
+        seq, acc = run(samples, 0)
+        thr, _ = run(samples, args.threads)
+        out["valid"][problem_type] = {"seq_per_s": len(samples) / seq, "thr_per_s": len(samples) / thr, "accuracy": acc}
+    out["junk"] = {t: junk_batch(t, args.junk_repeat) for t in TYPES} if args.junk else {}
+    import g2rpo_verl.rewards as rewards
+
+    if args.junk and hasattr(rewards, "PRESETS"):  # revisions with presets: the reference preset too
+        out["junk_reference"] = {
+            "tagged": {t: junk_batch(t, args.junk_repeat, "<thinking>r</thinking><answer>{}</answer>", preset="reference") for t in TYPES},
+            # no answer block: the reference scores the whole response
+            "untagged": {t: junk_batch(t, args.junk_repeat, "{}", preset="reference") for t in TYPES},
+        }
+    out["pool"] = dict(pool.stats)
+    return out
+
+
+def measure_revision(ref: str, args) -> dict:
+    """:func:`measure` on the ``g2rpo_verl`` package of git revision ``ref`` (a subprocess)."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="bench_rewards_") as tmp:
+        archive = subprocess.run(["git", "-C", str(root), "archive", ref, "g2rpo_verl"], check=True, capture_output=True).stdout
+        with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        argv = [sys.executable, str(Path(__file__).resolve()), "--json", "--samples", str(args.samples),
+                "--threads", str(args.threads), "--think-chars", str(args.think_chars), "--junk-repeat", str(args.junk_repeat)]
+        if args.junk:
+            argv.append("--junk")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([tmp, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=tmp)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench of {ref} failed:\n{proc.stderr[-3000:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        if not result["package"].startswith(tmp):
+            raise SystemExit(f"bench of {ref} imported {result['package']} instead of the extracted revision")
+        result["package"] = f"{ref} ({result['package']})"
+        return result
+
+
+def report(results: dict[str, dict]) -> None:
+    """Print one or more :func:`measure` results side by side (columns: their names)."""
+    names = list(results)
+    first = results[names[0]]
+    print(f"cpu_count={os.cpu_count()}  math workers={first['workers']}")
+    for name, r in results.items():
+        print(f"[{name}] {r['package']}: math first call (starts a worker) {r['cold_ms']:.0f} ms; 9^(9^9) with "
+              f"math_timeout_s=1 -> {r['timeout_s']:.2f} s, reward_failure={r['timeout_failure']:.0f}; next call "
+              f"(replacement worker) {r['respawn_ms']:.0f} ms; pool {r['pool']}")
+    if first["valid"]:
+        print("\nvalid answers (half right, half wrong): samples/s sequential | threads, mean accuracy")
+        print(f"{'problem type':18s}" + "".join(f"{n:>34s}" for n in names))
+        for t in first["valid"]:
+            cells = []
+            for n in names:
+                v = results[n]["valid"][t]
+                cells.append(f"{v['seq_per_s']:8.0f} |{v['thr_per_s']:7.0f}   acc {v['accuracy']:.2f}")
+            print(f"{t:18s}" + "".join(f"{c:>34s}" for c in cells))
+    if first["junk"]:
+        print(f"\ncollapse case: {len(JUNK)} junk answers per batch, scored one by one")
+        print(f"{'problem type':18s}" + "".join(f"{n + ': /s  median  p90   max ms':>40s}" for n in names))
+        for t in first["junk"]:
+            cells = []
+            for n in names:
+                j = results[n]["junk"][t]
+                cells.append(f"{j['per_s']:9.1f} {j['median_ms']:7.1f} {j['p90_ms']:6.1f} {j['max_ms']:7.0f}")
+            print(f"{t:18s}" + "".join(f"{c:>40s}" for c in cells))
+        last = results[names[-1]]
+        if "junk_reference" in last:
+            print(f"\n[{names[-1]}] preset=reference: junk in <thinking>/<answer> tags | the whole response junk (no tags)")
+            for t in TYPES:
+                cells = []
+                for kind in ("tagged", "untagged"):
+                    j = last["junk_reference"][kind][t]
+                    cells.append(f"{j['per_s']:9.1f} {j['median_ms']:7.1f} {j['p90_ms']:6.1f} {j['max_ms']:7.0f}")
+                print(f"{t:18s}" + "".join(f"{c:>40s}" for c in cells))
+        if len(names) == 2:
+            a, b = (results[n]["junk"] for n in names)
+            print("\nspeed-up on junk (samples/s after / before): "
+                  + ", ".join(f"{t} {b[t]['per_s'] / a[t]['per_s']:.0f}x" for t in a))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--samples", type=int, default=400, help="valid samples per problem type (0: skip)")
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--think-chars", type=int, default=2000)
+    parser.add_argument("--junk", action="store_true", help="also score batches of junk answers (the collapse case)")
+    parser.add_argument("--junk-repeat", type=int, default=3, help="each junk answer this many times per problem type")
+    parser.add_argument("--before", metavar="REF", help="also measure git revision REF's reward code, side by side")
+    parser.add_argument("--json", action="store_true", help="print the measurements as one JSON line")
     args = parser.parse_args()
-
-    pool = math_pool()
-    print(f"cpu_count={os.cpu_count()}  math workers={pool.max_workers}  samples/type={args.samples}  "
-          f"threads={args.threads}  think={args.think_chars} chars")
-
-    t0 = time.perf_counter()
-    compute_score("bench", "<answer>1</answer>", "1", {"problem_type": "math"})
-    cold = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = compute_score("bench", "<answer>2^{2^{2^{2^{2^{2}}}}}</answer>", "2", {"problem_type": "math"}, math_timeout_s=1.0)
-    patho = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    compute_score("bench", "<answer>1</answer>", "1", {"problem_type": "math"})
-    respawn = time.perf_counter() - t0
-    print(f"math: first call (starts a worker) {cold * 1e3:.0f} ms; pathological expression with "
-          f"math_timeout_s=1 -> {patho:.2f} s, reward_failure={out['reward_failure']:.0f}; "
-          f"next call (replacement worker) {respawn * 1e3:.0f} ms")
-
-    types = ["multiple choice", "numerical", "regression", "OCR", "math", "spatial grounding", "free-form"]
-    rows = []
-    print(f"\n{'problem type':18s} {'sequential/s':>13s} {'threads/s':>10s} {'ms/sample':>10s}")
-    for problem_type in types:
-        samples = make_samples(problem_type, args.samples, args.think_chars)
-        run(samples[:10], 0)  # warm caches (imports, jiwer, scipy)
-        seq = run(samples, 0)
-        thr = run(samples, args.threads)
-        rows.append((problem_type, len(samples) / seq, len(samples) / thr, 1e3 * seq / len(samples)))
-        print(f"{problem_type:18s} {rows[-1][1]:13.0f} {rows[-1][2]:10.0f} {rows[-1][3]:10.3f}")
-    slowest = min(rows, key=lambda r: r[1])
-    print(f"\nslowest: {slowest[0]} at {slowest[1]:.0f} samples/s sequential "
-          f"({slowest[3]:.2f} ms/sample).")
-    if slowest[0] == "math":
-        print("bounded by: sympy parse + verify inside the worker (one pipe round trip ~0.1 ms on top); "
-              f"in parallel by the {pool.max_workers} math worker processes (G2RPO_MATH_WORKERS), each "
-              "call capped at math_timeout_s (+2 s hard kill).")
-    print(f"math pool stats: {pool.stats}")
+    if args.json:
+        print(json.dumps(measure(args)))
+        return
+    results = {}
+    if args.before:
+        results["before"] = measure_revision(args.before, args)
+    results["after" if args.before else "this tree"] = measure(args)
+    report(results)
 
 
 if __name__ == "__main__":
