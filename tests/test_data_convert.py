@@ -48,7 +48,8 @@ def test_row_matches_verl_multimodal_dataset():
     row = convert_record(record(), 3, "train", OPTS)
     assert row["prompt"][0]["role"] == "user"
     assert row["prompt"][0]["content"].startswith("<image> How many dots?")
-    assert "<think>" in row["prompt"][0]["content"]  # the default format instruction
+    assert "<thinking> </thinking>" in row["prompt"][0]["content"]  # the reference preset's tag
+    assert "only the number" in row["prompt"][0]["content"]  # the numerical instruction
     (image,) = row["images"]
     assert image == {"image": str((SAMPLE / "images/dots7.png").resolve()), "min_pixels": 3136, "max_pixels": 1048576}
     assert row["reward_model"] == {"style": "rule", "ground_truth": "7"}
@@ -69,6 +70,41 @@ def test_verl_builds_the_chat_messages_from_the_row():
     kinds = [part["type"] for part in messages[0]["content"]]
     assert kinds == ["image", "text", "image", "text"]
     assert messages[0]["content"][0]["max_pixels"] == 1048576
+
+
+@pytest.mark.parametrize(
+    "problem_type,answer,asks",
+    [
+        ("spatial grounding", '<answer>{"boxes": [1, 2, 3, 4]}</answer>', 'JSON with the key "boxes"'),
+        ("multiple choice", "<answer>B</answer>", "only the letter of the correct option"),
+        ("OCR", "<answer>STOP</answer>", "exactly as it is written"),
+        ("math", "<answer>\\frac{1}{2}</answer>", "a number or a LaTeX expression"),
+    ],
+)
+def test_default_prompts_ask_for_each_problem_types_answer_with_the_presets_tag(problem_type, answer, asks):
+    rec = record(problem_type=problem_type, answer=answer)
+    reference = convert_record(rec, 0, "train", OPTS)["prompt"][0]["content"]
+    assert asks in reference and "<thinking> </thinking>" in reference and "<answer> </answer>" in reference
+    strict = convert_record(rec, 0, "train", ConvertOptions(image_root=SAMPLE, preset="strict"))["prompt"][0]["content"]
+    assert "<think> </think>" in strict and asks in strict
+    custom = convert_record(rec, 0, "train", ConvertOptions(image_root=SAMPLE, think_tag="reasoning"))["prompt"][0]["content"]
+    assert "<reasoning> </reasoning>" in custom
+
+
+def test_the_grounding_example_is_what_the_reference_reward_reads():
+    from g2rpo_verl.data.records import ANSWER_FORMS
+    from g2rpo_verl.rewards import compute_score
+
+    for problem_type, (_, example) in ANSWER_FORMS.items():
+        out = compute_score("s", f"<thinking>r</thinking><answer>{example}</answer>", example, {"problem_type": problem_type}, preset="reference")
+        assert out["score"] == pytest.approx(1.5), problem_type
+
+
+def test_bad_preset_or_tag_is_an_error():
+    with pytest.raises(ValueError, match="preset"):
+        ConvertOptions(preset="paper")
+    with pytest.raises(ValueError, match="think_tag"):
+        ConvertOptions(think_tag="<think>")
 
 
 def test_problem_type_is_canonicalised_and_options_appended():

@@ -5,6 +5,6 @@ record into one verl row and says exactly what is wrong with a bad one; :mod:`.w
 splits train / validation per task and writes every file atomically.
 """
 
-from g2rpo_verl.data.records import DEFAULT_FORMAT_PROMPT, ConvertOptions, RecordError, convert_record
+from g2rpo_verl.data.records import ANSWER_FORMS, ConvertOptions, RecordError, convert_record, format_prompt
 
-__all__ = ["DEFAULT_FORMAT_PROMPT", "ConvertOptions", "RecordError", "convert_record"]
+__all__ = ["ANSWER_FORMS", "ConvertOptions", "RecordError", "convert_record", "format_prompt"]

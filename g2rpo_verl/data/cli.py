@@ -4,12 +4,17 @@
 
     g2rpo-data convert --input train.json [more.json ...] --out ~/data/g2rpo \\
         [--val val.json | --val-fraction 0.02] [--image-root DIR] [--embed-images]
+        [--preset reference | strict] [--think-tag TAG] [--format-prompt TEXT]
 
 writes ``OUT/train.parquet``, ``OUT/val.parquet`` (every task), ``OUT/val_<task>.parquet``
 (one per task, task = ``--task-key``, default ``problem_type``) and ``OUT/manifest.json``
 (files, row counts per task, options). Inputs are JSON arrays or JSON lines. Every bad record
 is reported (index, ``problem_id``, field; the first 20 printed) and then nothing is written;
 exit status 2.
+
+Each question gets the instruction of its problem type (:func:`~g2rpo_verl.data.records.format_prompt`):
+reason inside the preset's think tag (``reference``: ``<thinking>``), answer inside ``<answer>``
+in the shape the reward scores (grounding: ``{"boxes": [x1, y1, x2, y2]}``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from g2rpo_verl.data.records import DEFAULT_FORMAT_PROMPT, ConvertOptions, RecordError, convert_record
+from g2rpo_verl.data.records import DEFAULT_PRESET, ConvertOptions, RecordError, convert_record
+from g2rpo_verl.rewards.settings import CHOICES
 from g2rpo_verl.data.writer import split_per_task, task_file_name, write_outputs
 
 __all__ = ["main", "load_records", "convert"]
@@ -60,6 +66,8 @@ def _convert_all(paths: Sequence[Path], split: str, args, errors: list[str]) -> 
             embed_images=args.embed_images,
             min_pixels=args.min_pixels,
             max_pixels=args.max_pixels,
+            preset=args.preset,
+            think_tag=args.think_tag,
             format_prompt=args.format_prompt,
             append_options=not args.no_append_options,
         )
@@ -119,6 +127,7 @@ def convert(args: argparse.Namespace) -> int:
         "min_pixels": args.min_pixels,
         "max_pixels": args.max_pixels,
         "max_images_per_sample": max((len(r["images"]) for r in [*train, *val]), default=0),
+        "prompts": "custom" if args.format_prompt is not None else {"preset": args.preset, "think_tag": args.think_tag or None},
     }
     old = _old_val_files(out)
     written = write_outputs(out, files, manifest)
@@ -152,7 +161,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--embed-images", action="store_true", help="store image bytes in the parquet instead of paths")
     c.add_argument("--min-pixels", type=int, default=3136)
     c.add_argument("--max-pixels", type=int, default=1048576)
-    c.add_argument("--format-prompt", default=DEFAULT_FORMAT_PROMPT, help="appended to every question ('' for none)")
+    c.add_argument(
+        "--preset", default=DEFAULT_PRESET, choices=CHOICES["preset"],
+        help=f"reward preset whose think tag the prompts ask for (default {DEFAULT_PRESET}: <thinking>; strict: <think>)",
+    )
+    c.add_argument("--think-tag", help="think tag the prompts ask for instead of the preset's (no <>)")
+    c.add_argument(
+        "--format-prompt", default=None,
+        help="one instruction appended to every question instead of the per-problem-type ones ('' for none)",
+    )
     c.add_argument("--no-append-options", action="store_true", help="never append the options list to the question")
     return parser
 

@@ -7,7 +7,8 @@ Input record (DESIGN.md, "Data")::
 
 Output row (what ``verl.utils.dataset.rl_dataset.RLHFDataset`` reads):
 
-* ``prompt``: ``[{"role": "user", "content": "<image> ... <instruction>"}]`` — verl splits the
+* ``prompt``: ``[{"role": "user", "content": "<image> ... <instruction>"}]`` (the instruction:
+  :func:`format_prompt` of the record's problem type) — verl splits the
   content on ``<image>`` and puts the i-th entry of ``images`` at the i-th placeholder, so
   their counts must match (checked here, not at step 300 of a run);
 * ``images``: ``[{"image": "/abs/path.png" | "bytes": b"...", "min_pixels": .., "max_pixels": ..}]``
@@ -31,20 +32,59 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from g2rpo_verl.rewards.accuracy import PROBLEM_TYPES, canonical_problem_type
+from g2rpo_verl.rewards.accuracy import (
+    FREE_FORM,
+    GROUNDING,
+    MATH,
+    MULTIPLE_CHOICE,
+    NUMERICAL,
+    OCR,
+    PROBLEM_TYPES,
+    REGRESSION,
+    canonical_problem_type,
+)
 from g2rpo_verl.rewards.answers import strip_answer_tags
+from g2rpo_verl.rewards.settings import preset_settings, settings_from_kwargs
 
-__all__ = ["DEFAULT_FORMAT_PROMPT", "ConvertOptions", "RecordError", "convert_record", "IMAGE_PLACEHOLDER"]
+__all__ = ["ANSWER_FORMS", "DEFAULT_PRESET", "ConvertOptions", "RecordError", "convert_record", "format_prompt", "IMAGE_PLACEHOLDER"]
 
 IMAGE_PLACEHOLDER = "<image>"
 _EMPTY_ANSWER = re.compile(r"\s*<answer>\s*</answer>\s*")
 
-#: Appended to every question. Qwen3-VL *Instruct* writes <think> only when asked (EasyR1 #597),
-#: and the reward's format component wants <think>…</think><answer>…</answer>.
-DEFAULT_FORMAT_PROMPT = (
-    "First think about the question step by step inside <think> </think> tags, "
-    "then give the final answer inside <answer> </answer> tags."
-)
+#: The reward preset whose tags the prompts ask for by default: ``reference``, the rules the
+#: Qwen3-VL-8B configs train with (Qwen3-VL *Instruct* follows ``<thinking>``; it does not
+#: reliably write ``<think>`` even when asked: Qwen3-VL #1663, EasyR1 #597).
+DEFAULT_PRESET = "reference"
+
+#: What each problem type's answer block must hold, with an example answer. The same requests
+#: as the authors' per-type prompts (grounding: JSON with the ``boxes`` key, which the
+#: ``reference`` reward reads), in this project's words.
+ANSWER_FORMS: dict[str, tuple[str, str]] = {
+    MULTIPLE_CHOICE: ("only the letter of the correct option", "C"),
+    NUMERICAL: ("only the number", "12.5"),
+    REGRESSION: ("only the number", "0.75"),
+    OCR: ("only the text, exactly as it is written", "OPEN 24 HOURS"),
+    MATH: ("only the final result, a number or a LaTeX expression", "\\frac{3}{4}"),
+    GROUNDING: (
+        'only the bounding box [x1, y1, x2, y2] as JSON with the key "boxes"',
+        '{"boxes": [120, 40, 560, 910]}',
+    ),
+    FREE_FORM: ("only the short final answer", "a red bicycle"),
+}
+
+
+def format_prompt(problem_type: str, think_tag: str, answer_tag: str = "answer") -> str:
+    """The instruction appended to a question of ``problem_type`` (canonical name).
+
+    It asks for the reasoning in ``<think_tag>`` and the answer in ``<answer_tag>`` tags — the
+    reward's format — and for the answer in the shape its problem type is scored on.
+    """
+    what, example = ANSWER_FORMS[problem_type]
+    t, a = think_tag, answer_tag
+    return (
+        f"Reason about the question step by step inside <{t}> </{t}> tags, then give the final "
+        f"answer inside <{a}> </{a}> tags. The answer tags hold {what}, for example: <{a}>{example}</{a}>"
+    )
 
 
 class RecordError(ValueError):
@@ -65,7 +105,11 @@ class ConvertOptions:
             absolute paths (small; every node must see the same files).
         min_pixels / max_pixels: per-image resize bounds for qwen-vl-utils (reference 3136 /
             1048576 = 4 / 1024 merged 32-px tokens of Qwen3-VL).
-        format_prompt: appended to each question after a blank line ("" = nothing).
+        preset: the reward preset (``reference`` or ``strict``) whose think tag the default
+            prompts ask for.
+        think_tag: the think tag the default prompts ask for (default: the preset's).
+        format_prompt: ``None``: :func:`format_prompt` of each record's problem type, appended
+            after a blank line; a string: this text for every record instead ("" = nothing).
         append_options: add the ``options`` list to the question when the question does not
             already contain the first option.
     """
@@ -74,12 +118,27 @@ class ConvertOptions:
     embed_images: bool = False
     min_pixels: int = 3136
     max_pixels: int = 1048576
-    format_prompt: str = DEFAULT_FORMAT_PROMPT
+    preset: str = DEFAULT_PRESET
+    think_tag: str | None = None
+    format_prompt: str | None = None
     append_options: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        # ValueError naming the valid presets / a bad tag
+        settings_from_kwargs({"preset": self.preset, **({"think_tag": self.think_tag} if self.think_tag else {})})
+
+    @property
+    def prompt_think_tag(self) -> str:
+        """The think tag the default prompts ask for."""
+        return self.think_tag or preset_settings(self.preset).think_tag
+
+    def instruction(self, problem_type: str) -> str:
+        """What is appended to a question of ``problem_type``."""
+        if self.format_prompt is not None:
+            return self.format_prompt
+        return format_prompt(problem_type, self.prompt_think_tag)
 
 
 def _text(record: Mapping, field: str, err) -> str:
@@ -106,12 +165,13 @@ def _image_entry(path_value: Any, options: ConvertOptions, err, i: int) -> dict[
     return entry
 
 
-def _question(problem: str, opts: list[str], options: ConvertOptions) -> str:
+def _question(problem: str, opts: list[str], options: ConvertOptions, problem_type: str) -> str:
     text = problem.strip()
     if opts and options.append_options and opts[0].strip() not in text:
         text += "\nOptions:\n" + "\n".join(opts)
-    if options.format_prompt:
-        text += "\n\n" + options.format_prompt
+    instruction = options.instruction(problem_type)
+    if instruction:
+        text += "\n\n" + instruction
     return text
 
 
@@ -161,7 +221,7 @@ def convert_record(record: Any, index: int, split: str, options: ConvertOptions)
 
     return {
         "data_source": data_source,
-        "prompt": [{"role": "user", "content": _question(problem, opts, options)}],
+        "prompt": [{"role": "user", "content": _question(problem, opts, options, problem_type)}],
         "images": image_entries,
         "ability": task_type,
         "reward_model": {"style": "rule", "ground_truth": truth if isinstance(truth, str) else str(truth)},
