@@ -107,7 +107,8 @@ def test_plugin_sections_validate(composed):
     g2rpo = load_g2rpo_config(cfg)
     assert g2rpo.task_key == "problem_type" and g2rpo.length.enable and g2rpo.entropy.enable
     settings = settings_from_kwargs(dict(cfg.reward.custom_reward_function.reward_kwargs))
-    assert (settings.accuracy_weight, settings.format_weight, settings.think_tag) == (0.9, 0.1, "think")
+    assert settings.preset == "reference" and settings.think_tag == "thinking"
+    assert (settings.accuracy_weight, settings.format_weight, settings.structure_weight) == (0.9, 0.1, 1.0)
     assert load_filter_band(cfg) == FilterBand(0.01, 0.99)
     if name == "gsgdpo_qwen3vl8b":
         from g2rpo_verl.config import gdpo_components

@@ -116,6 +116,7 @@ def test_demo_config_composes_with_verls_config_and_user_overrides_win(tmp_path)
     from hydra import compose, initialize_config_module
 
     from g2rpo_verl.config import load_g2rpo_config
+    from g2rpo_verl.rewards.settings import settings_from_kwargs
 
     paths = demo_data.DemoData(tmp_path / "t.parquet", {s: tmp_path / f"{s}.parquet" for s in SOURCES})
     user = ["algorithm.adv_estimator=grpo", "trainer.total_training_steps=3"]
@@ -133,6 +134,9 @@ def test_demo_config_composes_with_verls_config_and_user_overrides_win(tmp_path)
     assert g2rpo.length.rule("multiple choice").profile == "perception"
     assert g2rpo.length.rule("math").profile == "reasoning"
     assert load_config()["algorithm"]["adv_estimator"] == "gs_grpo"
+    # the demo scores with the strict preset (its warm start writes <think>; docs/rewards.md)
+    reward = settings_from_kwargs(dict(cfg.reward.custom_reward_function.reward_kwargs))
+    assert reward.preset == "strict" and reward.think_tag == "think"
 
 
 @pytest.mark.parametrize(

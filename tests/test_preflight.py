@@ -138,7 +138,7 @@ def test_image_budget(data_dir):
     cfg = config(data_dir, "data.max_prompt_length=100")
     fail = check_image_tokens(cfg, summary, QWEN3)
     assert levels(fail) == [("image_tokens", "fail")]
-    assert "compare-0001" in fail[0].message and "> data.max_prompt_length=100" in fail[0].message
+    assert "ground-0001" in fail[0].message and "> data.max_prompt_length=100" in fail[0].message  # the longest prompt
     assert "Image features and image tokens do not match" in fail[0].message
 
 
@@ -146,11 +146,11 @@ def test_image_budget_uses_real_sizes_and_pixel_bounds(tmp_path):
     shutil.copytree(SAMPLE, tmp_path / "src")
     Image.new("RGB", (2048, 1536), "white").save(tmp_path / "src/images/bars.png")  # a large chart
     big = convert(tmp_path / "big", src=tmp_path / "src")
-    cfg = config(big, "data.max_prompt_length=1200")
+    cfg = config(big, "data.max_prompt_length=1300")
     records = json.loads((tmp_path / "src/train.json").read_text())
     assert records[0]["images"] == ["images/bars.png"]
     _, summary = scan_data(config(big))
-    # 2048×1536 scaled into 1024² pixels on the 32-px grid: 27 × 36 = 972 tokens (+2), plus ~110 of text
+    # 2048×1536 scaled into 1024² pixels on the 32-px grid: 27 × 36 = 972 tokens (+2), plus ~160 of text
     ok = check_image_tokens(cfg, summary, QWEN3)[0]
     assert ok.level == "ok" and "1 image(s) = 974 tokens" in ok.message
     tight = check_image_tokens(config(big, "data.max_prompt_length=1000"), summary, QWEN3)
@@ -173,6 +173,7 @@ def test_patch_size_mismatch_and_unknown_family(data_dir):
 
 # --- format tags ---------------------------------------------------------------------------
 def test_format_tags(data_dir, tmp_path):
+    # the shipped recipe: reference preset (<thinking>), prompts converted with the default preset
     cfg = config(data_dir)
     _, summary = scan_data(cfg)
     assert levels(check_format_tags(cfg, summary)) == [("format_tags", "ok")]
@@ -182,11 +183,31 @@ def test_format_tags(data_dir, tmp_path):
     _, summary = scan_data(cfg)
     warn = check_format_tags(cfg, summary)
     assert levels(warn) == [("format_tags", "warn")]
-    assert "8 of 8 prompts do not ask for <think>" in warn[0].message and "EasyR1 #597" in warn[0].message
-    relaxed = config(plain, "reward.custom_reward_function.reward_kwargs.format_requires_think=false")
+    assert "8 of 8 prompts do not ask for <thinking>" in warn[0].message and "EasyR1 #597" in warn[0].message
+    relaxed = config(plain, "+reward.custom_reward_function.reward_kwargs.format_requires_think=false")
     assert check_format_tags(relaxed, summary)[0].level == "ok"
     thinking = config(plain, "actor_rollout_ref.model.path=Qwen/Qwen3-VL-8B-Thinking")
     assert check_format_tags(thinking, summary)[0].level == "ok"
+
+
+def test_format_tags_prompt_reward_and_model_must_agree(data_dir, tmp_path):
+    _, reference_prompts = scan_data(config(data_dir))  # they ask for <thinking>
+    strict = config(data_dir, "reward.custom_reward_function.reward_kwargs.preset=strict")
+    fail = check_format_tags(strict, reference_prompts)
+    assert levels(fail) == [("format_tags", "fail")]
+    assert "prompts ask for <thinking> (8 of 8)" in fail[0].message and "needs <think>" in fail[0].message
+    # the mismatch fails for any model: the format reward would be 0 whatever the model writes
+    other_model = config(data_dir, "reward.custom_reward_function.reward_kwargs.preset=strict", "actor_rollout_ref.model.path=org/any-vlm")
+    assert check_format_tags(other_model, reference_prompts)[0].level == "fail"
+
+    # <think> asked for and required, but Qwen3-VL Instruct does not reliably write it
+    think_data = convert(tmp_path / "think", "--preset", "strict")
+    _, think_prompts = scan_data(config(think_data))
+    warn = check_format_tags(strict, think_prompts)
+    assert levels(warn) == [("format_tags", "warn")]
+    assert "does not reliably write <think>" in warn[0].message and "preset=reference" in warn[0].message
+    thinking_model = config(think_data, "reward.custom_reward_function.reward_kwargs.preset=strict", "actor_rollout_ref.model.path=Qwen/Qwen3-VL-8B-Thinking")
+    assert check_format_tags(thinking_model, think_prompts)[0].level == "ok"
 
 
 # --- driver --------------------------------------------------------------------------------

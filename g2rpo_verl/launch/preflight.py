@@ -24,8 +24,9 @@ It takes the same Hydra arguments as ``python -m verl.trainer.main_ppo`` (the la
     ``data.max_prompt_length`` — else the run dies with "Image features and image tokens do
     not match" / "Multimodal prompt produced N tokens" (EasyR1 #175, verl #3469).
 ``format_tags``
-    the reward demands ``<think>`` but the model is a Qwen3-VL *Instruct* model, which does not
-    write it unless the prompt asks (EasyR1 #597): every format reward would be 0.
+    the prompts ask for the think tag the reward's format needs (else every format reward is
+    0); a Qwen3-VL *Instruct* model is asked for ``<thinking>``, which it writes, not
+    ``<think>``, which it does not reliably write (Qwen3-VL #1663, EasyR1 #597).
 
 Exit status: 1 if any check failed, else 0 (warnings do not fail).
 """
@@ -39,6 +40,7 @@ import os
 import re
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,34 +387,67 @@ def check_image_tokens(config, summary: DataSummary, family: VisionFamily | None
 # format tags
 # ------------------------------------------------------------------------------------------------
 def check_format_tags(config, summary: DataSummary) -> list[Finding]:
-    """Warn when the reward's format needs a think block the model will not write."""
+    """The prompts' think tag, the reward's think tag and the model family agree.
+
+    FAIL: prompts ask for another think tag than the reward's format needs (every format
+    reward would be 0). WARN: the reward needs ``<think>`` and the model is a Qwen3-VL
+    *Instruct* model, which does not reliably write it even when asked but does write
+    ``<thinking>`` (Qwen3-VL #1663, EasyR1 #597); or such a model's prompts do not ask for the
+    reward's think tag at all.
+    """
     if not _uses_our_reward(config):
         return [Finding("format_tags", "ok", "not the g2rpo reward function: format not checked")]
     from g2rpo_verl.rewards.settings import settings_from_kwargs
 
     settings = settings_from_kwargs(dict(config.reward.custom_reward_function.get("reward_kwargs") or {}))
     think, answer = f"<{settings.think_tag}>", f"<{settings.answer_tag}>"
-    if not settings.format_requires_think:
-        return [Finding("format_tags", "ok", f"format reward does not require {think}")]
+    reward = f"the reward (preset {settings.preset}, think_tag={settings.think_tag})"
     model = str(config.actor_rollout_ref.model.path)
     family = detect_family(model)
     instruct = family is not None and family.name == "qwen3-vl" and "instruct" in model.lower()
     prompts = [s.text for s in summary.samples]
     asking = sum(think in text for text in prompts)
+    # think-like tags the prompts ask for instead (a prompt that names the reward's tag is fine)
+    others = Counter(
+        tag for text in prompts if think not in text for tag in set(re.findall(r"<(think\w*|reason\w*)>", text))
+    )
+    if others:
+        named = ", ".join(f"<{tag}> ({n} of {len(prompts)})" for tag, n in others.most_common())
+        return [
+            Finding(
+                "format_tags", "fail",
+                f"prompts ask for {named} but {reward} needs {think}…</{settings.think_tag}>{answer}: every format "
+                f"reward would be 0. Set reward.custom_reward_function.reward_kwargs.think_tag (or .preset) to match, "
+                "or convert the data with g2rpo-data convert --preset/--think-tag",
+            )
+        ]
+    if not settings.format_requires_think:
+        return [Finding("format_tags", "ok", f"format reward does not require {think}")]
     if not instruct:
         return [Finding("format_tags", "ok", f"format {think}…{answer}; model {model!r} is not a Qwen3-VL Instruct model")]
-    if prompts and asking == len(prompts):
-        return [Finding("format_tags", "ok", f"every prompt asks for {think}…{answer} (Qwen3-VL Instruct writes it when asked)")]
-    others = sorted({m for text in prompts for m in re.findall(r"<(think\w*|reason\w*)>", text)} - {settings.think_tag})
-    hint = f" (prompts mention {['<' + o + '>' for o in others]}: set reward_kwargs.think_tag)" if others else ""
-    return [
-        Finding(
-            "format_tags", "warn",
-            f"{len(prompts) - asking} of {len(prompts)} prompts do not ask for {think}…{answer}, the format reward "
-            f"requires {think}, and {model!r} is a Qwen3-VL Instruct model, which does not write {think} unless asked "
-            f"(EasyR1 #597): their format reward would always be 0{hint}. Convert with the default --format-prompt, "
-            "or set reward.custom_reward_function.reward_kwargs.format_requires_think=false",
+    findings = []
+    if settings.think_tag == "think":
+        findings.append(
+            Finding(
+                "format_tags", "warn",
+                f"{reward} needs <think> and {model!r} is a Qwen3-VL Instruct model, which does not reliably write "
+                "<think> even when asked but does write <thinking> (Qwen3-VL #1663, EasyR1 #597): the format reward "
+                "may stay 0. Use reward_kwargs.preset=reference (tag <thinking>) with data converted by the default "
+                "g2rpo-data convert --preset reference",
+            )
         )
+    if prompts and asking < len(prompts):
+        findings.append(
+            Finding(
+                "format_tags", "warn",
+                f"{len(prompts) - asking} of {len(prompts)} prompts do not ask for {think}…{answer}, {reward} requires "
+                f"{think}, and {model!r} is a Qwen3-VL Instruct model, which does not write a think block unless "
+                "asked (EasyR1 #597): their format reward would always be 0. Convert with the default prompts "
+                "(g2rpo-data convert), or set reward.custom_reward_function.reward_kwargs.format_requires_think=false",
+            )
+        )
+    return findings or [
+        Finding("format_tags", "ok", f"every prompt asks for {think}…{answer}, the format {reward} needs ({model!r})")
     ]
 
 
