@@ -7,12 +7,15 @@ Expected values are worked out by hand from the rules as written in docs/rewards
 import math
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from reference_reward_cases import CASES, EXCEPTIONS
+from test_rewards import PROBLEM_TYPES, check_bounded, responses, truths
 
 from g2rpo_verl.rewards import compute_score
 from g2rpo_verl.rewards.answers import collapse_tag_space, loose_format, read_answer
 from g2rpo_verl.rewards.guard import math_pool
-from g2rpo_verl.rewards.math_prechecks import magnitude_digits, precheck_math
+from g2rpo_verl.rewards.math_prechecks import last_boxed, magnitude_digits, precheck_math
 from g2rpo_verl.rewards.settings import CHOICES, PRESETS, RewardSettings, preset_settings, settings_from_kwargs
 
 
@@ -279,6 +282,16 @@ def test_valid_math_answers_are_still_judged_right(answer, truth):
         assert out["accuracy"] == 1.0 and out["reward_failure"] == 0.0, preset
 
 
+def test_a_whole_response_is_prechecked_on_its_last_boxed_answer():
+    # prose with an unpaired ")" would fail the bracket rule; the boxed answer is what counts
+    prose = "Steps: 1) halve it, 2) check. So the result is \\boxed{\\frac{1}{2}}"
+    out = run("math", prose, "\\frac{1}{2}", preset="reference")
+    assert (out["accuracy"], out["format"], out["reward_failure"]) == (1.0, 0.0, 0.0)
+    assert run("math", "[" * 1000, "\\frac{1}{2}", preset="reference")["accuracy"] == 0.0
+    assert last_boxed("a \\boxed{x^{2}} b \\boxed{\\frac{1}{2}} c") == "\\frac{1}{2}"
+    assert last_boxed("\\boxed{1} \\boxed{2") == "1" and last_boxed("none") is None
+
+
 def test_precheck_rules_on_known_values():
     assert precheck_math("0.5", "0.5") is True  # verbatim: no math-verify
     assert precheck_math("$\\frac{1}{2}$", "\\frac{1}{2}") is True
@@ -300,4 +313,12 @@ def test_magnitude_estimate_is_an_upper_bound():
     assert magnitude_digits("100!") >= math.lgamma(101) / math.log(10)  # 158 digits, bound 200
     assert magnitude_digits("9^{9^{9}}") == pytest.approx(9**9 * math.log10(9))  # exact up to rounding
     assert magnitude_digits("9^{9^{9^{9}}}") == math.inf
-    assert magnitude_digits("\\frac{x}{2}, y") == pytest.approx(2 + math.log10(2))  # symbols count 1: \\frac·x·2
+    assert magnitude_digits("\\frac{x}{2}, y") == pytest.approx(2 + math.log10(2))  # symbols count 1: \frac, x, and 2
+
+
+# ------------------------------------------------------------------ properties, reference preset
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem_type=st.sampled_from(PROBLEM_TYPES), response=responses, truth=truths)
+def test_any_input_gives_a_bounded_score_with_the_reference_preset(problem_type, response, truth):
+    out = run(problem_type, response.replace("think>", "thinking>"), truth, {"options": ["A. x", "B. y"]}, preset="reference")
+    check_bounded(out)

@@ -44,7 +44,7 @@ from g2rpo_verl.rewards.answers import (
     parse_options,
 )
 from g2rpo_verl.rewards.guard import GuardError, GuardTimeout, math_pool
-from g2rpo_verl.rewards.math_prechecks import precheck_math
+from g2rpo_verl.rewards.math_prechecks import last_boxed, precheck_math
 
 __all__ = [
     "MULTIPLE_CHOICE",
@@ -272,7 +272,10 @@ def _math(answer: str | None, truth: Any, extra_info: Mapping[str, Any], setting
         raise ValueError("empty ground truth")
     if len(truth_s) > settings.max_math_chars:
         raise ValueError(f"ground truth longer than max_math_chars={settings.max_math_chars}")
-    settled = precheck_math(answer, truth_s, settings.max_math_depth, settings.max_math_digits)
+    # a fallback text (a whole response) is prose: math-verify reads its last \boxed{} first,
+    # so that is what the pre-checks judge (prose may hold "1)" or other unpaired brackets)
+    probe = answer if tagged else (last_boxed(answer) or answer)
+    settled = precheck_math(probe, truth_s, settings.max_math_depth, settings.max_math_digits)
     if settled is not None:  # verbatim right, or junk: no math-verify call
         return Scored(float(settled), STRUCTURE_BONUS if settled else 0.0)
     correct, parsed = math_equivalent(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["precheck_math", "same_text", "magnitude_digits"]
+__all__ = ["precheck_math", "same_text", "magnitude_digits", "last_boxed"]
 
 _SPACE_RE = re.compile(r"\s+")
 _TOKEN_RE = re.compile(r"\d+(?:\.\d+)?|\\[A-Za-z]+|\\.|\s+|.", re.DOTALL)
@@ -38,6 +38,20 @@ _TIMES = frozenset({"\\cdot", "\\times", "*"})
 _SIZING = frozenset({"\\left", "\\right", "\\big", "\\Big", "\\bigg", "\\Bigg", "\\,", "\\;", "\\!", "\\ "})
 _OPEN = {"(": ")", "[": "]", "{": "}", "\\{": "\\}"}
 _CLOSE = {")", "]", "}", "\\}"}
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last complete ``\\boxed{…}`` in ``text``, else ``None`` (linear)."""
+    start = text.rfind("\\boxed{")
+    while start >= 0:
+        depth, i = 0, start + len("\\boxed")
+        for j in range(i, len(text)):
+            depth += text[j] == "{"
+            depth -= text[j] == "}"
+            if depth == 0:
+                return text[i + 1 : j]
+        start = text.rfind("\\boxed{", 0, start)  # unclosed: try an earlier one
+    return None
 
 
 def same_text(answer: str, truth: str) -> bool:
