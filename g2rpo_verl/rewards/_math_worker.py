@@ -15,8 +15,10 @@ died or closed it).
 
 Time limits inside the worker (the parent also kills it after a hard wall-clock limit):
 
-* a soft limit per request via ``setitimer(ITIMER_REAL)``; this process runs math-verify on
-  its main thread, so the alarm works here. It raises a ``BaseException`` subclass so that
+* a soft limit per request via ``setitimer(ITIMER_PROF)``: the worker's own CPU time, so an
+  answer is not failed because the machine is busy with other work (the parent's hard
+  wall-clock limit stays); this process runs math-verify on its main thread, so the signal
+  handler works here. It raises a ``BaseException`` subclass so that
   math-verify's and sympy's ``except Exception`` blocks cannot swallow it;
 * a CPU-time limit (``RLIMIT_CPU``) re-armed per request: it kills the worker even when it
   is stuck inside one long C call (a huge integer power) where Python signal handlers cannot
@@ -36,7 +38,7 @@ import sys
 
 
 class _SoftTimeout(BaseException):
-    """Raised by SIGALRM; a BaseException so library ``except Exception`` lets it through."""
+    """Raised by SIGPROF; a BaseException so library ``except Exception`` lets it through."""
 
 
 def _on_alarm(signum, frame):
@@ -55,8 +57,8 @@ def _score(gold: str, pred: str, delimit: bool = True) -> tuple[bool, bool]:
     from math_verify import parse, verify
     from sympy import Basic, MatrixBase
 
-    # Timeouts disabled here on purpose: math-verify's own timeout uses signal.alarm too and
-    # would replace our handler; our alarm covers parse and verify together.
+    # Timeouts disabled here on purpose: math-verify's own timeout uses signal.alarm, which
+    # would fight our timer; our CPU-time timer covers parse and verify together.
     gold_parsed = parse(_delimit(gold), parsing_timeout=None)
     pred_parsed = parse(_delimit(pred) if delimit else pred, parsing_timeout=None)
     parsed = any(isinstance(x, (Basic, MatrixBase)) for x in pred_parsed)
@@ -103,7 +105,7 @@ def main() -> None:
     proto_in = sys.stdin.buffer
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this process ends
-    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGPROF, _on_alarm)
     _set_limits()
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # "timeout disabled" notice
@@ -122,11 +124,11 @@ def main() -> None:
             request = json.loads(line)
             soft = float(request.get("soft_timeout_s", 5.0))
             _arm_cpu_limit(soft + 2.0)
-            signal.setitimer(signal.ITIMER_REAL, soft)
+            signal.setitimer(signal.ITIMER_PROF, soft)
             try:
                 correct, parsed = _score(str(request["gold"]), str(request["pred"]), bool(request.get("delimit", True)))
             finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.setitimer(signal.ITIMER_PROF, 0)
             response = {"ok": True, "correct": correct, "parsed": parsed}
         except _SoftTimeout:
             response = {"ok": False, "error": "timeout", "detail": f"math-verify exceeded {soft:g} s"}
@@ -142,7 +144,7 @@ def main() -> None:
             response["recycle"] = True
         try:
             send(response)
-        except _SoftTimeout:  # an alarm that fired between disarm and send; resend
+        except _SoftTimeout:  # a timer signal that fired between disarm and send; resend
             send(response)
         if exit_after:
             return

@@ -81,7 +81,10 @@ class RewardSettings:
         default_problem_type: problem type for samples whose ``extra_info`` has none and whose
             ``data_source`` is neither in ``problem_type_map`` nor a problem-type name.
         problem_type_map: ``{data_source: problem_type}`` fallback.
-        math_timeout_s: time limit of one math-verify check (parse + verify, per sample).
+        math_timeout_s: time limit of one math-verify check (parse + verify, per sample): CPU
+            seconds of the worker process, which is also killed after ``math_timeout_s + 2``
+            seconds of wall-clock time. Default 1 (junk is rejected before, see
+            :mod:`g2rpo_verl.rewards.math_prechecks`).
         math_queue_timeout_s: longest wait for a free math worker before scoring a failure.
         math_workers: size of the per-process math worker pool (read when the pool starts;
             env ``G2RPO_MATH_WORKERS``; default min(4, cpu_count)).
