@@ -30,6 +30,7 @@ Usage: python scripts/bench_rewards.py [--samples 400] [--threads 8] [--think-ch
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import random
@@ -186,7 +187,7 @@ def measure_revision(ref: str, args) -> dict:
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="bench_rewards_") as tmp:
         archive = subprocess.run(["git", "-C", str(root), "archive", ref, "g2rpo_verl"], check=True, capture_output=True).stdout
-        with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(tmp, filter="data")
         argv = [sys.executable, str(Path(__file__).resolve()), "--json", "--samples", str(args.samples),
                 "--threads", str(args.threads), "--think-chars", str(args.think_chars), "--junk-repeat", str(args.junk_repeat)]
