@@ -95,7 +95,7 @@ CASES = [
     Case("regression", T("10.4"), "10", 1, 1, 0.5, "4 % off: every threshold"),
     Case("regression", T("9.4"), "10", 0.9, 1, 0.5, "6 % off: t = .50 … .90"),
     Case("regression", T("11"), "10", 0.8, 1, 0.5, "10 % off: t = .50 … .85"),
-    Case("regression", T("12.5"), "10", 0.5, 1, 0.5, "25 % off: t = .50 … .70"),
+    Case("regression", T("12.4"), "10", 0.6, 1, 0.5, "24 % off: t = .50 … .75 (no case sits on a threshold)"),
     Case("regression", T("15"), "10", 0, 1, 0.5, "50 % off: no threshold (0.5 < 0.5 is false)"),
     Case("regression", T("abc"), "10", 0, 1, 0.5, "not a number"),
     Case("regression", "10", "10", 1, 0, 0, "bare number"),
