@@ -79,6 +79,8 @@ def test_config_check(data_dir):
     assert "filter_band needs finite low < high" in bad[0].message
     bad = check_config(config(data_dir, "actor_rollout_ref.actor.loss_agg_mode=token-meen"))  # verl's own check
     assert bad[0].level == "fail" and "Invalid loss_agg_mode: token-meen" in bad[0].message
+    bad = check_config(config(data_dir, "+reward.custom_reward_function.reward_kwargs.fromat_weight=0.2"))  # a typo
+    assert bad[0].level == "fail" and "reward_kwargs.fromat_weight is not a reward setting" in bad[0].message
 
 
 # --- gpus ----------------------------------------------------------------------------------
