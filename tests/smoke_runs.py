@@ -1,4 +1,4 @@
-"""The real verl pipeline from a test: ``python -m g2rpo_verl.cpu.smoke`` and the metrics it logs."""
+"""The real verl pipeline from a test: ``python -m g2rpo_verl.demo.smoke`` and the metrics it logs."""
 
 import json
 import os
@@ -13,7 +13,7 @@ def run_smoke(workdir: Path, *overrides: str) -> dict[int, dict]:
     Asserts exit code 0 (showing the output's tails) and that verl's file logger
     (``workdir/metrics.jsonl``) logged every step once.
     """
-    cmd = [sys.executable, "-m", "g2rpo_verl.cpu.smoke", "--workdir", str(workdir), *overrides]
+    cmd = [sys.executable, "-m", "g2rpo_verl.demo.smoke", "--workdir", str(workdir), *overrides]
     # the metrics must land in workdir, whatever the calling environment sets
     env = {k: v for k, v in os.environ.items() if k != "VERL_FILE_LOGGER_PATH"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)

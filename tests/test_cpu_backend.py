@@ -1,7 +1,7 @@
 """Tests of the CPU backend (g2rpo_verl.cpu): platform, hf rollout, tiny model/data, smoke CLI.
 
 Everything except the ``e2e`` test runs in-process in seconds. The ``e2e`` test runs the real
-``verl.trainer.main_ppo`` through ``python -m g2rpo_verl.cpu.smoke`` (about a minute on 2 cores).
+``verl.trainer.main_ppo`` through ``python -m g2rpo_verl.demo.smoke`` (about a minute on 2 cores).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import torch
 import torch.distributed
 
 from g2rpo_verl import cpu
-from g2rpo_verl.cpu import tiny
+from g2rpo_verl.demo import tiny
 from g2rpo_verl.cpu.hf_generation import HFGenerator, SamplingSpec, load_hf_model
 from g2rpo_verl.cpu.platform import PlatformCPU, collapse_duplicate_backends, install_backend_string_fix
-from g2rpo_verl.cpu.toy_reward import ADDITION, CHOICE, compute_score
+from g2rpo_verl.demo.toy_reward import ADDITION, CHOICE, compute_score
 
 MAX_NEW = 12
 
@@ -585,7 +585,7 @@ def test_toy_reward(source, solution, truth, expected):
 # smoke CLI
 # ------------------------------------------------------------------------------------------------
 def test_user_overrides_replace_ours_by_key():
-    from g2rpo_verl.cpu.smoke import merge_overrides
+    from g2rpo_verl.demo.smoke import merge_overrides
 
     base = ["a.b=1", "++ray.num_gpus=1", "c=3"]
     assert merge_overrides(base, ["a.b=2", "+ray.num_gpus=2"]) == ["c=3", "a.b=2", "+ray.num_gpus=2"]
@@ -595,7 +595,7 @@ def test_user_overrides_replace_ours_by_key():
 def test_smoke_dry_run_builds_workdir_and_forwards_overrides(tmp_path, model_dir, capsys):
     import shutil
 
-    from g2rpo_verl.cpu import smoke
+    from g2rpo_verl.demo import smoke
 
     shutil.copytree(model_dir, tmp_path / "model")  # reused, not rebuilt
     assert smoke.main(["--workdir", str(tmp_path), "--dry-run", "algorithm.adv_estimator=gs_grpo"]) == 0
@@ -631,7 +631,7 @@ def test_smoke_cli_runs_two_grpo_steps_of_real_verl(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "g2rpo_verl.cpu.smoke",
+        "g2rpo_verl.demo.smoke",
         "--workdir",
         str(tmp_path),
         "algorithm.adv_estimator=grpo",
@@ -684,7 +684,7 @@ def _vl_messages(image, question: str = "What is in the image?") -> list[dict]:
 
 @pytest.fixture(scope="module")
 def vl_model_dir(tmp_path_factory) -> Path:
-    from g2rpo_verl.cpu import tiny_vl
+    from g2rpo_verl.demo import tiny_vl
 
     corpus = [f"<|im_start|>user\nWhat is in the image? {i}<|im_end|>\n<answer>{i}</answer>" for i in range(200)]
     tokenizer = tiny_vl.build_vl_tokenizer(corpus, vocab_size=300)
@@ -709,7 +709,7 @@ def _vl_prompt(processor, image, question: str = "What is in the image?") -> lis
 def test_vl_processor_loads_through_verl_without_torchvision(vl_model_dir, vl_processor):
     from verl.utils.tokenizer import hf_processor
 
-    from g2rpo_verl.cpu import tiny_vl
+    from g2rpo_verl.demo import tiny_vl
 
     assert type(vl_processor).__name__ == "Qwen3VLProcessor"  # verl binds get_rope_index by this name
     assert hasattr(vl_processor, "get_rope_index") and not hasattr(vl_processor, "video_processor")

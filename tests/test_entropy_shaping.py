@@ -612,7 +612,7 @@ def test_exact_estimator_refuses_bypass_mode():
 
 @pytest.mark.e2e
 def test_real_verl_run_adds_the_entropy_penalty_per_task(tmp_path):
-    from g2rpo_verl.cpu.toy_reward import TOY_TASKS
+    from g2rpo_verl.demo.toy_reward import TOY_TASKS
 
     overrides = [
         "algorithm.adv_estimator=gs_grpo",

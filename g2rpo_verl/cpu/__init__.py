@@ -6,14 +6,15 @@ Pieces (each module says why it exists):
 * :mod:`.hf_rollout` / :mod:`.hf_generation` - an ``hf`` rollout backend (HF ``generate()`` in a
   Ray actor, concurrent requests batched, images through the model's processor, weights synced
   from the trainer), replacing vLLM/SGLang;
-* :mod:`.tiny` / :mod:`.toy_reward` - a locally built tiny Qwen2 + tokenizer + toy dataset and its
-  reward, so nothing is downloaded;
-* :mod:`.tiny_vl` - the same for vision-language: a tiny Qwen3-VL, its tokenizer (Qwen-VL special
-  tokens and chat template) and processor, a supervised warm start;
 * :mod:`.vl_processor` / :mod:`.vl_dataset` - Qwen3-VL's processor and verl's RL dataset without
   torchvision / ``qwen_vl_utils`` (no CPU torchvision exists on the package registry);
 * :mod:`.replay_buffer` - verl's sync replay buffer polling every 50 ms instead of 2 s;
-* :mod:`.smoke` - ``python -m g2rpo_verl.cpu.smoke --workdir DIR [overrides...]``.
+* :mod:`.env` - the names, the environment (:data:`CPU_ENV`) and the Hydra overrides
+  (:func:`cpu_overrides`) of a CPU run; the bottom of the package.
+
+The backend only: the tiny models, toy data and reward and the smoke command that exercise it
+are fixtures of the demo (:mod:`g2rpo_verl.demo`), which imports this package, never the
+reverse.
 
 This ``__init__`` is deliberately light (no torch / verl imports at module level): the plugin's
 autoload imports it in every verl process and calls :func:`register` only when :func:`enabled`.
@@ -23,7 +24,7 @@ A CPU run needs both the environment :data:`CPU_ENV` (in every process, so set i
 
 from __future__ import annotations
 
-import os
+from g2rpo_verl.cpu.env import CPU_ENV, PLATFORM_NAME, ROLLOUT_NAME, cpu_overrides, enabled
 
 __all__ = [
     "CPU_ENV",
@@ -33,38 +34,6 @@ __all__ = [
     "enabled",
     "register",
 ]
-
-#: ``VERL_PLATFORM`` value that selects the CPU platform.
-PLATFORM_NAME = "cpu"
-#: ``actor_rollout_ref.rollout.name`` value that selects the HF rollout backend.
-ROLLOUT_NAME = "hf"
-
-#: Environment every process of a CPU run needs.
-CPU_ENV: dict[str, str] = {
-    # Selects g2rpo_verl.cpu.platform.PlatformCPU in verl's platform registry (it is never
-    # auto-detected) and makes the autoload call register().
-    "VERL_PLATFORM": PLATFORM_NAME,
-    # verl registers its FSDP training engines for devices "cuda" and "npu" only and looks them
-    # up by the platform's device name ("cpu" here). The FSDP engine itself is device-agnostic
-    # (it asks the platform for every device call), so look it up under "cuda". Still needed in
-    # verl 0.9.1; the variable only affects EngineRegistry.get_engine_cls.
-    "VERL_ENGINE_DEVICE": "cuda",
-    # Ray 2.60 turns token authentication on for new clusters and keeps a token in ~/.ray; the
-    # private single-machine cluster main_ppo starts does not need it.
-    "RAY_AUTH_MODE": "disabled",
-    # Everything is local (tiny model built on disk): fail fast instead of trying the HF hub.
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    # No experiment tracker on a smoke machine, even if a logger list names wandb.
-    "WANDB_MODE": "disabled",
-    # HF tokenizers' thread pool + Ray's forked workers -> "fork after parallelism" warnings.
-    "TOKENIZERS_PARALLELISM": "false",
-}
-
-
-def enabled() -> bool:
-    """True iff this process runs verl on the CPU platform (``VERL_PLATFORM=cpu``)."""
-    return os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM_NAME
 
 
 def register() -> None:
@@ -92,70 +61,3 @@ def _load_hf_replica():
     from g2rpo_verl.cpu.hf_rollout import HFReplica
 
     return HFReplica
-
-
-def cpu_overrides(n_procs: int = 1, ray_num_cpus: int = 16) -> list[str]:
-    """Hydra overrides for ``verl.trainer.main_ppo`` that every CPU run needs.
-
-    Args:
-        n_procs: training processes (= fake GPU units = rollout replicas). 1 is the tested value.
-        ray_num_cpus: *logical* CPUs Ray advertises; verl's placement groups reserve CPU bundles
-            per training process and its helper actors need more, independent of real cores.
-
-    They set backends and process counts only; model, data, batch sizes and the algorithm are
-    the caller's. ``++`` adds a key or overrides it, so user YAMLs that already set one still
-    compose.
-
-    Known gap: critic-based estimators (``gae``) still fail on CPU even with the critic
-    overrides below, because verl 0.9.1's ``load_valuehead_model`` hard-codes
-    ``attn_implementation="flash_attention_2"``. Critic-free estimators (grpo, gdpo, gs_*) run.
-    """
-    overrides = [
-        # --- devices and processes --------------------------------------------------------------
-        # verl hands this device name to its worker groups; "cuda" would not match the platform.
-        "trainer.device=cpu",
-        "trainer.nnodes=1",
-        f"trainer.n_gpus_per_node={n_procs}",
-        # verl's resource pool needs GPU units; these are fake (see g2rpo_verl.cpu.platform).
-        f"++ray_kwargs.ray_init.num_gpus={n_procs}",
-        f"ray_kwargs.ray_init.num_cpus={ray_num_cpus}",
-        # --- training engine (actor, ref, critic) -------------------------------------------
-        # FSDP1 needs a GPU for sync_module_states; FSDP2 (fully_shard) runs on gloo/CPU.
-        "actor_rollout_ref.actor.strategy=fsdp2",
-        "critic.strategy=fsdp2",
-        # Default mixed precision is bf16 params + bf16 autocast: slow on CPU, and the trainer's
-        # log-probs would then disagree with the float32 rollout. Train in float32.
-        "++actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}",
-        "++actor_rollout_ref.ref.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}",
-        "++critic.fsdp.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}",
-        # torch.compile of the entropy kernel would JIT C++ with inductor at the first step.
-        "actor_rollout_ref.actor.use_torch_compile=False",
-        "actor_rollout_ref.actor.fsdp_config.use_torch_compile=False",
-        "actor_rollout_ref.ref.fsdp_config.use_torch_compile=False",
-        "critic.fsdp.use_torch_compile=False",
-        # flash-attention does not exist on CPU; eager attention is exact and simple.
-        "++actor_rollout_ref.model.override_config.attn_implementation=eager",
-        "++critic.model.override_config.attn_implementation=eager",
-        # Remove-padding packs a micro-batch into one row that only flash-attention's varlen
-        # kernels split back into sequences; eager attention would attend across them.
-        "actor_rollout_ref.model.use_remove_padding=False",
-        "critic.model.use_remove_padding=False",
-        # --- rollout --------------------------------------------------------------------------
-        # HF generate() backend instead of vLLM/SGLang (g2rpo_verl.cpu.hf_rollout).
-        f"actor_rollout_ref.rollout.name={ROLLOUT_NAME}",
-        # One HF process per replica; verl's default is tensor parallel 2.
-        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
-        # Same precision as the trainer, so rollout and trainer log-probs agree.
-        "actor_rollout_ref.rollout.dtype=float32",
-        # Return rollout log-probs: verl then logs training/rollout_probs_diff_*, a live check
-        # that weight sync works.
-        "actor_rollout_ref.rollout.calculate_log_probs=True",
-        # --- helper processes: verl defaults to 8 of each, every one a Python process that
-        # imports verl; on a few cores their start-up would dominate the run.
-        "actor_rollout_ref.rollout.agent.num_workers=1",
-        "reward.num_workers=1",
-        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
-        # Dataloader worker processes only add fork overhead at this scale.
-        "data.dataloader_num_workers=0",
-    ]
-    return overrides

@@ -39,7 +39,7 @@ from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput
 from verl.workers.rollout.utils import ensure_async_iterator
 
-from g2rpo_verl.cpu import ROLLOUT_NAME
+from g2rpo_verl.cpu.env import ROLLOUT_NAME
 from g2rpo_verl.cpu.hf_generation import GenerationResult, HFGenerator, SamplingSpec, load_hf_model
 
 __all__ = [

@@ -33,7 +33,7 @@ import torch
 import torch.distributed
 from verl.plugin.platform import PlatformBase
 
-from g2rpo_verl.cpu import PLATFORM_NAME
+from g2rpo_verl.cpu.env import PLATFORM_NAME
 
 __all__ = [
     "PLATFORM_NAME",

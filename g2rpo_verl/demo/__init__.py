@@ -15,7 +15,11 @@ Modules, each named for what it holds:
 * :mod:`.trainer_process` - the trainer child process, its log and the progress bar;
 * :mod:`.metrics` - verl's file-logger metrics: merged across resumed runs, summarised;
 * :mod:`.plots` - per-task curves and GRPO vs G²RPO advantage histograms;
-* :mod:`.run` - the command.
+* :mod:`.run` - the command;
+* fixtures shared with the tests: :mod:`.tiny` (a tiny Qwen2, its BPE tokenizer, toy text
+  data), :mod:`.toy_reward` (its reward), :mod:`.tiny_vl` (a tiny Qwen3-VL, tokenizer,
+  processor, supervised warm start) and :mod:`.smoke` (``python -m g2rpo_verl.demo.smoke``:
+  the real trainer on the toy text tasks, the e2e tests' runner).
 
 The vision-language CPU pieces it relies on (torchvision-free processor and dataset, batched
 image rollouts) live in :mod:`g2rpo_verl.cpu`.

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from g2rpo_verl.cpu import cpu_overrides
-from g2rpo_verl.cpu.smoke import merge_overrides
+from g2rpo_verl.cpu.env import cpu_overrides
+from g2rpo_verl.demo.smoke import merge_overrides
 from g2rpo_verl.demo.data import DemoData
 
 __all__ = [

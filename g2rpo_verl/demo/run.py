@@ -98,7 +98,7 @@ def wandb_configured(env: dict[str, str] | None = None) -> bool:
 
 def trainer_environment(workdir: Path, metrics_path: Path, use_wandb: bool) -> dict[str, str]:
     """This process's environment + the CPU backend's + the metrics file; W&B left on if used."""
-    from g2rpo_verl.cpu.smoke import trainer_env
+    from g2rpo_verl.demo.smoke import trainer_env
 
     env = trainer_env(workdir)
     env["VERL_FILE_LOGGER_PATH"] = str(metrics_path)
@@ -138,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from g2rpo_verl.cpu.smoke import trainer_command
+    from g2rpo_verl.demo.smoke import trainer_command
     from g2rpo_verl.demo.metrics import merge_run_metrics
     from g2rpo_verl.demo.overrides import DEFAULT_CONFIG, demo_overrides, override_value
     from g2rpo_verl.demo.trainer_process import run_trainer

@@ -4,7 +4,7 @@ Nothing is downloaded; each piece mirrors the real Qwen3-VL checkpoint's layout 
 that verl treats it as one (``model_type == "qwen3_vl"``: verl's Qwen3-VL monkey patch, M-RoPE
 position ids from the processor's ``get_rope_index``, the Qwen-VL continuous-token builder).
 
-* :func:`build_vl_tokenizer` - byte-level BPE (:func:`g2rpo_verl.cpu.tiny.build_tokenizer`) on a
+* :func:`build_vl_tokenizer` - byte-level BPE (:func:`g2rpo_verl.demo.tiny.build_tokenizer`) on a
   caller-given corpus, with Qwen-VL's special tokens ``<|vision_start|> <|vision_end|>
   <|image_pad|> <|video_pad|>`` and :data:`VL_CHAT_TEMPLATE`, which renders an image content
   part as ``<|vision_start|><|image_pad|><|vision_end|>`` as Qwen's template does.
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from g2rpo_verl.cpu.tiny import IM_END, build_tokenizer, pad_sft_rows, sft_steps, staged_dir
+from g2rpo_verl.demo.tiny import IM_END, build_tokenizer, pad_sft_rows, sft_steps, staged_dir
 from g2rpo_verl.cpu.vl_processor import Qwen3VLProcessor, write_processor_remote_code
 
 __all__ = [
@@ -226,7 +226,7 @@ def vl_warm_start(
 
     ``examples(step)`` returns the batch of step ``step`` (the caller controls the data and its
     seed). Linear warm-up over the first 10% of steps, gradient norm clipped to 1; the loop is
-    :func:`g2rpo_verl.cpu.tiny.sft_steps` (one thread, forked RNG).
+    :func:`g2rpo_verl.demo.tiny.sft_steps` (one thread, forked RNG).
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(1, steps // 10)

@@ -13,7 +13,7 @@
 * :func:`build_tiny_qwen2`: tokenizer + warm-started model, saved with ``save_pretrained`` into
   a directory verl can use as ``actor_rollout_ref.model.path``.
 * :func:`write_toy_dataset`: verl-format parquet files with two tasks of different
-  ``problem_type`` (see :data:`g2rpo_verl.cpu.toy_reward.TOY_TASKS`).
+  ``problem_type`` (see :data:`g2rpo_verl.demo.toy_reward.TOY_TASKS`).
 
 Everything is a pure function of ``seed``: same seed, same files.
 """
@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from g2rpo_verl.cpu.toy_reward import ADDITION, CHOICE, OPTION_LETTERS, TOY_TASKS
+from g2rpo_verl.demo.toy_reward import ADDITION, CHOICE, OPTION_LETTERS, TOY_TASKS
 
 __all__ = [
     "CHAT_TEMPLATE",

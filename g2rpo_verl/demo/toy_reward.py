@@ -1,7 +1,7 @@
-"""Reward function for the toy tasks of :mod:`g2rpo_verl.cpu.tiny` (CPU smoke runs only).
+"""Reward function for the toy tasks of :mod:`g2rpo_verl.demo.tiny` (CPU smoke runs only).
 
 verl calls it as ``compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw)``
-(``reward.custom_reward_function.path=pkg://g2rpo_verl.cpu.toy_reward``). The returned dict has
+(``reward.custom_reward_function.path=pkg://g2rpo_verl.demo.toy_reward``). The returned dict has
 the same keys for every sample, because verl stacks ``reward_extra_info`` per key:
 
 * ``accuracy`` in {0, 1}: the answer inside the last ``<answer>...</answer>`` is right

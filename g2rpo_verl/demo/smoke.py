@@ -2,9 +2,9 @@
 
 Usage::
 
-    python -m g2rpo_verl.cpu.smoke --workdir DIR [hydra overrides ...]
+    python -m g2rpo_verl.demo.smoke --workdir DIR [hydra overrides ...]
 
-1. builds (or reuses) ``DIR/model`` (tiny Qwen2 + tokenizer, :mod:`g2rpo_verl.cpu.tiny`) and
+1. builds (or reuses) ``DIR/model`` (tiny Qwen2 + tokenizer, :mod:`g2rpo_verl.demo.tiny`) and
    ``DIR/data/{train,val}.parquet`` (toy tasks);
 2. runs ``python -m verl.trainer.main_ppo`` as a subprocess with :data:`g2rpo_verl.cpu.CPU_ENV`,
    :func:`g2rpo_verl.cpu.cpu_overrides`, the smoke defaults of :func:`smoke_overrides`, and
@@ -25,8 +25,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from g2rpo_verl.cpu import CPU_ENV, cpu_overrides
-from g2rpo_verl.cpu.tiny import build_tiny_qwen2, dataset_paths, is_model_dir, write_toy_dataset
+from g2rpo_verl.cpu.env import CPU_ENV, cpu_overrides
+from g2rpo_verl.demo.tiny import build_tiny_qwen2, dataset_paths, is_model_dir, write_toy_dataset
 
 __all__ = ["main", "prepare_workdir", "smoke_overrides", "merge_overrides", "trainer_command"]
 
@@ -69,7 +69,7 @@ def smoke_overrides(workdir: Path, model_dir: Path, train: Path, val: Path) -> l
         "actor_rollout_ref.rollout.n=2",
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8",
-        "reward.custom_reward_function.path=pkg://g2rpo_verl.cpu.toy_reward",
+        "reward.custom_reward_function.path=pkg://g2rpo_verl.demo.toy_reward",
         "reward.custom_reward_function.name=compute_score",
         "trainer.logger=[console,file]",
         "trainer.project_name=g2rpo_cpu_smoke",
@@ -114,7 +114,7 @@ def trainer_env(workdir: Path) -> dict[str, str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m g2rpo_verl.cpu.smoke",
+        prog="python -m g2rpo_verl.demo.smoke",
         description="Run verl.trainer.main_ppo on the CPU with a tiny local model and toy data.",
     )
     parser.add_argument("--workdir", required=True, type=Path, help="where model, data, logs and checkpoints go")
