@@ -11,23 +11,46 @@ with weight 1 each.
 
 from __future__ import annotations
 
+import difflib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
-
-from g2rpo_verl.length_shaping import DEFAULT_TASK_PROFILES, TaskLengthRule
 
 from omegaconf import OmegaConf
 
-__all__ = ["G2RPOConfig", "EntropyShapingConfig", "LengthShapingConfig", "DEFAULT_GDPO_COMPONENTS", "load_g2rpo_config", "gdpo_components"]
+from g2rpo_verl.length_shaping import TaskLengthRule, builtin_profile
 
+__all__ = [
+    "G2RPOConfig",
+    "EntropyShapingConfig",
+    "LengthShapingConfig",
+    "FilterBand",
+    "PLUGIN_ESTIMATORS",
+    "COMPONENT_ESTIMATORS",
+    "DEFAULT_TASK_KEY",
+    "DEFAULT_GDPO_COMPONENTS",
+    "ENTROPY_ESTIMATORS",
+    "FILTER_BAND_KEY",
+    "load_g2rpo_config",
+    "load_filter_band",
+    "gdpo_components",
+]
+
+#: ``algorithm.adv_estimator`` values this plugin registers with verl (all need per-sample task keys).
+PLUGIN_ESTIMATORS = ("gs_grpo", "gs_gdpo")
+#: Estimators that rank reward components, never the summed reward (verl's ``gdpo`` and ours).
+COMPONENT_ESTIMATORS = ("gs_gdpo", "gdpo")
+#: ``g2rpo.task_key`` default: the reference normalises per problem type.
+DEFAULT_TASK_KEY = "problem_type"
 DEFAULT_GDPO_COMPONENTS = ("accuracy", "format", "structure")
 ENTROPY_ESTIMATORS = ("exact", "sampled")
+#: Key of the group-filter band in ``trainer.v1.sampler.sampler_kwargs``.
+FILTER_BAND_KEY = "filter_band"
 
 
 @dataclass
 class EntropyShapingConfig:
-    """``g2rpo.entropy``: keep each task's token entropy inside a band (DESIGN.md).
+    """``g2rpo.entropy``: keep each task's token entropy inside a band (docs/method.md).
 
     Penalty added to verl's actor loss: ``beta · Σ_τ [relu(Ĥ_τ − high_τ) + relu(low_τ − Ĥ_τ)]``
     with Ĥ_τ the token-mean entropy of task τ's responses.
@@ -53,24 +76,28 @@ class EntropyShapingConfig:
     per_task: dict[str, dict[str, float]] = field(default_factory=dict)
     estimator: str = "exact"
 
+    def band(self, task: str | None = None) -> tuple[float, float]:
+        """``(low, high)`` of ``task`` (``per_task`` overrides the default band); ``None`` = the default band."""
+        own = self.per_task.get(str(task)) or {} if task is not None else {}
+        return float(own.get("low", self.low)), float(own.get("high", self.high))
+
     def __post_init__(self) -> None:
         # Errors name the key, so a typo stops the run at config load, not mid-training.
         if self.estimator not in ENTROPY_ESTIMATORS:
             raise ValueError(f"g2rpo.entropy.estimator must be one of {ENTROPY_ESTIMATORS}, got {self.estimator!r}")
         if not (math.isfinite(self.beta) and self.beta >= 0):
             raise ValueError(f"g2rpo.entropy.beta must be a finite number >= 0, got {self.beta}")
-        bands = {"<default>": {"low": self.low, "high": self.high}, **{str(k): dict(v) for k, v in self.per_task.items()}}
-        for task, band in bands.items():
+        for task, band in {None: {}, **{str(k): dict(v) for k, v in self.per_task.items()}}.items():
             unknown = set(band) - {"low", "high"}
             if unknown:
                 raise ValueError(f"g2rpo.entropy.per_task[{task!r}] has unknown keys {sorted(unknown)}; use low / high")
-            lo, hi = float(band.get("low", self.low)), float(band.get("high", self.high))
+            lo, hi = self.band(task)
             if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-                raise ValueError(f"g2rpo.entropy band for task {task!r} needs finite low <= high, got [{lo}, {hi}]")
+                raise ValueError(f"g2rpo.entropy band for task {task or '<default>'!r} needs finite low <= high, got [{lo}, {hi}]")
 
 
 def _default_length_profiles() -> dict[str, dict[str, Any]]:
-    # Reference trends (DESIGN.md): reasoning ~600 -> 1100 tokens, grounding ~125 -> 65,
+    # Reference trends (docs/method.md): reasoning ~600 -> 1100 tokens, grounding ~125 -> 65,
     # documents ~105 -> 30-50, with 4096-token responses.
     return {
         "reasoning": {"floor": 512, "ceiling": 2048, "stretch": 0.1, "width": 0.5, "ramp": 0.5},
@@ -99,8 +126,9 @@ class LengthShapingConfig:
         profiles: default constants of each profile (see TaskLengthRule).
         tasks: task-key value -> ``{profile: ..., floor: ..., ceiling: ..., stretch: ...,
             width: ..., ramp: ...}``; unset keys come from the profile. Tasks not listed use
-            the built-in profile of their name (math, grounding, OCR, ...) or
-            ``default_profile``.
+            the built-in profile of their problem type (math -> reasoning, spatial grounding
+            and OCR -> perception, any alias the reward function accepts;
+            :data:`g2rpo_verl.length_shaping.DEFAULT_TASK_PROFILES`) or ``default_profile``.
         default_profile: profile of tasks neither listed nor known.
     """
 
@@ -124,7 +152,7 @@ class LengthShapingConfig:
     def rule(self, task: str) -> TaskLengthRule:
         """The envelope constants of ``task`` (raises ValueError naming the task if invalid)."""
         own = dict(self.tasks.get(task, {}))
-        profile = own.pop("profile", None) or DEFAULT_TASK_PROFILES.get(task, self.default_profile)
+        profile = own.pop("profile", None) or builtin_profile(task) or self.default_profile
         try:
             return TaskLengthRule(profile=profile, **{**self.profiles.get(profile, {}), **own})
         except (TypeError, ValueError) as err:
@@ -146,17 +174,40 @@ class G2RPOConfig:
         length: task-level response-length shaping, see :class:`LengthShapingConfig`.
     """
 
-    task_key: str = "problem_type"
+    task_key: str = DEFAULT_TASK_KEY
     entropy: EntropyShapingConfig = field(default_factory=EntropyShapingConfig)
     length: LengthShapingConfig = field(default_factory=LengthShapingConfig)
 
 
+def _unknown_keys(section: Any, schema: type, path: str) -> list[str]:
+    """Messages for keys of ``section`` that ``schema`` (a dataclass) does not define, with a guess."""
+    if not hasattr(section, "items"):
+        return []
+    known = {f.name: f for f in fields(schema)}
+    problems = []
+    for key, value in section.items():
+        if key not in known:
+            guess = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"; did you mean '{path}.{guess[0]}'?" if guess else f"; the keys are {sorted(known)}"
+            problems.append(f"unknown key '{path}.{key}'{hint}")
+        elif isinstance(known[key].default_factory, type) and is_dataclass(known[key].default_factory):
+            problems += _unknown_keys(value, known[key].default_factory, f"{path}.{key}")
+    return problems
+
+
 def load_g2rpo_config(full_config: Any) -> G2RPOConfig:
-    """Read and validate ``full_config.g2rpo`` (absent -> defaults; unknown keys -> error)."""
+    """Read and validate ``full_config.g2rpo`` (absent -> defaults).
+
+    Raises ``ValueError`` naming the key for an unknown key (with the nearest known one) or an
+    invalid value.
+    """
     section = full_config.get("g2rpo", None) if full_config is not None else None
     schema = OmegaConf.structured(G2RPOConfig)
     if section is None:
         return OmegaConf.to_object(schema)
+    unknown = _unknown_keys(section, G2RPOConfig, "g2rpo")
+    if unknown:
+        raise ValueError("invalid 'g2rpo' config section: " + "; ".join(unknown))
     try:
         return OmegaConf.to_object(OmegaConf.merge(schema, section))
     except Exception as err:  # omegaconf raises several types; the message names the key
@@ -183,3 +234,58 @@ def gdpo_components(algorithm_config: Any) -> tuple[list[str], list[float]]:
     if len(set(names)) != len(names):
         raise ValueError(f"algorithm.gdpo_reward_keys repeats a component: {names}")
     return names, weights
+
+
+@dataclass(frozen=True)
+class FilterBand:
+    """``trainer.v1.sampler.sampler_kwargs.filter_band``: keep a prompt group iff ``low < mean < high``.
+
+    The mean is that of ``algorithm.filter_groups.metric`` over the group's responses; the
+    interval is open, as the reference's ``(0.01, 0.99)``. It lives in verl's sampler section
+    because that is verl's slot for the replay buffer's own parameters.
+    """
+
+    low: float = 0.01
+    high: float = 0.99
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise ValueError(
+                f"trainer.v1.sampler.sampler_kwargs.{FILTER_BAND_KEY} needs finite low < high, "
+                f"got low={self.low}, high={self.high}"
+            )
+
+    def keeps(self, mean: float) -> bool:
+        return self.low < mean < self.high
+
+
+def load_filter_band(config: Any) -> FilterBand | None:
+    """The band of a full verl config, or ``None`` when verl's own rule applies.
+
+    ``None`` when the band is absent / null. Raises ``ValueError`` naming the key for unknown
+    keys or an invalid band, when a band is set while ``algorithm.filter_groups.enable`` is
+    false (it would silently do nothing), and with a custom sampler (which owns its filtering).
+    """
+    sampler = ((config.get("trainer", None) or {}).get("v1", None) or {}).get("sampler", None) or {}
+    raw = (sampler.get("sampler_kwargs", None) or {}).get(FILTER_BAND_KEY, None)
+    if raw is None:
+        return None
+    filter_groups = (config.get("algorithm", None) or {}).get("filter_groups", None)
+    if not (filter_groups is not None and filter_groups.get("enable", False)):
+        raise ValueError(
+            f"trainer.v1.sampler.sampler_kwargs.{FILTER_BAND_KEY} is set but algorithm.filter_groups.enable "
+            "is false: set it true (and algorithm.filter_groups.metric, e.g. accuracy) or remove the band"
+        )
+    custom = sampler.get("custom_sampler", None) or {}
+    if custom.get("path") and custom.get("name"):
+        raise ValueError(
+            f"trainer.v1.sampler.sampler_kwargs.{FILTER_BAND_KEY} works with verl's built-in replay buffer only; "
+            "a custom sampler (trainer.v1.sampler.custom_sampler) owns its filtering"
+        )
+    raw = dict(raw)
+    unknown = set(raw) - {"low", "high"}
+    if unknown:
+        raise ValueError(
+            f"trainer.v1.sampler.sampler_kwargs.{FILTER_BAND_KEY} has unknown keys {sorted(unknown)}; use low / high"
+        )
+    return FilterBand(**{k: float(v) for k, v in raw.items()})

@@ -115,9 +115,9 @@ def penalty_weights(
     group_ids: torch.Tensor,
     low: torch.Tensor,
     high: torch.Tensor,
-    beta: float,
+    beta: float | torch.Tensor,
 ) -> torch.Tensor:
-    """Per-row weights ``w_b = β · P'_τ(Ĥ_{g,τ}) / n_{g,τ}`` for row b of task τ in group g.
+    """Per-row weights ``w_b = β_τ · P'_τ(Ĥ_{g,τ}) / n_{g,τ}`` for row b of task τ in group g.
 
     Args:
         row_sum, row_count: ``(B,)`` from :func:`row_entropy_sums` of the entropy that picks
@@ -125,6 +125,7 @@ def penalty_weights(
         task_ids: ``(B,)`` long in ``[0, T)``.
         group_ids: ``(B,)`` long, the mini-batch of each row; P is defined per group.
         low, high: ``(T,)`` band per task.
+        beta: the coefficient, one for all tasks (float) or ``(T,)`` per task.
 
     Returns:
         ``(B,)`` float64. Guarantees: a row whose (group, task) lies inside the band, or has no
@@ -140,6 +141,7 @@ def penalty_weights(
     sums, counts = group_task_stats(row_sum, row_count, task_ids, group_ids, num_tasks, num_groups)
     h_hat = sums / counts.clamp_min(1.0)
     slope = band_slope(h_hat, low.to(torch.float64), high.to(torch.float64))
+    beta = torch.as_tensor(beta, dtype=torch.float64)
     per_cell = torch.where(counts > 0, beta * slope / counts.clamp_min(1.0), torch.zeros_like(h_hat))
     return per_cell[group_ids.long(), task_ids.long()]
 

@@ -1,6 +1,6 @@
 """Task-level response-length shaping: a per-task trapezoid envelope with dynamic bounds.
 
-Each task τ scores a response of ``L`` tokens with the trapezoid (DESIGN.md)::
+Each task τ scores a response of ``L`` tokens with the trapezoid (docs/method.md)::
 
     0 if L < a or L > d;   (L − a)/(b − a) on [a, b);   1 on [b, c];   1 − (L − c)/(d − c) on (c, d]
 
@@ -37,22 +37,26 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-__all__ = ["trapezoid", "TaskLengthRule", "LengthShaper", "PROFILES", "DEFAULT_TASK_PROFILES"]
+from g2rpo_verl.rewards.accuracy import GROUNDING, MATH, OCR, canonical_problem_type
+
+__all__ = ["trapezoid", "TaskLengthRule", "LengthShaper", "PROFILES", "DEFAULT_TASK_PROFILES", "builtin_profile"]
 
 PROFILES = ("reasoning", "perception", "neutral")
 
-# Task-key values of the reference data (problem_type and task_type spellings) -> profile.
+#: Built-in profile of each canonical problem type of the reward function
+#: (:data:`g2rpo_verl.rewards.accuracy.PROBLEM_TYPES`); the other types are not shaped unless
+#: configured (``g2rpo.length.tasks`` / ``default_profile``).
 DEFAULT_TASK_PROFILES: dict[str, str] = {
-    "math": "reasoning",
-    "math_reasoning": "reasoning",
-    "general_vqa_science_stem": "reasoning",
-    "chart_figure_qa": "reasoning",
-    "spatial_reasoning": "reasoning",
-    "spatial grounding": "perception",
-    "spatial_grounding": "perception",
-    "OCR": "perception",
-    "ocr": "perception",
+    MATH: "reasoning",
+    GROUNDING: "perception",
+    OCR: "perception",
 }
+
+
+def builtin_profile(task: str) -> str | None:
+    """The built-in profile of ``task`` read as a problem type (any alias the reward accepts), else None."""
+    canonical = canonical_problem_type(task)
+    return DEFAULT_TASK_PROFILES.get(canonical) if canonical is not None else None
 
 
 def trapezoid(lengths: torch.Tensor, a, b, c, d) -> torch.Tensor:

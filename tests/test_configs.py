@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from g2rpo_verl.config import load_g2rpo_config
 from g2rpo_verl.rewards.settings import settings_from_kwargs
-from g2rpo_verl.verl_hooks.filtering import FilterBand, load_filter_band
+from g2rpo_verl.config import FilterBand, load_filter_band
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PRIMARY = {"g2rpo_qwen3vl8b": "gs_grpo", "gsgdpo_qwen3vl8b": "gs_gdpo", "grpo_qwen3vl8b": "grpo"}

@@ -27,15 +27,19 @@ from g2rpo_verl.entropy_shaping import (
 )
 from g2rpo_verl.verl_hooks import entropy as hooks
 from g2rpo_verl.verl_hooks.entropy import (
+    PLAN_FIELDS,
     ROW_FIELD,
     STEP_FIELD,
     WEIGHT_FIELD,
     EntropyShapedLoss,
     EntropyShapingMixin,
+    MiniBatchMismatch,
     entropy_shaping_metrics,
     minibatch_groups,
+    minibatch_plan,
     task_bands,
 )
+from g2rpo_verl.verl_hooks.samples import SampleInfo
 from smoke_runs import run_smoke
 
 LOW, HIGH, BETA = 0.2, 0.6, 0.02
@@ -475,7 +479,7 @@ def test_epoch_columns_follow_how_often_a_row_was_trained_in_the_step():
     assert run([0], 7) == 2 * 10
     assert run([0], 8) == 2 * 1  # a new step starts at epoch 0
     fresh = pickle.loads(pickle.dumps(loss_fn))
-    assert fresh._seen == {} and fresh._step is None
+    assert fresh.tracker.seen == {} and fresh.tracker.step is None
 
 
 # ------------------------------------------------------------------ config, metrics, trainer side
@@ -526,15 +530,16 @@ class _Base:
 class _Trainer(EntropyShapingMixin, _Base):
     def __init__(self, config, shaping, tasks):
         self.config = config
-        self.g2rpo_config = SimpleNamespace(entropy=shaping)
+        self._g2rpo_config = SimpleNamespace(entropy=shaping)
         self._tasks = tasks
         self.actor_rollout_wg = SimpleNamespace(_dispatch_info={"actor": [0]}, set_loss_fn=self._set)
 
     def _set(self, fn):
         self.loss_fn = pickle.loads(pickle.dumps(fn))
 
-    def _sample_info(self, batch):
-        return SimpleNamespace(tasks=self._tasks)
+    def sample_info(self, batch, fallback_to_data_source=False):
+        n = len(self._tasks)
+        return SampleInfo.build([f"u{i}" for i in range(n)], [None] * n, self._tasks, [None] * n)
 
 
 @pytest.mark.parametrize("estimator", ["sampled", "exact"])
@@ -579,7 +584,12 @@ def test_trainer_writes_weights_requests_entropy_and_installs_the_loss(monkeypat
     w = put[WEIGHT_FIELD][:, 0]
     expected = [-BETA / 3, BETA / 5, -BETA / 3, BETA / 5, BETA / 4, BETA / 4, BETA / 4, BETA / 4]
     torch.testing.assert_close(w, torch.tensor(expected), rtol=1e-5, atol=0)
-    assert put[WEIGHT_FIELD].shape == (8, 1) and ROW_FIELD not in put
+    assert put[WEIGHT_FIELD].shape == (8, 1)
+    # the plan the loss checks verl's split against: mini-batch, its tokens, its rows on the rank
+    assert put[PLAN_FIELDS[0]][:, 0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert put[PLAN_FIELDS[1]][:, 0].tolist() == [8] * 4 + [8] * 4
+    assert put[PLAN_FIELDS[2]][:, 0].tolist() == [4] * 8
+    assert put[ROW_FIELD].tolist() == list(range(8)) and put[STEP_FIELD].unique().numel() == 1
     assert metrics["task_a/entropy_estimate"] == pytest.approx((0.3 + 1.8 + 1.8) / 7, rel=1e-6)
     assert metrics["task_b/entropy_penalty"] == pytest.approx(BETA * 0.45, rel=1e-5)
 
@@ -596,15 +606,105 @@ def test_trainer_with_shaping_off_changes_nothing(monkeypatch):
 
 
 def test_exact_estimator_refuses_bypass_mode():
-    section, _ = actor_config()
+    from g2rpo_verl.verl_hooks.checks import config_problems
+
     config = OmegaConf.create(
         {
-            "actor_rollout_ref": {"actor": section, "rollout": {"n": 2}},
-            "algorithm": {"rollout_correction": {"bypass_mode": True}},
+            "algorithm": {"adv_estimator": "grpo", "rollout_correction": {"bypass_mode": True}},
+            "g2rpo": {"entropy": {"enable": True, "estimator": "exact"}},
         }
     )
-    with pytest.raises(ValueError, match="bypass_mode"):
-        _Trainer(config, EntropyShapingConfig(enable=True, estimator="exact"), []).on_init_end()
+    problems, _ = config_problems(config, trainer="v1", known_estimators=["grpo"])
+    assert len(problems) == 1 and "bypass_mode" in problems[0]
+
+
+# ------------------------------------------------------------------ the predicted split is checked per row
+
+
+def _worker_micro_batches(tokens, dp_size, mini_batch_size, epochs, seed, shuffle, micro):
+    """What one run of verl's actor update feeds the loss on rank 0: (rows, batch_num_tokens) per micro-batch.
+
+    verl's own ``make_iterator`` forms the mini-batches (rank 0's contiguous chunk, seed + rank);
+    ``batch_num_tokens`` is the mini-batch's response tokens summed over all ranks.
+    """
+    from verl.utils import tensordict_utils as tu
+
+    n = tokens.numel()
+    per_rank, mb = n // dp_size, mini_batch_size // dp_size
+    iters = []
+    for rank in range(dp_size):
+        td = TensorDict({"row": torch.arange(per_rank) + rank * per_rank}, batch_size=[per_rank])
+        iters.append(tu.make_iterator(td, mb, epochs, seed + rank, {"shuffle": shuffle}))
+    out = []
+    for minis in zip(*iters):
+        total = int(sum(tokens[m["row"]].sum() for m in minis))
+        rows = minis[0]["row"]
+        out += [(rows[i : i + micro], total) for i in range(0, len(rows), micro)]
+    return out
+
+
+def _feed(tracker, plan, micro_batches, nonce=1):
+    for rows, total in micro_batches:
+        cols = tracker.epoch_columns(rows, torch.tensor([nonce]), plan.groups.shape[0])
+        picked = [x.T[rows].gather(1, cols.unsqueeze(-1)).squeeze(1) for x in (plan.groups, plan.tokens, plan.rank_rows)]
+        tracker.check(rows, cols, *picked, total)
+
+
+SPLIT = dict(dp_size=2, mini_batch_size=8, epochs=2, shuffle=True)
+
+
+def test_the_loss_accepts_verls_split_when_it_is_the_predicted_one():
+    tokens = torch.randint(1, 9, (24,), generator=torch.Generator().manual_seed(3))
+    plan = minibatch_plan(tokens, seed=11, **SPLIT)
+    for micro in (1, 2, 4):
+        _feed(hooks.MiniBatchTracker(), plan, _worker_micro_batches(tokens, seed=11, micro=micro, **SPLIT))
+
+
+@pytest.mark.parametrize(
+    "worker",
+    [
+        dict(seed=12),  # another data_loader_seed: rows shuffled into other mini-batches
+        dict(seed=11, shuffle=False),  # shuffle turned off on the worker
+        dict(seed=11, mini_batch_size=4),  # smaller mini-batches than predicted
+        dict(seed=11, mini_batch_size=24),  # one mini-batch where the trainer predicted three
+    ],
+    ids=["seed", "shuffle", "smaller", "larger"],
+)
+def test_the_loss_fails_loudly_when_verls_split_differs_from_the_prediction(worker):
+    tokens = torch.randint(1, 9, (24,), generator=torch.Generator().manual_seed(3))
+    plan = minibatch_plan(tokens, seed=11, **SPLIT)
+    actual = _worker_micro_batches(tokens, micro=2, **{**SPLIT, **worker})
+    with pytest.raises(MiniBatchMismatch, match="g2rpo.entropy"):
+        _feed(hooks.MiniBatchTracker(), plan, actual)
+
+
+def test_the_check_catches_a_different_split_even_when_every_response_has_the_same_length():
+    # token counts cannot tell the splits apart here; mini-batch membership still does
+    tokens = torch.full((24,), 5)
+    plan = minibatch_plan(tokens, seed=11, **SPLIT)
+    with pytest.raises(MiniBatchMismatch):
+        _feed(hooks.MiniBatchTracker(), plan, _worker_micro_batches(tokens, seed=12, micro=2, **SPLIT))
+
+
+def test_the_loss_runs_the_check_on_the_plan_fields_the_trainer_writes():
+    loss_fn = EntropyShapedLoss(zero_loss, "sampled")
+    rows = [{"prompt": [1], "response": [2, 3], "old_log_probs": torch.zeros(2), "adv": 0.0} for _ in range(4)]
+    out = {"log_probs": -torch.ones(12, dtype=torch.float64)}
+    plan = minibatch_plan(torch.full((4,), 2), dp_size=1, mini_batch_size=2, epochs=1, seed=0, shuffle=False)
+    extra = {
+        ROW_FIELD: torch.arange(4),
+        STEP_FIELD: torch.full((4,), 9),
+        **{f: x.T.contiguous() for f, x in zip(PLAN_FIELDS, (plan.groups, plan.tokens, plan.rank_rows))},
+    }
+
+    def call(idx, batch_num_tokens):
+        sub = {k: v[idx] for k, v in extra.items()}
+        data = micro_batch([rows[i] for i in idx], torch.ones(len(idx), 1), batch_num_tokens=batch_num_tokens, extra=sub)
+        return loss_fn.shaping_term({"log_probs": out["log_probs"][: 3 * len(idx)]}, data)
+
+    call([0, 1], 4)  # mini-batch 0 as predicted
+    with pytest.raises(MiniBatchMismatch, match="predicted"):
+        call([2], 6)  # verl's mini-batch has 6 tokens: not the predicted one
 
 
 # ------------------------------------------------------------------ the real pipeline

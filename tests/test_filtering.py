@@ -13,15 +13,9 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
+from g2rpo_verl.config import FilterBand, load_filter_band
 from g2rpo_verl.verl_hooks import filtering
-from g2rpo_verl.verl_hooks.filtering import (
-    BUDGET_METRIC,
-    FilterBand,
-    classify_groups,
-    group_means,
-    install_band,
-    load_filter_band,
-)
+from g2rpo_verl.verl_hooks.filtering import BUDGET_METRIC, BandFilter, classify_groups, group_means
 from smoke_runs import run_smoke
 
 replay_buffer = pytest.importorskip("verl.trainer.ppo.v1.replay_buffer")
@@ -90,6 +84,10 @@ def test_load_filter_band():
         load_filter_band(_config({"low": 0.1, "hihg": 0.9}))
     with pytest.raises(ValueError, match="filter_groups.enable is false"):
         load_filter_band(_config({"low": 0.1, "high": 0.9}, enable=False))
+    custom = _config({"low": 0.1, "high": 0.9})
+    custom.trainer.v1.sampler.custom_sampler = {"path": "pkg://x", "name": "Y"}
+    with pytest.raises(ValueError, match="custom sampler"):
+        load_filter_band(custom)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +160,7 @@ def make_buffer(gen, batch_size, band=REF, max_refill=None, cls=None):
         max_inflight_gen_batches=1,
     )
     if band is not None:
-        install_band(buf, band, "problem_type", max_refill)
+        BandFilter(buf, band, "problem_type", max_refill).attach()
     return buf
 
 
@@ -226,20 +224,23 @@ def test_missing_metric_is_a_clear_error(fake_tq):
     fake_tq.add_group("a", *MIXED)
     del fake_tq.values["a_0_0"]["extra_fields"]["reward_extra_info"]["accuracy"]
     buf = make_buffer(Generator(fake_tq, [MIXED]), batch_size=1)
-    with pytest.raises(RuntimeError, match="filter_groups.metric='accuracy' is not a key of the reward dict"):
+    # verl's own DAPO pass runs first (the band post-filters its result) and names the metric
+    with pytest.raises(RuntimeError, match="missing DAPO metric 'accuracy'"):
         buf.sample(1, "train", 1)
 
 
-def test_install_band_on_the_async_buffer_has_no_budget(fake_tq):
+def test_the_band_hooks_verls_buffer_instance_without_changing_its_class(fake_tq):
     buf = make_buffer(Generator(fake_tq, [MIXED]), 2, max_refill=4, cls=replay_buffer.ReplayBufferAsync)
-    assert isinstance(buf, filtering.BandFilterMixin) and buf.g2rpo_max_refill is None
+    assert type(buf) is replay_buffer.ReplayBufferAsync
+    assert buf.g2rpo_band_filter.max_refill is None  # async trainers have no per-step budget
+    assert type(make_buffer(Generator(fake_tq, [MIXED]), 2)) is replay_buffer.ReplayBuffer
 
 
-def test_install_band_refuses_a_buffer_without_group_filtering(fake_tq):
+def test_the_band_refuses_a_buffer_without_group_filtering(fake_tq):
     buf = make_buffer(Generator(fake_tq, [MIXED]), 2, band=None)
     buf.filter_groups_metric = None
     with pytest.raises(ValueError, match="custom sampler"):
-        install_band(buf, REF, "problem_type", None)
+        BandFilter(buf, REF, "problem_type", None)
 
 
 def test_the_trainer_mixin_carries_the_filter():

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from g2rpo_verl import gs_grpo_advantages
 from g2rpo_verl.config import LengthShapingConfig, load_g2rpo_config
 from g2rpo_verl.length_shaping import LengthShaper, TaskLengthRule, trapezoid
-from g2rpo_verl.verl_hooks.length import response_stats
+from g2rpo_verl.verl_hooks.samples import response_stats
 
 
 @pytest.mark.parametrize(
@@ -141,15 +141,16 @@ def test_simulated_training_lengthens_reasoning_and_shortens_grounding():
     ],
 )
 def test_length_mode_must_reach_the_estimator(estimator, mode, keys, error):
-    from types import SimpleNamespace
+    from g2rpo_verl.verl_hooks.checks import config_problems
 
-    from g2rpo_verl.verl_hooks.length import LengthShapingMixin
-
-    trainer = LengthShapingMixin()
-    trainer.g2rpo_config = SimpleNamespace(length=LengthShapingConfig(enable=True, mode=mode))
-    trainer.config = OmegaConf.create({"algorithm": {"adv_estimator": estimator, "gdpo_reward_keys": keys}})
+    config = OmegaConf.create(
+        {
+            "algorithm": {"adv_estimator": estimator, "gdpo_reward_keys": keys},
+            "g2rpo": {"length": {"enable": True, "mode": mode}},
+        }
+    )
+    problems, _ = config_problems(config, trainer="v1", known_estimators=["grpo", "gdpo"])
     if error is None:
-        assert isinstance(trainer.length_shaper, LengthShaper)
+        assert problems == []
     else:
-        with pytest.raises(ValueError, match=error):
-            trainer.length_shaper
+        assert len(problems) == 1 and error in problems[0]

@@ -13,8 +13,13 @@ from omegaconf import OmegaConf
 
 from g2rpo_verl import gs_gdpo_advantages, gs_grpo_advantages
 from g2rpo_verl.config import DEFAULT_GDPO_COMPONENTS, gdpo_components, load_g2rpo_config
-from g2rpo_verl.verl_hooks.estimators import task_batch
-from g2rpo_verl.verl_hooks.trainer import build_task_batch, resolve_task_keys, task_entropy_metrics, task_step_metrics
+from g2rpo_verl.verl_hooks.estimators import build_task_batch, task_batch
+from g2rpo_verl.verl_hooks.samples import SampleInfo, resolve_task_keys
+from g2rpo_verl.verl_hooks.task_metrics import task_entropy_metrics, task_step_metrics
+
+
+def sample_info(uids, tasks, reward_infos):
+    return SampleInfo.build(uids, [None] * len(uids), tasks, reward_infos)
 
 
 def run_fresh(code: str) -> subprocess.CompletedProcess:
@@ -94,7 +99,7 @@ def test_registered_gs_grpo_reads_task_ids_from_the_trainer_context():
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
     uids, scores, mask, rewards, tasks, infos = verl_batch()
-    side = build_task_batch(uids, tasks, infos)
+    side = build_task_batch(sample_info(uids, tasks, infos))
     with task_batch(side):
         adv, ret = get_adv_estimator_fn("gs_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids, config=None)
     groups = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
@@ -133,7 +138,7 @@ def test_registered_gs_gdpo_uses_reward_components_with_missing_ones_neutral():
 
     uids, scores, mask, rewards, tasks, infos = verl_batch()
     names, weights = gdpo_components(OmegaConf.create({"gdpo_reward_keys": None}))
-    side = build_task_batch(uids, tasks, infos, (names, weights))
+    side = build_task_batch(sample_info(uids, tasks, infos), (names, weights))
     assert side.present[:, 2].tolist() == [i % 4 != 0 for i in range(12)]
     with task_batch(side):
         adv, _ = get_adv_estimator_fn("gs_gdpo")(token_level_rewards=rewards, response_mask=mask, index=uids)
@@ -154,7 +159,7 @@ def test_context_rows_must_match_the_batch_rows():
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
     uids, _, mask, rewards, tasks, infos = verl_batch()
-    side = build_task_batch(uids[::-1], tasks, infos)
+    side = build_task_batch(sample_info(uids[::-1], tasks, infos))
     with task_batch(side), pytest.raises(RuntimeError, match="uid mismatch"):
         get_adv_estimator_fn("gs_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids)
 
@@ -165,7 +170,7 @@ def test_non_finite_reward_is_an_error_naming_the_sample(bad):
 
     uids, _, mask, rewards, tasks, infos = verl_batch()
     rewards[5, 0] = bad
-    with task_batch(build_task_batch(uids, tasks, infos)), pytest.raises(ValueError, match="sample 5 of 12"):
+    with task_batch(build_task_batch(sample_info(uids, tasks, infos))), pytest.raises(ValueError, match="sample 5 of 12"):
         get_adv_estimator_fn("gs_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids)
 
 
@@ -190,9 +195,9 @@ def test_missing_task_key_names_the_key_the_sample_and_where_it_looked():
 def test_unknown_or_non_numeric_component_is_an_error():
     uids = ["a", "a"]
     with pytest.raises(ValueError, match=r"\['format'\].*returned for no sample.*\['accuracy', 'score'\]"):
-        build_task_batch(uids, ["t", "t"], [{"accuracy": 1.0, "score": 1.0}] * 2, (["accuracy", "format"], [1.0, 1.0]))
+        build_task_batch(sample_info(uids, ["t", "t"], [{"accuracy": 1.0, "score": 1.0}] * 2), (["accuracy", "format"], [1.0, 1.0]))
     with pytest.raises(ValueError, match="component 'accuracy' of sample 1 is 'yes'"):
-        build_task_batch(uids, ["t", "t"], [{"accuracy": 1.0}, {"accuracy": "yes"}], (["accuracy"], [1.0]))
+        build_task_batch(sample_info(uids, ["t", "t"], [{"accuracy": 1.0}, {"accuracy": "yes"}]), (["accuracy"], [1.0]))
 
 
 def test_config_defaults_and_validation():

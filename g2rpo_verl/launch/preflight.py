@@ -10,7 +10,9 @@ It takes the same Hydra arguments as ``python -m verl.trainer.main_ppo`` (the la
 ``[FAIL]`` with what to change:
 
 ``config``
-    verl's own ``validate_config`` and the plugin's sections (``g2rpo``, reward kwargs, filter band).
+    verl's own ``validate_config`` and everything the plugin checks before a run starts
+    (:func:`g2rpo_verl.verl_hooks.checks.validate_run_config`: the estimator name, the
+    ``g2rpo`` section, reward kwargs, the filter band, combinations that cannot work).
 ``gpus``
     GPUs seen (the Ray cluster's, or this node's CUDA devices) against
     ``trainer.nnodes × trainer.n_gpus_per_node`` (verl #242).
@@ -46,7 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from g2rpo_verl.config import DEFAULT_TASK_KEY, PLUGIN_ESTIMATORS
 from g2rpo_verl.launch.vision import VisionFamily, detect_family, image_tokens, max_image_tokens
+from g2rpo_verl.verl_hooks.checks import config_problems, uses_project_reward
 
 __all__ = [
     "Finding",
@@ -63,7 +67,6 @@ __all__ = [
 
 CHECKS = ("config", "gpus", "data", "image_tokens", "format_tags")
 REQUIRED_COLUMNS = ("prompt", "data_source", "reward_model")
-GS_ESTIMATORS = ("gs_grpo", "gs_gdpo")
 # Chat-template tokens around one user turn and the assistant header (Qwen: ~20).
 TEMPLATE_TOKENS = 32
 # English text is ~4 characters per token with Qwen's tokenizer; 3 keeps the estimate high.
@@ -101,37 +104,20 @@ class DataSummary:
 # config
 # ------------------------------------------------------------------------------------------------
 def check_config(config) -> list[Finding]:
-    """verl's ``validate_config`` and the plugin's own sections, as the trainer will run them."""
+    """verl's ``validate_config`` and the plugin's checks, as the trainer will run them (one finding each)."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    from g2rpo_verl.config import gdpo_components, load_g2rpo_config
-    from g2rpo_verl.verl_hooks.filtering import load_filter_band
-
-    found = []
     try:
         with _quiet(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Disabled critic ..." for every critic-free estimator
             validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
-        load_g2rpo_config(config)
-        load_filter_band(config)
-        if config.algorithm.adv_estimator == "gs_gdpo":
-            gdpo_components(config.algorithm)
-        if _uses_our_reward(config):
-            from g2rpo_verl.rewards.settings import settings_from_kwargs
-
-            settings_from_kwargs(dict(config.reward.custom_reward_function.get("reward_kwargs") or {}))
     except Exception as err:  # each validator raises its own type; the message names the key
         return [Finding("config", "fail", f"{type(err).__name__}: {err}")]
-    found.append(Finding("config", "ok", f"verl and g2rpo sections valid (estimator {config.algorithm.adv_estimator})"))
-    return found
-
-
-def _uses_our_reward(config) -> bool:
-    path = str(config.reward.custom_reward_function.get("path") or "")
-    return path in ("pkg://g2rpo_verl.rewards", "pkg://g2rpo_verl.rewards.compute_score") or path.endswith(
-        "g2rpo_verl/rewards/__init__.py"
-    )
+    problems, _ = config_problems(config)
+    if problems:
+        return [Finding("config", "fail", problem) for problem in problems]
+    return [Finding("config", "ok", f"verl and g2rpo sections valid (estimator {config.algorithm.adv_estimator})")]
 
 
 class _quiet:
@@ -239,8 +225,8 @@ def scan_data(config, max_rows: int | None = None) -> tuple[list[Finding], DataS
     summary = DataSummary()
     image_key = config.data.get("image_key", "images")
     prompt_key = config.data.get("prompt_key", "prompt")
-    task_key = str((config.get("g2rpo") or {}).get("task_key", "problem_type"))
-    needs_task = config.algorithm.adv_estimator in GS_ESTIMATORS
+    task_key = str((config.get("g2rpo") or {}).get("task_key", DEFAULT_TASK_KEY))
+    needs_task = config.algorithm.adv_estimator in PLUGIN_ESTIMATORS
     problems: list[str] = []
     for split, key in (("train", "train_files"), ("val", "val_files")):
         files = _files(config.data.get(key))
@@ -395,7 +381,7 @@ def check_format_tags(config, summary: DataSummary) -> list[Finding]:
     ``<thinking>`` (Qwen3-VL #1663, EasyR1 #597); or such a model's prompts do not ask for the
     reward's think tag at all.
     """
-    if not _uses_our_reward(config):
+    if not uses_project_reward(config):
         return [Finding("format_tags", "ok", "not the g2rpo reward function: format not checked")]
     from g2rpo_verl.rewards.settings import settings_from_kwargs
 

@@ -7,10 +7,16 @@ touches the trainer (a rollout server, a reward worker) does not pay for importi
 
 * ``verl.trainer.ppo.core_algos`` -> ``gs_grpo`` and ``gs_gdpo`` estimators registered;
 * ``verl.trainer.ppo.v1`` (whose ``__init__`` registers verl's V1 trainers) -> every
-  registered V1 trainer gets the plugin's mixin (per-sample task keys for the estimators,
-  per-task metrics). A trainer registered later, by other code, must inherit
-  :class:`~g2rpo_verl.verl_hooks.trainer.G2RPOTrainerMixin` itself to use gs_*;
+  registered V1 trainer gets the plugin's mixin (the config check before anything starts,
+  per-sample task keys for the estimators, shaping, per-task metrics). A trainer registered
+  later, by other code, must inherit :class:`~g2rpo_verl.verl_hooks.trainer.G2RPOTrainerMixin`
+  itself to use gs_*;
+* ``verl.trainer.ppo.ray_trainer`` -> the deprecated V0 trainer gets the same config check
+  (gs_* there stop before any worker starts);
 * with ``VERL_PLATFORM=cpu``: the CPU platform and ``hf`` rollout (``g2rpo_verl.cpu``).
+
+Before any of it, :func:`g2rpo_verl.verl_api.check_verl_version` refuses a verl outside the
+tested range. Every private verl name used is listed in :mod:`g2rpo_verl.verl_api`.
 
 verl swallows exceptions from entry points (logged at DEBUG), so failures here are logged at
 ERROR and re-raised from the hooked import itself: a broken plugin stops the run.
@@ -25,12 +31,15 @@ import sys
 from collections.abc import Callable
 from types import ModuleType
 
+from g2rpo_verl.verl_api import MODULE_CORE_ALGOS, MODULE_TRAINER_V0, MODULE_TRAINERS_V1, check_verl_version, trainer_registry
+
 logger = logging.getLogger("g2rpo_verl")
 
 __all__ = ["register_all", "check_registered"]
 
-CORE_ALGOS = "verl.trainer.ppo.core_algos"
-TRAINERS_V1 = "verl.trainer.ppo.v1"
+CORE_ALGOS = MODULE_CORE_ALGOS
+TRAINERS_V1 = MODULE_TRAINERS_V1
+TRAINER_V0 = MODULE_TRAINER_V0
 
 
 def _register_estimators(_module: ModuleType) -> None:
@@ -40,16 +49,29 @@ def _register_estimators(_module: ModuleType) -> None:
 def _install_trainer_mixin(module: ModuleType) -> None:
     from g2rpo_verl.verl_hooks.trainer import install
 
-    install(module.trainer_base.TRAINER_REGISTRY)
+    install(trainer_registry(module))
+
+
+def _install_v0_guard(module: ModuleType) -> None:
+    from g2rpo_verl.verl_hooks.base import install_v0_guard
+
+    install_v0_guard(module)
 
 
 _AFTER_IMPORT: dict[str, Callable[[ModuleType], None]] = {
     CORE_ALGOS: _register_estimators,
     TRAINERS_V1: _install_trainer_mixin,
+    TRAINER_V0: _install_v0_guard,
 }
 
 
+#: The version guard's error, raised from every hooked import (verl swallows entry-point errors).
+_VERSION_ERROR: RuntimeError | None = None
+
+
 def _run_hook(name: str, module: ModuleType) -> None:
+    if _VERSION_ERROR is not None:
+        raise _VERSION_ERROR
     try:
         _AFTER_IMPORT[name](module)
     except Exception:
@@ -85,8 +107,16 @@ _FINDER = _AfterImportFinder()
 
 
 def register_all() -> None:
-    """Attach every registration to its verl module (idempotent; see module docstring)."""
+    """Check verl's version, attach every registration to its verl module (idempotent; see module docstring)."""
+    global _VERSION_ERROR
     from g2rpo_verl import cpu
+
+    try:
+        check_verl_version()
+    except RuntimeError as err:
+        # raised from the hooked imports below, which verl does not swallow
+        logger.error("%s", err)
+        _VERSION_ERROR = err
 
     if cpu.enabled():
         cpu.register()
@@ -104,16 +134,15 @@ def check_registered() -> None:
     Imports the hooked verl modules, so calling it from a test or a driver proves the whole
     chain (entry point -> hook -> registry) works in this process.
     """
-    from verl.trainer.ppo import core_algos
-    from verl.trainer.ppo.v1 import trainer_base
-
+    from g2rpo_verl.verl_api import adv_estimator_registry
     from g2rpo_verl.verl_hooks import estimators
     from g2rpo_verl.verl_hooks.trainer import G2RPOTrainerMixin
 
+    registry = adv_estimator_registry()
     for name in estimators.ESTIMATORS:
-        fn = core_algos.ADV_ESTIMATOR_REGISTRY.get(name)
+        fn = registry.get(name)
         if fn is None or fn.__module__ != estimators.__name__:
             raise RuntimeError(f"g2rpo_verl: advantage estimator '{name}' is not registered with verl (got {fn!r})")
-    unwrapped = [n for n, c in trainer_base.TRAINER_REGISTRY.items() if not issubclass(c, G2RPOTrainerMixin)]
+    unwrapped = [n for n, c in trainer_registry().items() if not issubclass(c, G2RPOTrainerMixin)]
     if unwrapped:
         raise RuntimeError(f"g2rpo_verl: verl trainers {unwrapped} are missing the plugin's mixin")

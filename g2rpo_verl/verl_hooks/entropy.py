@@ -20,14 +20,25 @@ reference's), ``exact`` = entropy of the next-token distribution from the logits
   weights; later mini-batches/epochs keep the old policy's band side (as PPO keeps π_old), with
   the current policy's per-token gradients.
 * **Per mini-batch.** ``Ĥ`` and ``n`` are taken over the whole global mini-batch (all
-  micro-batches, all data-parallel ranks), not per micro-batch: the trainer reproduces verl's
+  micro-batches, all data-parallel ranks), not per micro-batch: the trainer predicts verl's
   own mini-batch split (contiguous data-parallel chunks, then ``tensordict_utils.make_iterator``
   with the actor's ``ppo_mini_batch_size·n``, ``shuffle``, ``data_loader_seed + dp_rank``,
-  ``ppo_epochs``) and writes per-row weights ``w = β·slope/n_{g,τ}`` into TransferQueue.
-  With one mini-batch per step (ppo_mini_batch_size = train_batch_size) this is per step.
-  With ``shuffle=True`` and ``ppo_epochs > 1`` rows change mini-batch between epochs, so one
-  weight column per epoch is written and the loss picks a row's column by counting how often
-  it has seen that row in this step (each row is trained once per epoch).
+  ``ppo_epochs``; :func:`minibatch_plan`) and writes per-row weights ``w = β_τ·slope/n_{g,τ}``
+  into TransferQueue. With one mini-batch per step (ppo_mini_batch_size = train_batch_size)
+  this is per step. With ``shuffle=True`` and ``ppo_epochs > 1`` rows change mini-batch
+  between epochs, so one weight column per epoch is written and the loss picks a row's column
+  by counting how often it has seen that row in this step (each row is trained once per epoch).
+* **The prediction is checked, row by row.** With the weights the trainer writes the plan
+  (:data:`PLAN_FIELDS`: each row's mini-batch per epoch, that mini-batch's response tokens over
+  all ranks, its rows on the row's rank). The loss (:class:`MiniBatchTracker`) fails with
+  :class:`MiniBatchMismatch` unless, in every micro-batch, all rows are in the same predicted
+  mini-batch of the same epoch, verl's ``batch_num_tokens`` (the tokens of the mini-batch it
+  actually formed) equals the predicted one, and each predicted mini-batch is complete on the
+  rank before the next begins. A verl that splits differently stops the run at the first
+  micro-batch; nothing falls back to another penalty.
+* **Per-task coefficients.** ``β_τ`` comes from :meth:`EntropyShapingMixin.entropy_coefficients`
+  (``(T,)`` per task; ``g2rpo.entropy.beta`` for every task here), so a controller that adapts
+  each task's coefficient overrides that one method and keeps its state in the trainer.
 * **Micro-batches / dynamic batch size.** The loss adds ``dp_size · Σ_{t∈micro} w·H_t`` (the
   scaling verl's ``agg_loss(..., "token-sum")`` uses, since FSDP averages gradients over
   data-parallel ranks). It is linear in per-row terms, so the accumulated gradient is the
@@ -50,7 +61,7 @@ reference's), ``exact`` = entropy of the next-token distribution from the logits
   ``exact`` differentiates the true entropy.
 
 Metrics (per task, ``task_<name>/...`` like the advantage statistics): ``entropy_estimate`` = the
-old policy's ``Ĥ_τ`` over the whole step, ``entropy_penalty`` = ``β·(band violation)`` averaged
+old policy's ``Ĥ_τ`` over the whole step, ``entropy_penalty`` = ``β_τ·(band violation)`` averaged
 over the mini-batches containing τ; and ``actor/entropy_shaping_loss`` from the workers (the
 surrogate's value, which shows the term reached the loss).
 """
@@ -61,9 +72,9 @@ import contextlib
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import torch
 
 from g2rpo_verl.config import ENTROPY_ESTIMATORS, EntropyShapingConfig
@@ -74,35 +85,49 @@ from g2rpo_verl.entropy_shaping import (
     row_entropy_sums,
     shaping_surrogate,
 )
+from g2rpo_verl.verl_api import TQ, actor_dp_size
+from g2rpo_verl.verl_hooks.base import G2RPOBase
+from g2rpo_verl.verl_hooks.samples import metric_prefix
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "EntropyShapingMixin",
     "EntropyShapedLoss",
+    "MiniBatchPlan",
+    "MiniBatchTracker",
+    "MiniBatchMismatch",
     "WEIGHT_FIELD",
     "ROW_FIELD",
     "STEP_FIELD",
+    "PLAN_FIELDS",
     "task_bands",
     "minibatch_groups",
+    "minibatch_plan",
     "entropy_shaping_metrics",
     "build_actor_loss",
 ]
 
 #: ``(N, E)`` float32 per-row weights, one column per epoch (E = 1 unless rows change mini-batch).
 WEIGHT_FIELD = "g2rpo_entropy_weight"
-#: ``(N,)`` int64 row index and per-step nonce; written only when E > 1 (epoch lookup).
+#: ``(N,)`` int64 row index and per-step nonce (which epoch a row is in; steps told apart).
 ROW_FIELD = "g2rpo_entropy_row"
 STEP_FIELD = "g2rpo_entropy_step"
+#: ``(N, E)`` int64 each: the predicted mini-batch of each row per epoch, that mini-batch's
+#: response tokens over all ranks, and its rows on the row's data-parallel rank.
+PLAN_GROUP_FIELD = "g2rpo_entropy_minibatch"
+PLAN_TOKENS_FIELD = "g2rpo_entropy_minibatch_tokens"
+PLAN_ROWS_FIELD = "g2rpo_entropy_minibatch_rank_rows"
+PLAN_FIELDS = (PLAN_GROUP_FIELD, PLAN_TOKENS_FIELD, PLAN_ROWS_FIELD)
+
 
 def task_bands(cfg: EntropyShapingConfig, task_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(low, high)``, each ``(T,)`` float64, for ``task_names`` (``per_task`` overrides the default band)."""
-    low, high = [], []
-    for name in task_names:
-        band = cfg.per_task.get(str(name)) or {}
-        low.append(float(band.get("low", cfg.low)))
-        high.append(float(band.get("high", cfg.high)))
-    return torch.tensor(low, dtype=torch.float64), torch.tensor(high, dtype=torch.float64)
+    """``(low, high)``, each ``(T,)`` float64, for ``task_names`` (:meth:`EntropyShapingConfig.band`)."""
+    bands = [cfg.band(str(name)) for name in task_names]
+    return (
+        torch.tensor([b[0] for b in bands], dtype=torch.float64),
+        torch.tensor([b[1] for b in bands], dtype=torch.float64),
+    )
 
 
 def minibatch_groups(
@@ -145,6 +170,35 @@ def minibatch_groups(
     return groups
 
 
+@dataclass(frozen=True)
+class MiniBatchPlan:
+    """The predicted actor mini-batches of one step (N rows, E epoch columns).
+
+    Attributes:
+        groups: ``(E, N)`` long, mini-batch index of each row per epoch (:func:`minibatch_groups`).
+        tokens: ``(E, N)`` long, response tokens of the row's global mini-batch (all ranks).
+        rank_rows: ``(E, N)`` long, rows of the row's mini-batch on the row's dp rank.
+    """
+
+    groups: torch.Tensor
+    tokens: torch.Tensor
+    rank_rows: torch.Tensor
+
+
+def minibatch_plan(
+    row_tokens: torch.Tensor, dp_size: int, mini_batch_size: int, epochs: int, seed: int | None, shuffle: bool
+) -> MiniBatchPlan:
+    """:class:`MiniBatchPlan` for rows with ``row_tokens`` ``(N,)`` response tokens each."""
+    num_rows = row_tokens.numel()
+    groups = minibatch_groups(num_rows, dp_size, mini_batch_size, epochs, seed, shuffle)
+    tokens = torch.zeros_like(groups)
+    for e, g in enumerate(groups):
+        per_group = torch.zeros(int(g.max()) + 1, dtype=torch.long).index_add(0, g, row_tokens.long())
+        tokens[e] = per_group[g]
+    rank_rows = torch.full_like(groups, mini_batch_size // dp_size)
+    return MiniBatchPlan(groups, tokens, rank_rows)
+
+
 def entropy_shaping_metrics(
     task_names: Sequence[str],
     row_sum: torch.Tensor,
@@ -153,13 +207,11 @@ def entropy_shaping_metrics(
     groups: torch.Tensor,
     low: torch.Tensor,
     high: torch.Tensor,
-    beta: float,
+    beta: float | torch.Tensor,
 ) -> dict[str, float]:
     """``task_<name>/entropy_estimate`` (step Ĥ_τ of the configured estimator) and
-    ``task_<name>/entropy_penalty`` (mean over its mini-batches); the trainer logs verl's
-    per-token entropy as ``task_<name>/entropy`` whether shaping is on or not."""
-    from g2rpo_verl.verl_hooks.trainer import _metric_name  # trainer imports this module
-
+    ``task_<name>/entropy_penalty`` (mean over its mini-batches); ``beta`` is a float or ``(T,)``.
+    The trainer logs verl's per-token entropy as ``task_<name>/entropy`` whether shaping is on or not."""
     num_tasks = len(task_names)
     zeros = torch.zeros_like(task_ids)
     step_sum, step_cnt = group_task_stats(row_sum, row_count, task_ids, zeros, num_tasks, 1)
@@ -176,10 +228,80 @@ def entropy_shaping_metrics(
     for t, name in enumerate(task_names):
         if step_cnt[0, t] <= 0:
             continue  # a task whose responses are all empty has no entropy to report
-        prefix = _metric_name(str(name))
+        prefix = metric_prefix(str(name))
         metrics[f"{prefix}/entropy_estimate"] = (step_sum[0, t] / step_cnt[0, t]).item()
         metrics[f"{prefix}/entropy_penalty"] = (pen_sum[t] / pen_n[t]).item()
     return metrics
+
+
+class MiniBatchMismatch(RuntimeError):
+    """verl's actor formed mini-batches other than the ones the entropy weights were computed for."""
+
+
+class MiniBatchTracker:
+    """Worker side: each row's epoch column, and the check that verl's split is the predicted one.
+
+    Fed every micro-batch of a step in the order the worker trains them (one instance per
+    worker process). See the module docstring for what is checked.
+    """
+
+    def __init__(self):
+        self.step: int | None = None
+        self.seen: dict[int, int] = {}
+        self.current: tuple[int, int] | None = None  # (epoch, mini-batch) being trained
+        self.current_rows = 0
+        self.expected_rows = 0
+
+    def epoch_columns(self, rows: torch.Tensor, step: torch.Tensor, num_epochs: int) -> torch.Tensor:
+        """``(B,)`` long: the epoch each row is in (how often this worker has trained it this step)."""
+        # Each row is trained exactly once per epoch; the nonce tells steps apart.
+        nonce = int(step.reshape(-1)[0].item())
+        if nonce != self.step:
+            self.step, self.seen = nonce, {}
+            self.current, self.current_rows, self.expected_rows = None, 0, 0
+        cols = []
+        for row in rows.reshape(-1).tolist():
+            seen = self.seen.get(row, 0)
+            self.seen[row] = seen + 1
+            cols.append(min(seen, num_epochs - 1))
+        return torch.tensor(cols, dtype=torch.long)
+
+    def check(self, rows, cols, groups, tokens, rank_rows, batch_num_tokens) -> None:
+        """Raise :class:`MiniBatchMismatch` unless this micro-batch fits the plan.
+
+        Args: per-row ``(B,)`` tensors — ``rows``, their epoch ``cols``, and the plan's
+        predicted mini-batch, its tokens and its rows on this rank for that epoch —
+        and ``batch_num_tokens``, the tokens of the mini-batch verl actually formed.
+        """
+        cells = {(int(c), int(g)) for c, g in zip(cols.tolist(), groups.tolist(), strict=True)}
+        where = f"rows {rows.reshape(-1).tolist()[:8]}"
+        if len(cells) != 1:
+            raise MiniBatchMismatch(
+                f"g2rpo.entropy: one micro-batch of verl's actor update holds rows the trainer placed in different "
+                f"(epoch, mini-batch) cells {sorted(cells)} ({where}): verl split the batch differently from the "
+                "prediction, so the per-mini-batch entropy penalty would be wrong. Turn g2rpo.entropy off or report "
+                "this verl version / config."
+            )
+        cell = cells.pop()
+        predicted = {int(t) for t in tokens.tolist()}
+        if batch_num_tokens is None or {int(batch_num_tokens)} != predicted:
+            raise MiniBatchMismatch(
+                f"g2rpo.entropy: verl's mini-batch has {batch_num_tokens} response tokens but the trainer predicted "
+                f"{sorted(predicted)} for (epoch, mini-batch) {cell} ({where}): verl split the batch differently"
+            )
+        if cell != self.current:
+            if self.current is not None and self.current_rows != self.expected_rows:
+                raise MiniBatchMismatch(
+                    f"g2rpo.entropy: (epoch, mini-batch) {self.current} ended after {self.current_rows} rows on this "
+                    f"rank, the trainer predicted {self.expected_rows}: verl split the batch differently"
+                )
+            self.current, self.current_rows, self.expected_rows = cell, 0, int(rank_rows[0])
+        self.current_rows += rows.numel()
+        if self.current_rows > self.expected_rows:
+            raise MiniBatchMismatch(
+                f"g2rpo.entropy: (epoch, mini-batch) {cell} has more than the {self.expected_rows} rows predicted "
+                "on this rank: verl split the batch differently"
+            )
 
 
 class EntropyShapedLoss:
@@ -194,12 +316,11 @@ class EntropyShapedLoss:
             raise ValueError(f"estimator must be one of {ENTROPY_ESTIMATORS}, got {estimator!r}")
         self.inner = inner
         self.estimator = estimator
-        self._step = None
-        self._seen: dict[int, int] = {}
+        self.tracker = MiniBatchTracker()
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_step"], state["_seen"] = None, {}
+        state["tracker"] = MiniBatchTracker()
         return state
 
     def __call__(self, model_output=None, data=None, dp_group=None, **kwargs):
@@ -240,31 +361,34 @@ class EntropyShapedLoss:
             if log_probs is None:
                 raise RuntimeError("g2rpo.entropy.estimator=sampled needs the actor's log_probs (distillation_only?)")
             entropy = -no_padding_2_padding(log_probs, data)
-        fields = ["response_mask", WEIGHT_FIELD] + ([ROW_FIELD, STEP_FIELD] if ROW_FIELD in data.keys() else [])
+        keys = set(data.keys())
+        planned = [f for f in PLAN_FIELDS if f in keys]
+        if planned and len(planned) != len(PLAN_FIELDS):
+            raise RuntimeError(f"g2rpo.entropy: the micro-batch carries only {planned} of the plan fields {PLAN_FIELDS}")
+        indexed = ROW_FIELD in keys
+        fields = [TQ.RESPONSE_MASK, WEIGHT_FIELD] + ([ROW_FIELD, STEP_FIELD] if indexed else []) + planned
         sel = data.select(*fields).to_padded_tensor()
         weights = sel[WEIGHT_FIELD]
         if weights.dim() == 1:
             weights = weights.unsqueeze(-1)
-        if weights.shape[-1] > 1:
-            cols = self._epoch_columns(sel[ROW_FIELD], sel[STEP_FIELD], weights.shape[-1])
-            weights = weights.gather(1, cols.to(weights.device).unsqueeze(-1))
-        local = shaping_surrogate(entropy, sel["response_mask"].bool(), weights[:, 0])
+        cols = torch.zeros(weights.shape[0], dtype=torch.long)
+        if indexed:
+            cols = self.tracker.epoch_columns(sel[ROW_FIELD], sel[STEP_FIELD], weights.shape[-1])
+            if planned:
+                pick = cols.unsqueeze(-1)
+                self.tracker.check(
+                    sel[ROW_FIELD].reshape(-1),
+                    cols,
+                    *(sel[f].reshape(len(cols), -1).cpu().gather(1, pick).squeeze(1) for f in PLAN_FIELDS),
+                    data["batch_num_tokens"],
+                )
+        elif weights.shape[-1] > 1:
+            raise RuntimeError("g2rpo.entropy: per-epoch weights without row indices")
+        weights = weights.gather(1, cols.to(weights.device).unsqueeze(-1))
+        local = shaping_surrogate(entropy, sel[TQ.RESPONSE_MASK].bool(), weights[:, 0])
         # FSDP averages gradients over data-parallel ranks: scale as agg_loss's "token-sum"
         # does so the reduced gradient is the sum over the global mini-batch.
         return local * data["dp_size"]
-
-    def _epoch_columns(self, rows: torch.Tensor, step: torch.Tensor, num_epochs: int) -> torch.Tensor:
-        # Each row is trained exactly once per epoch, so how often this worker has seen a row
-        # in the current step is its epoch; the nonce tells steps apart.
-        nonce = int(step.reshape(-1)[0].item())
-        if nonce != self._step:
-            self._step, self._seen = nonce, {}
-        cols = []
-        for row in rows.reshape(-1).tolist():
-            seen = self._seen.get(row, 0)
-            self._seen[row] = seen + 1
-            cols.append(min(seen, num_epochs - 1))
-        return torch.tensor(cols, dtype=torch.long)
 
 
 def build_actor_loss(actor_config, estimator: str, distillation_config=None) -> EntropyShapedLoss:
@@ -304,94 +428,82 @@ def _entropy_requested(actor_cfg, needed: bool):
             actor_cfg.calculate_entropy = False
 
 
-class EntropyShapingMixin:
-    """Trainer side of the shaping; a base of :class:`~g2rpo_verl.verl_hooks.trainer.G2RPOTrainerMixin`.
-
-    Uses that class's ``g2rpo_config`` and ``_sample_info`` (task keys for any estimator).
-    """
+class EntropyShapingMixin(G2RPOBase):
+    """Trainer side of the shaping; a base of :class:`~g2rpo_verl.verl_hooks.trainer.G2RPOTrainerMixin`."""
 
     def on_init_end(self):
         super().on_init_end()
         shaping = self.g2rpo_config.entropy
         if not shaping.enable:
             return
-        rollout_corr = self.config.algorithm.get("rollout_correction", None)
-        if shaping.estimator == "exact" and rollout_corr is not None and rollout_corr.get("bypass_mode", False):
-            raise ValueError(
-                "g2rpo.entropy.estimator=exact needs the old policy's entropy, which verl does not compute when "
-                "algorithm.rollout_correction.bypass_mode=true; use estimator=sampled"
-            )
         loss = build_actor_loss(
             self.config.actor_rollout_ref.actor, shaping.estimator, getattr(self, "distillation_config", None)
         )
         self.actor_rollout_wg.set_loss_fn(loss)
         logger.info(
-            "g2rpo: task-level entropy shaping on (beta=%s, band [%s, %s], per_task=%s, estimator=%s)",
-            shaping.beta, shaping.low, shaping.high, dict(shaping.per_task), shaping.estimator,
+            "g2rpo: task-level entropy shaping on (beta=%s, band %s, per_task=%s, estimator=%s)",
+            shaping.beta, shaping.band(), dict(shaping.per_task), shaping.estimator,
         )
+
+    def entropy_coefficients(self, task_names: Sequence[str]) -> torch.Tensor:
+        """``(T,)`` float64 coefficient β_τ of each task this step (``g2rpo.entropy.beta`` for all)."""
+        return torch.full((len(task_names),), float(self.g2rpo_config.entropy.beta), dtype=torch.float64)
 
     def _update_actor(self, batch, metrics: dict):
         shaping = self.g2rpo_config.entropy
         if not shaping.enable:
             return super()._update_actor(batch, metrics)
-        batch = self._put_entropy_weights(batch, metrics, shaping)
+        batch = self.put_entropy_weights(batch, metrics, shaping)
         with _entropy_requested(self.config.actor_rollout_ref.actor, shaping.estimator == "exact"):
             return super()._update_actor(batch, metrics)
 
-    def _put_entropy_weights(self, batch, metrics: dict, shaping: EntropyShapingConfig):
+    def actor_minibatch_plan(self, row_tokens: torch.Tensor) -> MiniBatchPlan:
+        """The mini-batches verl's actor update will form (its own config keys; no defaults of ours)."""
+        actor = self.config.actor_rollout_ref.actor
+        return minibatch_plan(
+            row_tokens,
+            dp_size=actor_dp_size(self),
+            mini_batch_size=actor.ppo_mini_batch_size * self.config.actor_rollout_ref.rollout.n,
+            epochs=actor.ppo_epochs,
+            seed=actor.data_loader_seed,
+            shuffle=actor.shuffle,
+        )
+
+    def put_entropy_weights(self, batch, metrics: dict, shaping: EntropyShapingConfig):
+        """Write the per-row weights and the mini-batch plan into TransferQueue; log the metrics."""
         import transfer_queue as tq
         from tensordict import TensorDict
 
-        info = self._sample_info(batch)
-        source = "entropy" if shaping.estimator == "exact" else "old_log_probs"
+        info = self.sample_info(batch)
+        source = TQ.ENTROPY if shaping.estimator == "exact" else TQ.OLD_LOG_PROBS
         data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=[source, "response_mask"]
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=[source, TQ.RESPONSE_MASK]
         )
         data = data.to_padded_tensor()
-        per_token = data[source] if source == "entropy" else -data[source]
-        row_sum, row_count = row_entropy_sums(per_token, data["response_mask"])
+        per_token = data[source] if source == TQ.ENTROPY else -data[source]
+        row_sum, row_count = row_entropy_sums(per_token, data[TQ.RESPONSE_MASK])
 
-        task_names, task_ids = np.unique(np.asarray(info.tasks, dtype=object), return_inverse=True)
-        task_ids = torch.as_tensor(task_ids.reshape(-1), dtype=torch.long)
-        low, high = task_bands(shaping, task_names)
-        groups = self._actor_minibatch_groups(len(batch.keys))
+        low, high = task_bands(shaping, info.task_names)
+        beta = self.entropy_coefficients(info.task_names)
+        plan = self.actor_minibatch_plan(row_count.round().long())
         weights = torch.stack(
-            [penalty_weights(row_sum, row_count, task_ids, g, low, high, shaping.beta) for g in groups], dim=-1
+            [penalty_weights(row_sum, row_count, info.task_ids, g, low, high, beta) for g in plan.groups], dim=-1
         )
         n = len(batch.keys)
-        fields = {WEIGHT_FIELD: weights.to(torch.float32)}
-        if weights.shape[-1] > 1:
-            fields[ROW_FIELD] = torch.arange(n, dtype=torch.long)
-            fields[STEP_FIELD] = torch.full((n,), int.from_bytes(os.urandom(7), "little"), dtype=torch.long)
+        fields = {
+            WEIGHT_FIELD: weights.to(torch.float32),
+            ROW_FIELD: torch.arange(n, dtype=torch.long),
+            STEP_FIELD: torch.full((n,), int.from_bytes(os.urandom(7), "little"), dtype=torch.long),
+            PLAN_GROUP_FIELD: plan.groups.T.contiguous(),
+            PLAN_TOKENS_FIELD: plan.tokens.T.contiguous(),
+            PLAN_ROWS_FIELD: plan.rank_rows.T.contiguous(),
+        }
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(fields, batch_size=n))
         # the workers fetch only the fields the meta lists; extend it in place rather than take
         # kv_batch_put's meta, so the caller's tags and extra_info stay as they were
         if batch.fields is not None:
             batch.fields = list(dict.fromkeys([*batch.fields, *fields]))
         metrics.update(
-            entropy_shaping_metrics(
-                [str(t) for t in task_names], row_sum, row_count, task_ids, groups, low, high, shaping.beta
-            )
+            entropy_shaping_metrics(info.task_names, row_sum, row_count, info.task_ids, plan.groups, low, high, beta)
         )
         return batch
-
-    def _actor_minibatch_groups(self, num_rows: int) -> torch.Tensor:
-        actor = self.config.actor_rollout_ref.actor
-        try:
-            wg = self.actor_rollout_wg
-            mapping = wg._dispatch_info.get("actor") or wg._query_dispatch_info("actor")
-            return minibatch_groups(
-                num_rows,
-                dp_size=max(mapping) + 1,
-                mini_batch_size=actor.ppo_mini_batch_size * self.config.actor_rollout_ref.rollout.n,
-                epochs=actor.ppo_epochs,
-                seed=actor.get("data_loader_seed", 42),
-                shuffle=actor.get("shuffle", False),
-            )
-        except Exception:
-            # A verl that splits differently must not stop training; the term then is one
-            # penalty over the whole step, spread over its mini-batches.
-            logger.warning(
-                "g2rpo: could not reproduce verl's actor mini-batches; entropy penalty per step", exc_info=True
-            )
-            return torch.zeros(1, num_rows, dtype=torch.long)

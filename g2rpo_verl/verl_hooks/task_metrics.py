@@ -1,0 +1,68 @@
+"""Per-task step metrics (``task_<τ>/...``), logged for every estimator."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from g2rpo_verl.verl_hooks.samples import metric_prefix
+
+__all__ = ["task_step_metrics", "task_entropy_metrics"]
+
+
+def task_step_metrics(
+    tasks: Sequence[str],
+    reward_infos: Sequence[Mapping | None],
+    rewards: torch.Tensor,
+    advantages: torch.Tensor,
+    lengths: torch.Tensor,
+    truncated: torch.Tensor,
+) -> dict[str, float]:
+    """Per-task metrics of one training step, named ``task_<task>/...`` so W&B groups them.
+
+    Args: per-sample ``(N,)`` tensors — ``rewards`` (the total reward the estimator saw),
+    ``advantages`` (token-mean over the response), response ``lengths`` in tokens and
+    ``truncated`` flags — and the reward function's dicts. Logs ``count``, ``reward/total``,
+    ``reward/<component>`` for every numeric key of the reward dict (``None`` = not
+    applicable, left out), ``advantage/{mean,std,min,max}``, ``length/mean`` and
+    ``length/truncation_rate``.
+    """
+    metrics: dict[str, float] = {}
+    names = np.asarray(tasks, dtype=object)
+    for task in dict.fromkeys(tasks):
+        sel = torch.from_numpy(names == task)
+        prefix = metric_prefix(task)
+        a = advantages[sel].double()
+        metrics[f"{prefix}/count"] = float(sel.sum())
+        metrics[f"{prefix}/reward/total"] = rewards[sel].double().mean().item()
+        metrics[f"{prefix}/advantage/mean"] = a.mean().item()
+        metrics[f"{prefix}/advantage/std"] = a.std(unbiased=False).item()
+        metrics[f"{prefix}/advantage/min"] = a.min().item()
+        metrics[f"{prefix}/advantage/max"] = a.max().item()
+        metrics[f"{prefix}/length/mean"] = lengths[sel].double().mean().item()
+        metrics[f"{prefix}/length/truncation_rate"] = truncated[sel].double().mean().item()
+        values: dict[str, list[float]] = {}
+        for i in sel.nonzero().squeeze(1).tolist():
+            for key, value in (reward_infos[i] or {}).items():
+                if isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)) and math.isfinite(value):
+                    values.setdefault(key, []).append(float(value))
+        for key, vs in values.items():
+            metrics[f"{prefix}/reward/{key}"] = sum(vs) / len(vs)
+    return metrics
+
+
+def task_entropy_metrics(tasks: Sequence[str], entropy: torch.Tensor, response_mask: torch.Tensor) -> dict[str, float]:
+    """``task_<task>/entropy``: token-mean of verl's per-token entropy ``(N, T)`` over the task's tokens."""
+    names = np.asarray(tasks, dtype=object)
+    mask = response_mask.to(torch.float64)
+    per_row = (entropy.to(torch.float64) * mask).sum(-1)
+    metrics = {}
+    for task in dict.fromkeys(tasks):
+        sel = torch.from_numpy(names == task)
+        n_tokens = mask[sel].sum()
+        if n_tokens > 0:
+            metrics[f"{metric_prefix(task)}/entropy"] = (per_row[sel].sum() / n_tokens).item()
+    return metrics
