@@ -26,7 +26,7 @@ from pathlib import Path
 
 from g2rpo_verl.demo.tasks import TASKS, VisualSample, make_sample, png_bytes
 
-__all__ = ["DemoData", "sample_row", "write_demo_data", "find_demo_data"]
+__all__ = ["DemoData", "sample_row", "write_demo_data", "find_demo_data", "data_paths"]
 
 _VAL_SEED_OFFSET = 1_000_003
 
@@ -61,7 +61,8 @@ def sample_row(sample: VisualSample, split: str, index: int) -> dict:
     }
 
 
-def _paths(out: Path) -> DemoData:
+def data_paths(out: Path) -> DemoData:
+    """Where :func:`write_demo_data` puts the files in ``out`` (they need not exist)."""
     return DemoData(train=out / "train.parquet", val={s: out / f"val_{s}.parquet" for s in TASKS})
 
 
@@ -77,7 +78,7 @@ def write_demo_data(out_dir: str | os.PathLike, n_train: int, n_val_per_task: in
         raise ValueError(f"need n_train >= {len(TASKS)} and n_val_per_task >= 1, got {n_train}, {n_val_per_task}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = _paths(out)
+    paths = data_paths(out)
     sources = list(TASKS)
 
     rng = random.Random(seed)
@@ -98,7 +99,7 @@ def _write(frame, path: Path) -> None:
 
 def find_demo_data(out_dir: str | os.PathLike) -> DemoData | None:
     """The dataset in ``out_dir`` if every file exists, else None."""
-    paths = _paths(Path(out_dir))
+    paths = data_paths(Path(out_dir))
     if paths.train.is_file() and all(p.is_file() for p in paths.val.values()):
         return paths
     return None

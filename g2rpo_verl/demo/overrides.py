@@ -32,6 +32,7 @@ __all__ = [
     "load_config",
     "override_value",
     "path_overrides",
+    "compose_config",
 ]
 
 #: ``configs/demo_cpu.yaml`` of the source checkout (the package is installed editable).
@@ -149,3 +150,18 @@ def override_value(overrides: Sequence[str], key: str, default: str | None = Non
         if sep and name.lstrip("+~").strip() == key:
             value = raw
     return value
+
+
+def compose_config(overrides: Sequence[str]):
+    """verl's ``ppo_trainer`` config composed with ``overrides``, as ``verl.trainer.main_ppo`` will.
+
+    Hydra's own ``hydra.*`` overrides (run directory) are left out: they configure Hydra, not the
+    job. verl's config directory is found without importing verl.
+    """
+    from hydra import compose, initialize_config_dir
+
+    from g2rpo_verl.verl_api import verl_config_dir
+
+    job = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+    with initialize_config_dir(config_dir=verl_config_dir(), version_base=None):
+        return compose(config_name="ppo_trainer", overrides=job)

@@ -4,6 +4,9 @@
 
     g2rpo-train [--workdir runs/demo] [--seed 0] [--verbose] [hydra overrides ...]
 
+0. composes the run's verl config and runs the plugin's checks
+   (:func:`g2rpo_verl.verl_hooks.checks.validate_run_config`) — a typo in an override stops
+   here, in seconds, before anything is built or started;
 1. builds (once per work directory) the tiny Qwen3-VL (:mod:`g2rpo_verl.demo.model`) and the
    five-task visual dataset (:mod:`g2rpo_verl.demo.data`);
 2. runs the real ``python -m verl.trainer.main_ppo`` (Ray, TransferQueue, FSDP2 on gloo, the
@@ -78,6 +81,25 @@ def prepare(workdir: Path, seed: int, rebuild: bool = False, warm_start_steps: i
     return model_dir, data
 
 
+def check_run_config(overrides: Sequence[str]):
+    """Compose the verl config of ``overrides`` and validate it; returns ``(config, g2rpo section)``.
+
+    Raises :class:`~g2rpo_verl.verl_hooks.checks.G2RPOConfigError` (or Hydra's error for an
+    override that does not parse). verl's import-time warnings are kept off the console.
+    """
+    import contextlib
+    import io
+    import warnings
+
+    from g2rpo_verl.demo.overrides import compose_config
+    from g2rpo_verl.verl_hooks.checks import validate_run_config
+
+    config = compose_config(overrides)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return config, validate_run_config(config)
+
+
 def wandb_configured(env: dict[str, str] | None = None) -> bool:
     """True when the user has W&B set up: ``WANDB_API_KEY`` or a stored ``wandb login``.
 
@@ -138,9 +160,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from g2rpo_verl.demo.data import data_paths
     from g2rpo_verl.demo.smoke import trainer_command
     from g2rpo_verl.demo.metrics import merge_run_metrics
-    from g2rpo_verl.demo.overrides import DEFAULT_CONFIG, demo_overrides, override_value
+    from g2rpo_verl.demo.overrides import DEFAULT_CONFIG, demo_overrides
     from g2rpo_verl.demo.trainer_process import run_trainer
 
     # intermixed: flags may come after Hydra overrides (`make demo ARGS="x=1 --verbose"`)
@@ -153,26 +176,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     _setup_logging(logs / "demo.log")
 
-    model_dir, data = prepare(workdir, args.seed, args.rebuild, args.warm_start_steps)
     use_wandb = wandb_configured()
     extra = ["++trainer.logger=[console,file,wandb]"] if use_wandb else []
-    overrides = demo_overrides(workdir, model_dir, data, args.overrides, args.config or DEFAULT_CONFIG, extra)
+    model_dir, data_dir = workdir / "model", workdir / "data"
+    overrides = demo_overrides(
+        workdir, model_dir, data_paths(data_dir), args.overrides, args.config or DEFAULT_CONFIG, extra
+    )
+    try:
+        config, g2rpo = check_run_config(overrides)
+    except Exception as err:  # G2RPOConfigError, or Hydra's for an override that does not parse
+        logger.error("%s", err)
+        logger.error("nothing was built or started; fix the override(s) and run the command again")
+        return 2
+    model_dir, data = prepare(workdir, args.seed, args.rebuild, args.warm_start_steps)
     cmd = trainer_command(overrides)
     if args.dry_run:
         print(" ".join(cmd))
         return 0
 
-    total_steps = int(float(override_value(overrides, "trainer.total_training_steps", "0") or 0))
-    estimator = override_value(overrides, "algorithm.adv_estimator", "?")
+    total_steps = int(config.trainer.total_training_steps or 0)
+    estimator = str(config.algorithm.adv_estimator)
     done = last_checkpoint_step(workdir / "checkpoints")
-    resuming = override_value(overrides, "trainer.resume_mode", "auto") == "auto"
+    resuming = config.trainer.resume_mode == "auto"
     if resuming and done is not None and done >= total_steps:
         # verl would only re-run validation (sampled: a second, noisier reading of the same weights)
         logger.info(
             "already trained to step %d (%s); nothing to train. Raise trainer.total_training_steps to "
             "continue, or pass --rebuild to start over.", done, workdir / "checkpoints"
         )
-        return _finish(workdir, logs, overrides, estimator, args.no_plots, started)
+        return _finish(workdir, logs, g2rpo, estimator, args.no_plots, started)
 
     run_index = _next_run_index(logs)
     metrics_path = logs / f"metrics_{run_index}.jsonl"
@@ -201,27 +233,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     if run.returncode != 0:
         merge_run_metrics(sorted(logs.glob("metrics_*.jsonl")), workdir / "metrics.jsonl")
-        logger.error("the trainer failed (exit code %d); its last lines:\n%s", run.returncode, "\n".join(run.tail))
+        if run.error:
+            logger.error("the trainer failed (exit code %d) with:\n%s", run.returncode, "\n".join(run.error))
+        else:
+            logger.error("the trainer failed (exit code %d); its last lines:\n%s", run.returncode, "\n".join(run.tail))
         logger.error("full output: %s", log_path)
         return run.returncode or 1
-    return _finish(workdir, logs, overrides, estimator, args.no_plots, started)
+    return _finish(workdir, logs, g2rpo, estimator, args.no_plots, started)
 
 
-def _finish(workdir: Path, logs: Path, overrides: list[str], estimator: str, no_plots: bool, started: float) -> int:
-    """Merge every run's metrics, draw the plots, print the first-vs-last validation summary."""
+def _finish(workdir: Path, logs: Path, g2rpo, estimator: str, no_plots: bool, started: float) -> int:
+    """Merge every run's metrics, draw the plots, print the first-vs-last validation summary.
+
+    ``g2rpo`` is the run's validated :class:`~g2rpo_verl.config.G2RPOConfig` (the entropy band
+    drawn on the plots is its default band).
+    """
     from g2rpo_verl.demo.metrics import merge_run_metrics, validation_summary
-    from g2rpo_verl.demo.overrides import override_value
 
     merged = merge_run_metrics(sorted(logs.glob("metrics_*.jsonl")), workdir / "metrics.jsonl")
     if not no_plots:
         from g2rpo_verl.demo.plots import draw_all
 
-        band = None
-        if (override_value(overrides, "g2rpo.entropy.enable", "false") or "").lower() == "true":
-            band = (
-                float(override_value(overrides, "g2rpo.entropy.low", "0.2")),
-                float(override_value(overrides, "g2rpo.entropy.high", "0.6")),
-            )
+        band = g2rpo.entropy.band() if g2rpo.entropy.enable else None
         for path in draw_all(workdir, merged, logger=logger, entropy_band=band, estimator=estimator):
             logger.info("plot: %s", path)
     for line in validation_summary(merged):
@@ -237,11 +270,12 @@ def _finish(workdir: Path, logs: Path, overrides: list[str], estimator: str, no_
 def last_checkpoint_step(checkpoints: Path) -> int | None:
     """The step of verl's latest checkpoint in ``checkpoints`` (its tracker file), else None.
 
-    The file name is verl's ``get_checkpoint_tracker_filename``; it is not imported from verl
-    because importing verl here prints a page of engine warnings onto the demo's console.
+    The file name is verl's ``get_checkpoint_tracker_filename`` (:data:`g2rpo_verl.verl_api.TRACKER_FILE`).
     """
+    from g2rpo_verl.verl_api import TRACKER_FILE
+
     try:
-        return int((checkpoints / "latest_checkpointed_iteration.txt").read_text().strip())
+        return int((checkpoints / TRACKER_FILE).read_text().strip())
     except (OSError, ValueError):
         return None
 

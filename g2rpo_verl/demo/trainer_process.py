@@ -3,8 +3,8 @@
 The trainer's whole output goes to a log file. The console shows a progress bar over training
 steps (tqdm), parsed from verl's console-logger lines ``step:N - key:value - ...`` (Ray
 forwards them from the TaskRunner actor, prefixed with the actor's name), one line per
-validation with each task's accuracy, and the trainer's last lines if it fails. ``verbose``
-copies the raw output to the console instead.
+validation with each task's accuracy, and, if it fails, the exception it died of
+(:func:`last_exception`). ``verbose`` copies the raw output to the console instead.
 """
 
 from __future__ import annotations
@@ -18,9 +18,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["StepLine", "parse_step_line", "run_trainer", "TrainerRun"]
+from g2rpo_verl.verl_api import CONSOLE_SEPARATOR, CONSOLE_STEP_PREFIX
 
-_STEP_LINE = re.compile(r"step:(\d+) - (.*)$")
+__all__ = ["StepLine", "parse_step_line", "last_exception", "run_trainer", "TrainerRun"]
+
+_STEP_LINE = re.compile(re.escape(CONSOLE_STEP_PREFIX) + r"(\d+)" + re.escape(CONSOLE_SEPARATOR) + r"(.*)$")
+# Ray prefixes a remote process's lines with "(ActorName pid=123, ip=...) "
+_RAY_PREFIX = re.compile(r"^\(\w+ pid=\d+(?:, ip=[^)]*)?\) ")
+_TRACEBACK = "Traceback (most recent call last):"
+_HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR"
 _VAL_ACC = re.compile(r"^val-core/([^/]+)/acc/mean@\d+$")
 # verl prints numpy scalars by repr in places: ``np.float64(0.25)``.
 _NUMBER = re.compile(r"^(?:np\.\w+\()?([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+|nan|inf))\)?$")
@@ -52,7 +58,7 @@ def parse_step_line(line: str) -> StepLine | None:
     if match is None:
         return None
     metrics: dict[str, float | str] = {}
-    for item in match.group(2).split(" - "):
+    for item in match.group(2).split(CONSOLE_SEPARATOR):
         key, sep, raw = item.rpartition(":")
         if not sep or not key:
             continue
@@ -61,14 +67,48 @@ def parse_step_line(line: str) -> StepLine | None:
     return StepLine(int(match.group(1)), metrics)
 
 
+def last_exception(lines: Sequence[str]) -> list[str]:
+    """The exception the output's last Python traceback ends with: its ``Type: message`` line
+    and the message's continuation lines (stack frames left out). Empty when there is none.
+
+    With Ray the driver's traceback ends in the remote one (``RayTaskError(X)`` then ``X: ...``);
+    the innermost exception is the last one printed, and that is what is returned.
+    """
+    lines = [_RAY_PREFIX.sub("", line.rstrip("\n")) for line in lines]
+    starts = [i for i, line in enumerate(lines) if line.strip() == _TRACEBACK]
+    if not starts:
+        return []
+    after_frames: list[list[str]] = []  # message segments since the last stack frame
+    in_frame = False
+    for line in lines[starts[-1] + 1 :]:
+        if line.startswith(_HYDRA_HINT):
+            break
+        if line.startswith("  File "):
+            in_frame, after_frames = True, []
+            continue
+        if in_frame and line.startswith("    "):
+            continue  # the frame's source line and caret markers
+        in_frame = False
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            after_frames.append([line])
+        elif after_frames:
+            after_frames[-1].append(line)
+    # the innermost exception is printed right after the last frame; later lines are other output
+    return after_frames[0] if after_frames else []
+
+
 @dataclass
 class TrainerRun:
-    """Outcome of :func:`run_trainer`: exit code, steps seen, validations seen, output tail."""
+    """Outcome of :func:`run_trainer`: exit code, steps seen, validations seen, output tail, error."""
 
     returncode: int
     steps: list[int] = field(default_factory=list)
     validations: dict[int, dict[str, float]] = field(default_factory=dict)
     tail: list[str] = field(default_factory=list)
+    #: the exception the trainer died of (:func:`last_exception`), empty if none was printed
+    error: list[str] = field(default_factory=list)
 
 
 def _format_validation(step: int, accuracy: Mapping[str, float]) -> str:
@@ -94,6 +134,7 @@ def run_trainer(
     bar = None if verbose else tqdm(total=total_steps, desc="training", unit="step", dynamic_ncols=True, file=sys.stdout)
     say = echo or (print if bar is None else bar.write)
     tail: list[str] = []
+    since_traceback: list[str] = []  # output from the last traceback on (bounded)
     with open(log_path, "a", encoding="utf-8") as log:
         proc = subprocess.Popen(
             list(cmd),
@@ -113,6 +154,10 @@ def run_trainer(
                 tail.append(line.rstrip("\n"))
                 if len(tail) > tail_lines:
                     del tail[0]
+                if _TRACEBACK in line:
+                    since_traceback = []
+                if len(since_traceback) < 2000:
+                    since_traceback.append(line)
                 if verbose:
                     sys.stdout.write(line)
                     sys.stdout.flush()
@@ -145,4 +190,5 @@ def run_trainer(
             if bar is not None:
                 bar.close()
             run.tail = tail
+            run.error = last_exception(since_traceback)
     return run
