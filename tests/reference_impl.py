@@ -1,4 +1,4 @@
-"""Plain-Python loop implementations of G²RPO / GS-GDPO, written straight from DESIGN.md.
+"""Plain-Python loop implementations of G²RPO / GS-GDPO, written straight from docs/method.md.
 
 Kept deliberately naive (dicts, sorted(), statistics.NormalDist) so that the vectorised
 torch code in g2rpo_verl is checked against an independent reading of the formulas.

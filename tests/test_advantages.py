@@ -1,4 +1,4 @@
-"""Specification of the gs_grpo and gs_gdpo estimators (pure torch, DESIGN.md)."""
+"""Specification of the gs_grpo and gs_gdpo estimators (pure torch, docs/method.md)."""
 
 import math
 import random

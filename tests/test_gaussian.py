@@ -1,4 +1,4 @@
-"""Specification of gaussianize: the rank transport onto N(0, 1) (DESIGN.md, "G²RPO")."""
+"""Specification of gaussianize: the rank transport onto N(0, 1) (docs/method.md, "The rank transport")."""
 
 import math
 

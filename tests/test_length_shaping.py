@@ -1,4 +1,4 @@
-"""Specification of task-level response-length shaping (DESIGN.md "Response-length shaping")."""
+"""Specification of task-level response-length shaping (docs/method.md "Response-length shaping")."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Specification of the multi-task reward (g2rpo_verl.rewards, DESIGN.md "Rewards").
+"""Specification of the multi-task reward (g2rpo_verl.rewards, docs/method.md "Rewards").
 
 Hand-checked cases per problem type, the format and structure rules, the kwargs, the
 fixed key set verl needs, and property tests over adversarial strings: no exception, every

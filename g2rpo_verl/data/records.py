@@ -1,6 +1,6 @@
 """One OneThinker / OpenVLThinker record -> one row of verl's multimodal RL dataset.
 
-Input record (DESIGN.md, "Data")::
+Input record (docs/method.md, "Data")::
 
     {problem_id, problem: "<image> ...", data_type: "image", problem_type, task_type,
      options: [...], data_source, answer: "<answer>...</answer>", images: [path, ...]}
