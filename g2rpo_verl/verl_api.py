@@ -246,4 +246,6 @@ PRIVATE_SYMBOLS = {
     "verl.workers.rollout.base._ROLLOUT_REGISTRY": "CPU backend: the hf rollout",
     "init_process_group backend string 'cpu:gloo,{device}:{backend}'": "CPU backend: duplicate-backend fix",
     "VERL_ENGINE_DEVICE environment variable": "CPU backend: FSDP engine looked up under cuda",
+    "RLHFDataset._process_multi_modal_info(messages, image_patch_size, config)":
+        "CPU backend: images without qwen_vl_utils / torchvision (cpu/vl_dataset.py)",
 }

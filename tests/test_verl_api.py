@@ -226,6 +226,13 @@ def test_cpu_backend_private_names():
     assert 'f"cpu:gloo,{get_device_name()}:{get_nccl_backend()}"' in _source(distributed)
 
 
+def test_the_dataset_hook_the_vl_dataset_overrides():
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    params = list(inspect.signature(RLHFDataset._process_multi_modal_info).parameters)
+    assert params == ["messages", "image_patch_size", "config"]  # a classmethod: cls is bound
+
+
 def test_every_listed_dependency_has_a_use():
     assert all(isinstance(use, str) and use for use in verl_api.PRIVATE_SYMBOLS.values())
     assert len(verl_api.PRIVATE_SYMBOLS) >= 15
