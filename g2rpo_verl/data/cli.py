@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from g2rpo_verl.config import DEFAULT_TASK_KEY
 from g2rpo_verl.data.records import DEFAULT_PRESET, ConvertOptions, RecordError, convert_record
 from g2rpo_verl.rewards.settings import CHOICES
 from g2rpo_verl.data.writer import split_per_task, task_file_name, write_outputs
@@ -156,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--val", nargs="+", help="validation records (instead of --val-fraction)")
     group.add_argument("--val-fraction", type=float, default=0.02, help="held out per task (default 0.02)")
     c.add_argument("--seed", type=int, default=0, help="seed of the validation split")
-    c.add_argument("--task-key", default="problem_type", help="task of the per-task validation files (extra_info key or column)")
+    c.add_argument("--task-key", default=DEFAULT_TASK_KEY, help="task of the per-task validation files (extra_info key or column)")
     c.add_argument("--image-root", help="base of relative image paths (default: each input file's directory)")
     c.add_argument("--embed-images", action="store_true", help="store image bytes in the parquet instead of paths")
     c.add_argument("--min-pixels", type=int, default=3136)
