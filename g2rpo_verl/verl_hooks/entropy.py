@@ -5,7 +5,7 @@ What is added to verl's actor loss, exactly
 For every PPO mini-batch ``g`` (the rows one optimizer step is taken on) and task τ with
 response tokens in it::
 
-    P_g = β · Σ_τ [ relu(Ĥ_{g,τ} − high_τ) + relu(low_τ − Ĥ_{g,τ}) ]
+    P_g = Σ_τ β_τ · [ relu(Ĥ_{g,τ} − high_τ) + relu(low_τ − Ĥ_{g,τ}) ]
     Ĥ_{g,τ} = Σ_{t∈g,τ} H_t / n_{g,τ}
 
 ``H_t`` is the configured estimate: ``sampled`` = −log π(y_t) of the sampled token (the
@@ -35,7 +35,9 @@ reference's), ``exact`` = entropy of the next-token distribution from the logits
   mini-batch of the same epoch, verl's ``batch_num_tokens`` (the tokens of the mini-batch it
   actually formed) equals the predicted one, and each predicted mini-batch is complete on the
   rank before the next begins. A verl that splits differently stops the run at the first
-  micro-batch; nothing falls back to another penalty.
+  micro-batch; nothing falls back to another penalty. (The trainer always writes the plan with
+  the weights; the loss accepts weights without a plan only from direct calls, as in the unit
+  tests of the gradient, and never sees that in training.)
 * **Per-task coefficients.** ``β_τ`` comes from :meth:`EntropyShapingMixin.entropy_coefficients`
   (``(T,)`` per task; ``g2rpo.entropy.beta`` for every task here), so a controller that adapts
   each task's coefficient overrides that one method and keeps its state in the trainer.
