@@ -209,3 +209,56 @@ def test_config_defaults_and_validation():
     assert gdpo_components(OmegaConf.create({"gdpo_reward_keys": ["acc"], "gdpo_reward_weights": [2]})) == (["acc"], [2.0])
     with pytest.raises(ValueError, match="gdpo_reward_weights has 1 entries"):
         gdpo_components(OmegaConf.create({"gdpo_reward_keys": ["a", "b"], "gdpo_reward_weights": [1.0]}))
+
+
+# ------------------------------------------------------------ trainer-side state next to verl's checkpoints
+
+
+class _Counter:
+    def __init__(self):
+        self.n = 0
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+
+
+def _stateful_trainer(tmp_path, parts_of):
+    from g2rpo_verl.verl_hooks.base import G2RPOBase
+
+    class VerlTrainer:  # what verl's PPOTrainer does around the plugin's hooks
+        def _save_checkpoint(self):
+            os.makedirs(os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}"))
+
+        def _load_checkpoint(self):
+            pass
+
+    class Trainer(G2RPOBase, VerlTrainer):
+        def __init__(self):  # no config check: only the state mechanism is under test
+            self.config = OmegaConf.create({"trainer": {"default_local_dir": str(tmp_path), "resume_mode": "auto"}})
+            self.global_steps = 3
+            self.parts = parts_of()
+
+        def g2rpo_state_parts(self):
+            return {**super().g2rpo_state_parts(), **self.parts}
+
+    return Trainer()
+
+
+def test_every_state_part_is_saved_with_verls_checkpoint_and_restored(tmp_path):
+    saved = _stateful_trainer(tmp_path, lambda: {"length": _Counter(), "ema": _Counter()})
+    saved.parts["length"].n, saved.parts["ema"].n = 5, 7
+    saved._save_checkpoint()
+    assert sorted(os.listdir(tmp_path / "global_step_3")) == ["g2rpo_state.json"]
+
+    resumed = _stateful_trainer(tmp_path, lambda: {"length": _Counter(), "ema": _Counter(), "new": _Counter()})
+    resumed._load_checkpoint()
+    assert (resumed.parts["length"].n, resumed.parts["ema"].n, resumed.parts["new"].n) == (5, 7, 0)
+
+
+def test_without_state_parts_nothing_is_written(tmp_path):
+    trainer = _stateful_trainer(tmp_path, dict)
+    trainer._save_checkpoint()
+    assert os.listdir(tmp_path / "global_step_3") == []
