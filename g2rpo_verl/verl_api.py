@@ -40,6 +40,9 @@ __all__ = [
     "FILTER_REWARD_METRIC",
     "group_uid",
     "checkpoint_folder",
+    "CHECKPOINT_STEP_PREFIX",
+    "ACTOR_CHECKPOINT_DIR",
+    "ACTOR_CHECKPOINT_MARKERS",
     "TRACKER_FILE",
     "CONSOLE_STEP_PREFIX",
     "CONSOLE_SEPARATOR",
@@ -192,9 +195,17 @@ FILTER_REWARD_METRIC = "reward"
 # ------------------------------------------------------------------------------------------------
 # files and console (trainer state, the demo)
 # ------------------------------------------------------------------------------------------------
+#: verl's V1 ``_save_checkpoint`` writes step N into ``<default_local_dir>/global_step_N``; the
+#: actor's FSDP shards go to its ``actor`` folder, with ``fsdp_config.json`` and the HF config /
+#: tokenizer in ``actor/huggingface`` (what verl's model_merger reads).
+CHECKPOINT_STEP_PREFIX = "global_step_"
+ACTOR_CHECKPOINT_DIR = "actor"
+ACTOR_CHECKPOINT_MARKERS = ("fsdp_config.json", "huggingface")
+
+
 def checkpoint_folder(default_local_dir: str, global_step: int) -> str:
     """The folder verl's V1 ``_save_checkpoint`` writes step ``global_step`` into."""
-    return os.path.join(default_local_dir, f"global_step_{global_step}")
+    return os.path.join(default_local_dir, f"{CHECKPOINT_STEP_PREFIX}{global_step}")
 
 
 #: verl's ``get_checkpoint_tracker_filename``: the latest saved step, in ``default_local_dir``.
@@ -240,8 +251,9 @@ PRIVATE_SYMBOLS = {
     "TransferQueue key format {uid}_{session}_{index}": "group filtering (group of a key)",
     "ReplayBuffer._dapo_filtered_keys / _evict_terminal_groups / finished_keys / partitions / "
     "filter_groups_metric / refill_fn": "group filtering band",
-    "checkpoint folder <default_local_dir>/global_step_<N>": "length-shaping state saved next to verl's",
-    "tracker file latest_checkpointed_iteration.txt": "the demo's resume check",
+    "checkpoint folder <default_local_dir>/global_step_<N>": "trainer-side state saved next to verl's; g2rpo-eval",
+    "actor checkpoint layout global_step_<N>/actor/{fsdp_config.json,huggingface/}": "g2rpo-eval finds a checkpoint",
+    "tracker file latest_checkpointed_iteration.txt": "the demo's resume check; g2rpo-eval",
     "console logger line 'step:N - key:value - ...'": "the demo's progress bar",
     "verl.workers.rollout.base._ROLLOUT_REGISTRY": "CPU backend: the hf rollout",
     "init_process_group backend string 'cpu:gloo,{device}:{backend}'": "CPU backend: duplicate-backend fix",

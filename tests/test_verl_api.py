@@ -193,8 +193,15 @@ def test_checkpoint_layout_and_tracker_file():
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer
     from verl.utils.checkpoint.checkpoint_manager import get_checkpoint_tracker_filename
 
-    assert 'f"global_step_{self.global_steps}"' in _source(PPOTrainer._save_checkpoint)
+    save = _source(PPOTrainer._save_checkpoint)
+    assert 'f"global_step_{self.global_steps}"' in save
+    assert f'os.path.join(local_global_step_folder, "{verl_api.ACTOR_CHECKPOINT_DIR}")' in save
     assert verl_api.checkpoint_folder("/ckpt", 7) == "/ckpt/global_step_7"
+    from verl.utils.checkpoint import fsdp_checkpoint_manager
+
+    manager = _source(fsdp_checkpoint_manager)
+    for marker in verl_api.ACTOR_CHECKPOINT_MARKERS:
+        assert f'os.path.join(local_path, "{marker}")' in manager, marker
     assert os.path.basename(get_checkpoint_tracker_filename("/x")) == verl_api.TRACKER_FILE
 
 

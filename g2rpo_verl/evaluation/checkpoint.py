@@ -33,6 +33,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from g2rpo_verl import verl_api
+
 __all__ = [
     "EXPORT_MARKER",
     "ModelSource",
@@ -43,9 +45,10 @@ __all__ = [
     "resolve_model",
 ]
 
-#: verl's checkpoint tracker file name (``verl.utils.checkpoint.checkpoint_manager``
-#: ``get_checkpoint_tracker_filename``); read as text so this module does not import verl.
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
+#: verl's checkpoint tracker file name and folder layout (listed in :mod:`g2rpo_verl.verl_api`);
+#: read as text so this module does not import verl.
+TRACKER_FILE = verl_api.TRACKER_FILE
+_STEP = verl_api.CHECKPOINT_STEP_PREFIX
 #: written into an exported directory: which checkpoint it came from (reuse check).
 EXPORT_MARKER = "g2rpo_export.json"
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -66,13 +69,14 @@ def is_hf_model_dir(path: Path) -> bool:
 
 
 def _is_actor_checkpoint(path: Path) -> bool:
-    return (path / "fsdp_config.json").is_file() and (path / "huggingface").is_dir()
+    config, hf = verl_api.ACTOR_CHECKPOINT_MARKERS
+    return (path / config).is_file() and (path / hf).is_dir()
 
 
 def _step_of(path: Path) -> int | None:
     for part in (path.name, path.parent.name):
-        if part.startswith("global_step_") and part[len("global_step_") :].isdigit():
-            return int(part[len("global_step_") :])
+        if part.startswith(_STEP) and part[len(_STEP) :].isdigit():
+            return int(part[len(_STEP) :])
     return None
 
 
@@ -85,12 +89,12 @@ def resolve_model(model: str | os.PathLike) -> ModelSource:
         return ModelSource("hf", path)
     if _is_actor_checkpoint(path):
         return ModelSource("checkpoint", path, _step_of(path))
-    if _is_actor_checkpoint(path / "actor"):
-        return ModelSource("checkpoint", path / "actor", _step_of(path))
+    if _is_actor_checkpoint(path / verl_api.ACTOR_CHECKPOINT_DIR):
+        return ModelSource("checkpoint", path / verl_api.ACTOR_CHECKPOINT_DIR, _step_of(path))
     tracker = path / TRACKER_FILE
     if tracker.is_file():
         step = tracker.read_text().strip()
-        actor = path / f"global_step_{step}" / "actor"
+        actor = Path(verl_api.checkpoint_folder(str(path), step)) / verl_api.ACTOR_CHECKPOINT_DIR
         if _is_actor_checkpoint(actor):
             return ModelSource("checkpoint", actor, int(step) if step.isdigit() else None)
         raise FileNotFoundError(f"--model {model}: {tracker} names step {step!r} but {actor} is not a verl actor checkpoint")

@@ -14,7 +14,7 @@ Output directory ``O``:
 Scoring is the training run's (:mod:`.run_config`): the same reward function with the same
 kwargs, per response ``fn(data_source, solution_str, ground_truth, extra_info)``; the task of a
 sample is resolved as training resolves it
-(:func:`g2rpo_verl.verl_hooks.trainer.resolve_task_keys`: dataset column, then ``extra_info``,
+(:func:`g2rpo_verl.verl_hooks.samples.resolve_task_keys`: dataset column, then ``extra_info``,
 then the reward's dict). An error of the reward function (a configuration error) stops the
 evaluation; every batch scored before it stays in ``predictions.jsonl``.
 """
@@ -160,7 +160,7 @@ def _generate(settings: EvalSettings, backend_name: str, reward_fn, todo, store:
     from tqdm import tqdm
 
     from g2rpo_verl.evaluation.prompts import PromptBuilder
-    from g2rpo_verl.verl_hooks.trainer import resolve_task_keys
+    from g2rpo_verl.verl_hooks.samples import resolve_task_keys
 
     builder = PromptBuilder(settings.model_dir, settings.run)
     backend = make_backend(backend_name, settings.model_dir, builder.tokenizer, builder.processor)
