@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: ``algorithm.adv_estimator`` values this plugin registers with verl (all need per-sample task keys).
-PLUGIN_ESTIMATORS = ("gs_grpo", "gs_gdpo")
+PLUGIN_ESTIMATORS = ("gs_grpo", "gs_gdpo", "ema_grpo")
 #: Estimators that rank reward components, never the summed reward (verl's ``gdpo`` and ours).
 COMPONENT_ESTIMATORS = ("gs_gdpo", "gdpo")
 #: ``g2rpo.task_key`` default: the reference normalises per problem type.

@@ -57,3 +57,39 @@ def gs_gdpo_loop(components: list[list[float | None]], weights: list[float], gro
         for i, v in zip(idx, a):
             summed[i] += weights[c] * v
     return gaussianize_by([round(s, 12) for s in summed], tasks)
+
+
+def ema_grpo_loop(
+    steps: list[tuple[list[float], list, list]], decay: float = 0.99, floor: float = 1e-3, guard: float = 5.0, eps: float = 1e-6
+) -> list[list[float]]:
+    """OneThinker's EMA-std GRPO over several batches ``(rewards, groups, tasks)``, one step at a time.
+
+    Per task: EMA of E[R] and E[R²] (initialised at first sight, updated before use); each
+    group centred on its mean and divided by the task's EMA std, unless some value of the group
+    then exceeds ±guard, in which case the group is divided by its own population std.
+    """
+    state: dict = {}
+    out = []
+    for rewards, groups, tasks in steps:
+        for task in dict.fromkeys(tasks):
+            xs = [r for r, t in zip(rewards, tasks) if t == task]
+            b1, b2 = sum(xs) / len(xs), sum(x * x for x in xs) / len(xs)
+            if task in state:
+                m1, m2 = state[task]
+                state[task] = (decay * m1 + (1 - decay) * b1, decay * m2 + (1 - decay) * b2)
+            else:
+                state[task] = (b1, b2)
+        adv = [0.0] * len(rewards)
+        for group in dict.fromkeys(groups):
+            idx = [i for i, g in enumerate(groups) if g == group]
+            mean = sum(rewards[i] for i in idx) / len(idx)
+            m1, m2 = state[tasks[idx[0]]]
+            sigma = max(m2 - m1 * m1, floor * floor) ** 0.5
+            scaled = [(rewards[i] - mean) / (sigma + eps) for i in idx]
+            if any(abs(v) > guard for v in scaled):
+                std = (sum((rewards[i] - mean) ** 2 for i in idx) / len(idx)) ** 0.5
+                scaled = [(rewards[i] - mean) / (std + eps) for i in idx]
+            for i, v in zip(idx, scaled):
+                adv[i] = v
+        out.append(adv)
+    return out

@@ -7,6 +7,7 @@ Everything except the ``e2e`` test runs in-process in seconds. The ``e2e`` test 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -861,6 +862,39 @@ def test_batched_generation_equals_one_prompt_at_a_time(generator, prompts):
         assert generator.eos_token_ids.isdisjoint(out.token_ids[:-1])  # padding after EOS is cut
 
 
+def test_a_seeded_row_draws_the_same_tokens_alone_or_in_any_batch(generator, prompts):
+    # the determinism contract of the hf rollout: a request's tokens depend on its seed and
+    # prompt, not on which requests share its batch nor on their order
+    spec = SamplingSpec(max_new_tokens=MAX_NEW, temperature=1.5, top_p=0.95)
+    seeds = [101, 202, 303, 404][: len(prompts)]
+    batched = generator.generate_batch(prompts, spec, seeds=seeds)
+    flipped = generator.generate_batch(prompts[::-1], spec, seeds=seeds[::-1])[::-1]
+    for i, prompt in enumerate(prompts):
+        alone = generator.generate(prompt, dataclasses.replace(spec, seed=seeds[i]))
+        assert batched[i].token_ids == flipped[i].token_ids == alone.token_ids
+    # same prompt, other seeds: other responses (the seed is used, not ignored)
+    again = generator.generate_batch([prompts[0]] * 6, spec, seeds=list(range(6)))
+    assert len({tuple(out.token_ids) for out in again}) > 1
+
+
+def test_row_sampler_draws_from_the_warped_softmax():
+    from g2rpo_verl.cpu.hf_generation import _RowSampler
+
+    scores = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]])
+    for spec in (SamplingSpec(max_new_tokens=1, temperature=0.7), SamplingSpec(max_new_tokens=1, top_k=2)):
+        draws = 4000
+        sampler = _RowSampler(spec, list(range(draws)))
+        one_hot = sampler(torch.zeros(draws, 1, dtype=torch.long), scores.expand(draws, -1))
+        assert ((one_hot == 0).sum(-1) == 1).all()
+        freq = torch.bincount(one_hot.argmax(-1), minlength=5).double() / draws
+        warped = scores[0] / spec.temperature
+        if spec.top_k:
+            warped = torch.where(warped >= warped.topk(spec.top_k).values[-1], warped, float("-inf"))
+        expected = torch.softmax(warped.double(), -1)
+        # 4000 draws: a binomial frequency is within 4 standard deviations
+        assert ((freq - expected).abs() <= 4 * (expected * (1 - expected) / draws).sqrt() + 1e-9).all(), (freq, expected)
+
+
 def test_fast_poll_replay_buffer_is_verls_sync_buffer_with_a_short_poll():
     from omegaconf import OmegaConf
 
@@ -874,3 +908,76 @@ def test_fast_poll_replay_buffer_is_verls_sync_buffer_with_a_short_poll():
     assert buffer.poll_interval == POLL_INTERVAL_S < 2.0
     with pytest.raises(ValueError, match="sync"):
         FastPollReplayBuffer("colocate_async", **kwargs)
+
+
+def test_request_seed_depends_on_the_request_identity_only():
+    from g2rpo_verl.rollout_seed import request_seed
+
+    base = request_seed(42, step=3, index=7, sample=0, prompt_ids=[1, 2, 3])
+    assert base == request_seed(42, 3, 7, 0, [1, 2, 3])  # stable (no per-process hash salt)
+    assert 0 <= base < 2**63
+    others = {
+        request_seed(43, 3, 7, 0, [1, 2, 3]), request_seed(42, 4, 7, 0, [1, 2, 3]),
+        request_seed(42, 3, 8, 0, [1, 2, 3]), request_seed(42, 3, 7, 1, [1, 2, 3]),
+        request_seed(42, 3, 7, 0, [1, 2, 4]),
+    }
+    assert base not in others and len(others) == 5
+
+
+def test_seeding_client_adds_the_request_seed_and_leaves_the_shared_params_alone():
+    from g2rpo_verl.rollout_seed import request_seed
+    from g2rpo_verl.verl_hooks.seeded_rollout import _SeedingClient
+
+    class Recorder:
+        name = "inner"
+
+        async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
+            return request_id, sampling_params, kwargs
+
+    shared = {"temperature": 1.0}
+    client = _SeedingClient(Recorder(), base_seed=5, step=2, index=9, sample=3)
+    rid, params, kwargs = asyncio.run(client.generate("r", prompt_ids=[4, 5], sampling_params=shared, image_data=None))
+    assert params == {"temperature": 1.0, "seed": request_seed(5, 2, 9, 3, [4, 5])} and shared == {"temperature": 1.0}
+    assert rid == "r" and kwargs == {"image_data": None} and client.name == "inner"
+
+
+def test_replay_buffer_hands_out_a_batch_in_request_order_whatever_the_finishing_order(monkeypatch):
+    import random
+
+    from tensordict import NonTensorStack, TensorDict
+    from transfer_queue import KVBatchMeta
+
+    from g2rpo_verl.cpu import replay_buffer
+
+    # two prompts with the same dataset index (two validation files), n = 3 samples each
+    requests = [(index, source, session) for index, source in ((0, "ocr"), (0, "math"), (5, "math")) for session in range(3)]
+    prompts = {"ocr": [7, 8, 9], "math": [1, 2]}
+
+    def batch_in(order: list[int]) -> tuple[KVBatchMeta, dict]:
+        uids = {(i, s): f"{random.random():.12f}".replace("0.", "u") for i, s, _ in requests}  # verl's uids are random
+        keys = [f"{uids[requests[k][:2]]}_{requests[k][2]}_0" for k in order]
+        rows = {key: requests[k] for key, k in zip(keys, order)}
+        return KVBatchMeta(partition_id="val", keys=keys, tags=[{"k": k} for k in order]), rows
+
+    def fake_get(keys, partition_id, select_fields):
+        assert partition_id == "val" and set(select_fields) == {"index", "data_source", "prompts"}
+        rows = [current_rows[k] for k in keys]
+        return TensorDict(
+            {
+                "index": torch.tensor([r[0] for r in rows]),
+                "data_source": NonTensorStack(*[r[1] for r in rows]),
+                "prompts": torch.nested.nested_tensor([torch.tensor(prompts[r[1]]) for r in rows], layout=torch.jagged),
+            },
+            batch_size=len(rows),
+        )
+
+    monkeypatch.setattr(replay_buffer.tq, "kv_batch_get", fake_get)
+    orders = []
+    for seed in range(3):
+        order = list(range(len(requests)))
+        random.Random(seed).shuffle(order)
+        meta, current_rows = batch_in(order)
+        out = replay_buffer.in_request_order(meta)
+        assert [t["k"] for t in out.tags] == [order[meta.keys.index(k)] for k in out.keys]  # tags follow keys
+        orders.append([current_rows[k] for k in out.keys])
+    assert orders[0] == orders[1] == orders[2] == sorted(requests)

@@ -82,7 +82,7 @@ def test_dataset_files_are_verl_parquet_with_one_validation_file_per_task(tmp_pa
     assert demo_data.find_demo_data(tmp_path / "missing") is None
     train = pd.read_parquet(written.train)
     assert written.train.read_bytes() == again.train.read_bytes()  # seeded: identical files
-    assert len(train) == 12 and list(train.data_source[:5]) == SOURCES  # tasks interleave row by row
+    assert len(train) == 12 and list(train.data_source[: len(SOURCES)]) == SOURCES  # tasks interleave row by row
     assert {"prompt", "images", "data_source", "reward_model", "extra_info", "ability"} <= set(train.columns)
     train_images = {row[0]["bytes"] for row in train.images}
     for source, path in written.val.items():
@@ -192,7 +192,7 @@ def _synthetic_run(workdir: Path, steps: int = 6) -> dict:
         if step % 3 == 0:
             data.update({f"val-core/{s}/acc/mean@2": float(rng.random()) for s in SOURCES})
         if step > 0:
-            for task in ("spatial_grounding", "numerical", "multiple_choice", "OCR", "math"):
+            for task in ("spatial_grounding", "numerical", "multiple_choice", "OCR", "math", "regression"):
                 data.update(
                     {
                         f"task_{task}/reward/total": float(rng.random()),
@@ -203,8 +203,8 @@ def _synthetic_run(workdir: Path, steps: int = 6) -> dict:
             # a rollout dump as verl writes it: uid <group>_<rollout>_<output>
             rows = []
             sample_rng = random.Random(step)
-            for g in range(10):
-                sample = tasks.make_sample(SOURCES[g % 5], sample_rng)
+            for g in range(2 * len(SOURCES)):
+                sample = tasks.make_sample(SOURCES[g % len(SOURCES)], sample_rng)
                 for r in range(8):
                     rows.append({"input": sample.question, "output": "", "score": float(rng.random() > 0.5), "uid": f"u{step}-{g}_{r}_0"})
             (workdir / "rollouts").mkdir(parents=True, exist_ok=True)
@@ -222,7 +222,7 @@ def test_plots_are_written_from_metrics_and_rollout_dumps(tmp_path):
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
     batches = load_rollout_batches(tmp_path / "rollouts", tasks.task_of_prompt)
-    assert len(batches) == 6 and all(len(b) == 80 for b in batches)
+    assert len(batches) == 6 and all(len(b) == 16 * len(SOURCES) for b in batches)
     by_task = advantages_by_task(batches)
     assert sorted(by_task) == sorted(SOURCES)
     for values in by_task.values():
@@ -321,8 +321,8 @@ def test_demo_command_trains_validates_per_task_and_plots(demo_run):
             assert math.isfinite(value) and 0 <= value <= 1, (step, source)
     for step in (1, 2):
         data = metrics[step]
-        for task in ("spatial_grounding", "numerical", "multiple_choice", "OCR", "math"):
-            for name in ("reward/total", "length/mean", "entropy", "advantage/std"):
+        for task in ("spatial_grounding", "numerical", "multiple_choice", "OCR", "math", "regression"):
+            for name in ("reward/total", "length/mean", "entropy", "advantage/std", "advantage/skew"):
                 assert math.isfinite(data[f"task_{task}/{name}"]), (step, task, name)
         # rollout (hf server, batched, with images) and trainer (FSDP2) log-probs agree
         assert data["training/rollout_probs_diff_valid"] == 1
@@ -365,7 +365,7 @@ def test_the_demo_exports_the_policy_and_compares_it_with_the_base_model(demo_ru
     # greedy tokens on every validation prompt: the export (config, tokenizer, processor, weights as
     # transformers loads them) says exactly what the checkpoint says at the export's precision, and
     # what the float32 checkpoint says up to bfloat16 rounding flipping a near-tie (measured on the
-    # full demo: 0 of 160 prompts differ at step 10, 1 and 0 of 160 at step 40 in two runs)
+    # five-task demo: 0 of 160 prompts differ at step 10, 1 and 0 of 160 at step 40 in two runs)
     builder = PromptBuilder(str(hf), load_run_config(None))
     eos = eos_token_ids(str(hf), builder.tokenizer)
     spec = SamplingSpec(max_new_tokens=32, temperature=0, return_log_probs=False)
@@ -376,20 +376,21 @@ def test_the_demo_exports_the_policy_and_compares_it_with_the_base_model(demo_ru
         prompts = list(builder.prompts(path, list(range(len(pd.read_parquet(path, columns=["data_source"]))))))
         for k, g in generators.items():
             tokens[k] += [r.token_ids for r in g.generate_batch([p.prompt_ids for p in prompts], spec, [g.multi_modal_inputs(p.images) for p in prompts])]
-    assert len(tokens["export"]) == 5 * 32
+    assert len(tokens["export"]) == len(SOURCES) * 32
     assert tokens["export"] == tokens["bf16"]
     same = sum(a == b for a, b in zip(tokens["export"], tokens["fp32"], strict=True))
     assert same >= 0.95 * len(tokens["export"]), f"only {same} of {len(tokens['export'])} greedy responses match the float32 checkpoint"
 
     # base vs trained, greedy, on the validation files; hand-off configs for the export
     table = (demo_run / "eval" / "base_vs_trained.md").read_text()
-    for task in ("spatial grounding", "numerical", "multiple choice", "OCR", "math", "(all)"):
-        assert f"| {task} | {160 if task == '(all)' else 32} |" in table, task
+    n_all = 32 * len(SOURCES)
+    for task in (*(spec.problem_type for spec in tasks.TASKS.values()), "(all)"):
+        assert f"| {task} | {n_all if task == '(all)' else 32} |" in table, task
     for name, model in (("base", demo_run / "model"), ("trained", hf)):
         metrics = json.loads((demo_run / "eval" / name / "metrics.json").read_text())
         assert metrics["settings"]["model_dir"] == str(model) and metrics["settings"]["temperature"] == 0
         assert metrics["settings"]["reward"]["source"] == str(demo_run / "hydra" / ".hydra" / "config.yaml")
-        assert metrics["overall"]["samples"] == 160 and "grounding" in metrics["by_task"]["spatial grounding"]
+        assert metrics["overall"]["samples"] == n_all and "grounding" in metrics["by_task"]["spatial grounding"]
     handoff = json.loads((demo_run / "handoff" / "vlmevalkit.json").read_text())
     assert [m["model_path"] for m in handoff["model"].values()] == [str(hf)]
 

@@ -19,6 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from g2rpo_verl.demo.tasks import TASKS as DEMO_TASKS
 from g2rpo_verl.evaluation import cli
 from g2rpo_verl.evaluation.compare import compare_records, paired_delta
 from g2rpo_verl.evaluation.evaluate import EvalSettings, evaluate
@@ -28,7 +29,7 @@ from g2rpo_verl.evaluation.metrics import IOU_THRESHOLDS, compute_metrics, group
 from g2rpo_verl.evaluation.records import PredictionStore
 from g2rpo_verl.evaluation.run_config import load_run_config
 
-N_VAL = 4  # validation prompts per demo task in the fixture (5 tasks)
+N_VAL = 4  # validation prompts per demo task in the fixture
 
 
 def _record(row: int, task: str = "OCR", acc: float = 1.0, sample: int = 0, **reward) -> dict:
@@ -264,7 +265,7 @@ def tiny_demo(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model = build_demo_model(root / "model", seed=0, warm_start_steps=60, log=lambda _: None)
-    data = write_demo_data(root / "data", n_train=5, n_val_per_task=N_VAL, seed=0)
+    data = write_demo_data(root / "data", n_train=len(DEMO_TASKS), n_val_per_task=N_VAL, seed=0)
     yield root, model, data
     torch.set_num_threads(threads)
 
@@ -287,13 +288,13 @@ def tiny_eval(tiny_demo):
 def test_eval_of_the_demo_model_writes_every_field_per_sample(tiny_eval):
     _, _, data, out, result = tiny_eval
     records = PredictionStore(out / "predictions.jsonl").load()
-    assert len(records) == 5 * N_VAL and len({r["key"] for r in records}) == len(records)
+    assert len(records) == len(DEMO_TASKS) * N_VAL and len({r["key"] for r in records}) == len(records)
     for r in records:
         assert {"data_source", "task", "id", "prompt", "response", "ground_truth", "extra_info", "reward"} <= set(r)
         assert {"score", "accuracy", "format", "structure", "reward_failure"} <= set(r["reward"])
         assert r["prompt"][0]["content"].startswith("<image>") and 1 <= r["response_tokens"] <= 32
     assert sorted(result["by_data_source"]) == sorted(data.val)
-    assert sorted(result["by_task"]) == sorted({"spatial grounding", "numerical", "multiple choice", "OCR", "math"})
+    assert sorted(result["by_task"]) == sorted({spec.problem_type for spec in DEMO_TASKS.values()})
     assert "grounding" in result["by_task"]["spatial grounding"]
     report = (out / "report.md").read_text()
     assert "| spatial grounding |" in report and "greedy" in report

@@ -109,6 +109,33 @@ def test_registered_gs_grpo_reads_task_ids_from_the_trainer_context():
     assert torch.equal(adv[mask == 0], torch.zeros(int((mask == 0).sum())))
 
 
+def test_registered_ema_grpo_carries_the_trainers_task_moments():
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    from g2rpo_verl.ema_grpo import EmaStdState, TaskMoments, ema_grpo_advantages
+    from g2rpo_verl.verl_hooks.trainer import ema_metrics
+
+    uids, scores, mask, rewards, tasks, infos = verl_batch()
+    prior = {"math": TaskMoments(0.4, 0.3), "ocr": TaskMoments(0.5, 0.5)}
+    side = build_task_batch(uids, tasks, infos)
+    side.ema = EmaStdState(dict(prior))
+    with task_batch(side):
+        adv, ret = get_adv_estimator_fn("ema_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids, config=None)
+    groups = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
+    expected = ema_grpo_advantages(scores.double(), groups, side.task_ids, side.task_names, prior)
+    assert torch.allclose(adv, expected.advantages.float().unsqueeze(-1) * mask)
+    assert torch.equal(adv, ret)
+    # the trainer's state advanced by one step; a task absent here keeps its moments
+    assert side.ema.moments == expected.moments and side.ema.moments["ocr"] == prior["ocr"]
+    assert side.ema.moments["math"] != prior["math"]
+    metrics = ema_metrics(side.ema)
+    assert metrics["task_grounding/ema/std"] == pytest.approx(side.ema.moments["grounding"].std())
+    assert set(metrics) >= {"task_math/ema/fallback_groups", "task_grounding/ema/fallback_groups"}
+    side.ema = None
+    with task_batch(side), pytest.raises(RuntimeError, match="EMA state"):
+        get_adv_estimator_fn("ema_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids, config=None)
+
+
 def test_per_task_step_metrics():
     tasks = ["math", "math", "OCR task", "math"]
     infos = [{"accuracy": 1.0, "format": 1, "problem_type": "math"}, {"accuracy": 0.0, "format": None},
@@ -124,6 +151,9 @@ def test_per_task_step_metrics():
     assert "task_math/reward/problem_type" not in m and "task_math/reward/junk" not in m
     assert m["task_math/length/mean"] == 20 and m["task_math/length/truncation_rate"] == pytest.approx(1 / 3)
     assert m["task_OCR_task/reward/total"] == 0.5
+    # math advantages (1, -2, 1): mean 0, population sd sqrt(2), skew = mean(z^3) = -1/sqrt(2)
+    assert m["task_math/advantage/skew"] == pytest.approx(-1 / math.sqrt(2))
+    assert m["task_OCR_task/advantage/skew"] == 0.0  # one sample: no spread, no skew
 
 
 def test_per_task_entropy_is_a_token_mean_not_a_mean_of_row_means():

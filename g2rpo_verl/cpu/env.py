@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from g2rpo_verl.rollout_seed import SEEDED_LOOP_OVERRIDES
+
 __all__ = ["CPU_ENV", "PLATFORM_NAME", "ROLLOUT_NAME", "cpu_overrides", "enabled"]
 
 #: ``VERL_PLATFORM`` value that selects the CPU platform.
@@ -97,6 +99,10 @@ def cpu_overrides(n_procs: int = 1, ray_num_cpus: int = 16) -> list[str]:
         "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
         # Same precision as the trainer, so rollout and trainer log-probs agree.
         "actor_rollout_ref.rollout.dtype=float32",
+        # Per-request sampling seeds (seed, step, dataset row, sample number, prompt): the hf
+        # server samples each request with its own generator, so a run is reproducible whatever
+        # requests share a batch (g2rpo_verl.verl_hooks.seeded_rollout).
+        *SEEDED_LOOP_OVERRIDES,
         # Return rollout log-probs: verl then logs training/rollout_probs_diff_*, a live check
         # that weight sync works.
         "actor_rollout_ref.rollout.calculate_log_probs=True",

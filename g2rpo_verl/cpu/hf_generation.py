@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 __all__ = ["SamplingSpec", "GenerationResult", "HFGenerator", "load_hf_model"]
 
@@ -307,7 +308,9 @@ class HFGenerator:
         kwargs: dict[str, Any] = dict(
             max_new_tokens=spec.max_new_tokens,
             num_beams=1,
-            do_sample=not spec.greedy,
+            # Sampling happens in _RowSampler (per-row generators): generate() then takes the
+            # argmax of its one-hot output, and adds no warpers of its own.
+            do_sample=False,
             repetition_penalty=spec.repetition_penalty,
             # ignore_eos: a token id nothing can produce is not available, so EOS stays a
             # normal token by giving generate() no stop id at all.
@@ -317,10 +320,6 @@ class HFGenerator:
             output_logits=True,
             use_cache=True,
         )
-        if not spec.greedy:
-            # Every sampling field is set explicitly: an unset (None) field would be filled in
-            # by HF's global defaults, e.g. top_k=50.
-            kwargs.update(temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p)
         return GenerationConfig(**kwargs)
 
     @torch.no_grad()
@@ -339,6 +338,7 @@ class HFGenerator:
         prompts: list[list[int]],
         spec: SamplingSpec,
         multi_modal_inputs: list[dict[str, Any]] | None = None,
+        seeds: list[int | None] | None = None,
     ) -> list[GenerationResult]:
         """Generate one response per prompt in one batched ``generate()`` call.
 
@@ -347,8 +347,9 @@ class HFGenerator:
         contract of the module docstring. ``multi_modal_inputs[i]`` holds row ``i``'s vision
         features (``pixel_values``, ``image_grid_thw``, ...; ``{}`` for none); they are
         concatenated along dim 0 in row order, which is how Qwen-VL models take a batch.
-        Sampling draws from torch's global generator; ``spec.seed`` seeds it once per batch
-        (reproducible for the same batch, so seeded requests are best sent alone).
+        ``seeds[i]`` seeds row ``i``'s own generator (default: ``spec.seed`` for every row); a
+        row without a seed gets one drawn from torch's global generator. A seeded row's tokens
+        depend only on its seed, prompt and the weights (see the module docstring).
         """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt must have at least one token")
@@ -365,14 +366,17 @@ class HFGenerator:
         if "mm_token_type_ids" in mm_inputs:
             # padding is text (0) whatever its id; the processor's ids are per prompt, unpadded
             mm_inputs["mm_token_type_ids"] = mm_inputs["mm_token_type_ids"] * attention_mask.to(torch.int)
-        if spec.seed is not None:
-            # HF samples with torch's global generator; batches are serialized, so seeding it
-            # here makes a seeded batch reproducible.
-            torch.manual_seed(spec.seed)
+        row_seeds = list(seeds) if seeds is not None else [spec.seed] * len(prompts)
+        if len(row_seeds) != len(prompts):
+            raise ValueError(f"got {len(row_seeds)} seeds for {len(prompts)} prompts")
+        processors = LogitsProcessorList()
+        if not spec.greedy:
+            processors.append(_RowSampler(spec, row_seeds))
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
             generation_config=self._generation_config(spec),
+            logits_processor=processors,
             **mm_inputs,
         )
         steps = len(out.logits)
@@ -395,6 +399,41 @@ class HFGenerator:
                 log_probs = logp[torch.arange(len(tokens)), row, index].tolist()
             results.append(GenerationResult(token_ids=tokens, log_probs=log_probs, finish_reason=finish_reason))
         return results
+
+
+class _RowSampler(LogitsProcessor):
+    """Samples every row of a batch from its own generator; returns a one-hot score matrix.
+
+    HF ``generate()`` applies the repetition penalty before custom processors; this one then
+    applies temperature, top-k and top-p with HF's own warpers (the order HF samples in), and
+    draws row ``b``'s next token as ``argmax(log_softmax(warped_b) + Gumbel_b)`` with Gumbel
+    noise from ``generators[b]``: a draw from ``softmax(warped_b)`` that uses exactly one
+    ``(vocab,)`` uniform vector of the row's stream per step, whatever the batch. The output
+    is 0 at the drawn token and ``-inf`` elsewhere, so greedy decoding picks it.
+    """
+
+    def __init__(self, spec: SamplingSpec, seeds: list[int | None]) -> None:
+        self.warpers = LogitsProcessorList([TemperatureLogitsWarper(spec.temperature)])
+        if spec.top_k > 0:
+            self.warpers.append(TopKLogitsWarper(spec.top_k))
+        if spec.top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(spec.top_p))
+        self.generators = []
+        for seed in seeds:
+            if seed is None:  # unseeded: a seed from torch's global generator
+                seed = int(torch.randint(0, 2**62, (1,)).item())
+            self.generators.append(torch.Generator().manual_seed(int(seed)))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """``scores``: (B, vocab) processed logits of the next position -> (B, vocab) one-hot."""
+        log_probs = torch.log_softmax(self.warpers(input_ids, scores).float(), dim=-1)
+        vocab = scores.shape[-1]
+        uniform = torch.stack([torch.rand(vocab, generator=g) for g in self.generators]).to(scores.device)
+        gumbel = -torch.log(-torch.log(uniform))  # uniform 0 -> -inf: never chosen
+        chosen = (log_probs + gumbel).argmax(dim=-1)
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(scores.shape[0], device=scores.device), chosen] = 0.0
+        return out
 
 
 def _concat_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -111,6 +111,11 @@ class _Request:
     future: asyncio.Future = dataclasses.field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+def _batch_key(spec: SamplingSpec) -> SamplingSpec:
+    """Requests whose specs agree up to the seed share a batch (each row has its own generator)."""
+    return dataclasses.replace(spec, seed=None)
+
+
 class HFRolloutServer:
     """Generation server of one replica (wrapped with ``ray.remote`` by :class:`HFReplica`).
 
@@ -120,11 +125,14 @@ class HFRolloutServer:
             ``prompt_length``, ``response_length``, ``max_model_len``, ``seed``.
         model_config: verl ``HFModelConfig`` (dataclass or DictConfig) of the actor model; its
             patched ``hf_config`` (attention implementation, token ids) is used as is.
-        replica_rank: rank of the replica (seeds sampling with ``seed + replica_rank``).
+        replica_rank: rank of the replica (seeds torch's global generator with
+            ``seed + replica_rank``, which draws the seeds of requests that bring none).
         max_batch_size: most requests served by one batched ``generate()``; default: the
-            rollout config's ``max_num_seqs`` (vLLM's knob for the same thing). 1 serves requests
-            one at a time, in arrival order, which makes a seeded run's sampling reproducible;
-            in a batch the tokens drawn for a request depend on which requests share the batch.
+            rollout config's ``max_num_seqs`` (vLLM's knob for the same thing).
+
+    A request whose ``sampling_params`` carry a ``seed`` (the plugin's seeded agent loop,
+    :mod:`g2rpo_verl.verl_hooks.seeded_rollout`, derives one per request) is sampled with its
+    own generator: its tokens do not depend on which requests share its batch.
     """
 
     def __init__(self, config: Any, model_config: Any, replica_rank: int = 0, max_batch_size: int | None = None) -> None:
@@ -197,9 +205,8 @@ class HFRolloutServer:
     ) -> TokenOutput:
         """Token-in / token-out generation (the signature verl's ``LLMServerClient`` calls).
 
-        Concurrent requests with the same sampling parameters are served together in one
-        batched ``generate()`` (see :meth:`_serve`); a request with a ``seed`` is served alone
-        so it stays reproducible. ``_ignored`` absorbs scheduler hints other servers take
+        Concurrent requests with the same sampling parameters (seeds aside) are served together
+        in one batched ``generate()`` (see :meth:`_serve`); each keeps its own seed. ``_ignored`` absorbs scheduler hints other servers take
         (``priority``, ...).
         """
         if audio_data:
@@ -236,11 +243,8 @@ class HFRolloutServer:
                 seen = len(self._queue)
                 await asyncio.sleep(self.batch_window_s)
                 waited += self.batch_window_s
-            head = self._queue[0]
-            if head.spec.seed is not None:
-                batch = [head]
-            else:
-                batch = [r for r in self._queue if r.spec == head.spec][: self.max_batch_size]
+            key = _batch_key(self._queue[0].spec)
+            batch = [r for r in self._queue if _batch_key(r.spec) == key][: self.max_batch_size]
             taken = {id(r) for r in batch}
             self._queue = [r for r in self._queue if id(r) not in taken]
             try:
@@ -260,7 +264,9 @@ class HFRolloutServer:
         mm_inputs = [
             self.generator.multi_modal_inputs(r.image_data, r.video_data, r.mm_processor_kwargs) for r in batch
         ]
-        return self.generator.generate_batch([r.prompt_ids for r in batch], batch[0].spec, mm_inputs)
+        return self.generator.generate_batch(
+            [r.prompt_ids for r in batch], batch[0].spec, mm_inputs, seeds=[r.spec.seed for r in batch]
+        )
 
     # ------------------------------------------------------------------------------------------
     # weights

@@ -1,6 +1,6 @@
 """The embedded default: G²RPO end to end on a CPU, with nothing downloaded.
 
-``g2rpo-train`` (or ``python -m g2rpo_verl.demo``) builds a tiny Qwen3-VL and five generated
+``g2rpo-train`` (or ``python -m g2rpo_verl.demo``) builds a tiny Qwen3-VL and six generated
 visual tasks, then runs the real ``verl.trainer.main_ppo`` pipeline (Ray, TransferQueue, FSDP2
 on gloo, the CPU backend's ``hf`` rollout, reward workers, per-task validation) with
 ``algorithm.adv_estimator=gs_grpo``, length and entropy shaping, and draws the run as PNGs.
@@ -8,7 +8,7 @@ on gloo, the CPU backend's ``hf`` rollout, reward workers, per-task validation) 
 Modules, each named for what it holds:
 
 * :mod:`.tasks` - the visual tasks drawn with PIL (grounding, counting, attribute multiple
-  choice, OCR, arithmetic), one reward topology each;
+  choice, OCR, arithmetic, area regression), one reward topology each;
 * :mod:`.data` - verl parquet: one training file, one validation file per task;
 * :mod:`.model` - the tiny Qwen3-VL, tokenizer, processor and its supervised warm start;
 * :mod:`.overrides` - ``configs/demo_cpu.yaml`` -> Hydra overrides, plus the run's paths;

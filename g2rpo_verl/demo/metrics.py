@@ -23,6 +23,8 @@ __all__ = [
     "task_names",
     "validation_sources",
     "validation_summary",
+    "validation_steps",
+    "validation_value",
 ]
 
 #: ``{step: {key: value}}``, steps ascending.
@@ -92,6 +94,18 @@ def _val_key(data: Mapping[str, float], source: str, pattern: re.Pattern = _VAL_
         if match and match.group(1) == source:
             return key
     return None
+
+
+def validation_steps(metrics: Metrics) -> list[int]:
+    """Steps that logged a validation accuracy, ascending."""
+    return [step for step, data in metrics.items() if any(_VAL_ACC.match(k) for k in data)]
+
+
+def validation_value(data: Mapping[str, float], source: str, kind: str) -> float | None:
+    """One step's validation ``kind`` (``"accuracy"`` or ``"reward"``) of ``source``, else None."""
+    pattern = {"accuracy": _VAL_ACC, "reward": _VAL_REWARD}[kind]
+    key = _val_key(data, source, pattern)
+    return None if key is None else float(data[key])
 
 
 def validation_summary(metrics: Metrics) -> list[str]:

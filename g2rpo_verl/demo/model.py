@@ -3,7 +3,7 @@
 Built once per work directory (``DIR/model``), in about a minute on 2 CPU cores, from the
 seed alone (:mod:`g2rpo_verl.demo.tiny_vl` does the generic work):
 
-1. a BPE tokenizer trained on chat-formatted prompts and responses of the five tasks
+1. a BPE tokenizer trained on chat-formatted prompts and responses of the tasks
    (:mod:`g2rpo_verl.demo.tasks`), so answers such as ``{"boxes": [250, 500, 750, 1000]}`` are
    a handful of tokens;
 2. a Qwen3-VL processor (64 x 64 images -> 4 image tokens) and a random tiny Qwen3-VL;

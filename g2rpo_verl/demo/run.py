@@ -8,7 +8,7 @@
    (:func:`g2rpo_verl.verl_hooks.checks.validate_run_config`) — a typo in an override stops
    here, in seconds, before anything is built or started;
 1. builds (once per work directory) the tiny Qwen3-VL (:mod:`g2rpo_verl.demo.model`) and the
-   five-task visual dataset (:mod:`g2rpo_verl.demo.data`);
+   six-task visual dataset (:mod:`g2rpo_verl.demo.data`);
 2. runs the real ``python -m verl.trainer.main_ppo`` (Ray, TransferQueue, FSDP2 on gloo, the
    hf rollout, reward workers, per-task validation) with the CPU backend's overrides,
    ``configs/demo_cpu.yaml`` and the user's overrides (which win), showing a progress bar;

@@ -1,4 +1,4 @@
-"""Five visual tasks drawn in code (PIL), one per reward topology of the reference mix.
+"""Six visual tasks drawn in code (PIL), one per reward topology of the reference mix.
 
 ==============  ===================  ==================  =====================================
 data_source     problem_type         answer              reward topology
@@ -8,7 +8,13 @@ demo_counting   numerical            a count, 1..5       exact number, 0/1
 demo_attribute  multiple choice      option letter       letter match, 0/1 (options in extra)
 demo_ocr        OCR                  two rendered words  1 - WER: 0, 0.5 or 1
 demo_math       math                 a + b or a - b      symbolic equivalence (math-verify)
+demo_area       regression           cells covered, 1-64 mean relative accuracy, 10 levels
 ==============  ===================  ==================  =====================================
+
+``demo_area`` is the heavy-tailed regression: a rectangle of w x h cells of an 8 x 8 grid
+(w, h uniform in 1..8), so the target w·h is right-skewed (median 16, tail to 64), and the
+reward is the mean relative accuracy over thresholds 0.50..0.95 — graded, with most mass at 0
+and a long tail of partial credit, unlike the other tasks' few reward levels.
 
 Every image is ``IMAGE_SIZE`` x ``IMAGE_SIZE`` pixels (64: with Qwen3-VL's 16-pixel patches
 merged 2x2 that is 4 image tokens per prompt). Objects sit on a 4 x 4 grid of 16-pixel cells,
@@ -200,6 +206,19 @@ def _ocr(rng: random.Random):
     return image, " ".join(words), "two words", f"the words are {words[0]} and {words[1]}", None, {}
 
 
+AREA_GRID = 8  # the area task's finer grid: 8-pixel cells
+
+
+def _area(rng: random.Random):
+    w, h = rng.randint(1, AREA_GRID), rng.randint(1, AREA_GRID)
+    col, row = rng.randrange(AREA_GRID - w + 1), rng.randrange(AREA_GRID - h + 1)
+    color = rng.choice(sorted(COLORS))
+    cell = IMAGE_SIZE // AREA_GRID
+    image, draw = _canvas()
+    draw.rectangle((col * cell, row * cell, (col + w) * cell - 1, (row + h) * cell - 1), fill=COLORS[color])
+    return image, str(w * h), f"{w} by {h}", f"about {w} by {h} cells", None, {"w": w, "h": h}
+
+
 def _math(rng: random.Random):
     a, b = rng.randint(1, 9), rng.randint(1, 9)
     op = rng.choice("+-")
@@ -226,6 +245,9 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("demo_attribute", "multiple choice", "attribute_recognition", "Answer about the shape.", _attribute),
         TaskSpec("demo_ocr", "OCR", "ocr", "Read the two words in the image.", _ocr),
         TaskSpec("demo_math", "math", "math_reasoning", "Compute the expression in the image.", _math),
+        TaskSpec(
+            "demo_area", "regression", "area_estimation", "How many cells of an 8x8 grid does the rectangle cover?", _area
+        ),
     )
 }
 

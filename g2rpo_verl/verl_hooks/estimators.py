@@ -24,6 +24,7 @@ import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
 from g2rpo_verl.advantages import gs_gdpo_advantages, gs_grpo_advantages
+from g2rpo_verl.ema_grpo import EmaStdState, ema_grpo_advantages
 from g2rpo_verl.config import PLUGIN_ESTIMATORS
 from g2rpo_verl.verl_hooks.samples import SampleInfo
 
@@ -34,6 +35,7 @@ __all__ = [
     "task_batch",
     "compute_gs_grpo_outcome_advantage",
     "compute_gs_gdpo_outcome_advantage",
+    "compute_ema_grpo_outcome_advantage",
 ]
 
 #: The estimators this module registers (names defined in :mod:`g2rpo_verl.config`).
@@ -51,6 +53,9 @@ class TaskBatch:
         components: ``(N, K)`` float64 tensor of GS-GDPO reward components (``None`` for gs_grpo).
         present: ``(N, K)`` bool tensor, False where a component does not apply.
         component_names / component_weights: the K names and weights.
+        ema: ema_grpo's state (``None`` for the other estimators): the trainer's own
+            :class:`~g2rpo_verl.ema_grpo.EmaStdState`, which the estimator advances by one step
+            (verl keeps the estimator's return value, so the new moments go back this way).
     """
 
     uids: np.ndarray
@@ -60,6 +65,7 @@ class TaskBatch:
     present: torch.Tensor | None = None
     component_names: tuple[str, ...] = field(default_factory=tuple)
     component_weights: tuple[float, ...] = field(default_factory=tuple)
+    ema: EmaStdState | None = None
 
 
 def _component_matrix(
@@ -93,9 +99,14 @@ def _component_matrix(
     return values, present
 
 
-def build_task_batch(info: SampleInfo, components: tuple[Sequence[str], Sequence[float]] | None = None) -> TaskBatch:
-    """The :class:`TaskBatch` of one advantage step (``components`` = names and weights, for gs_gdpo)."""
-    batch = TaskBatch(uids=np.asarray(info.uids, dtype=object), task_ids=info.task_ids, task_names=info.task_names)
+def build_task_batch(
+    info: SampleInfo,
+    components: tuple[Sequence[str], Sequence[float]] | None = None,
+    ema: EmaStdState | None = None,
+) -> TaskBatch:
+    """The :class:`TaskBatch` of one advantage step (``components`` = names and weights, for
+    gs_gdpo; ``ema`` = the trainer's state, for ema_grpo)."""
+    batch = TaskBatch(uids=np.asarray(info.uids, dtype=object), task_ids=info.task_ids, task_names=info.task_names, ema=ema)
     if components is None:
         return batch
     names, weights = components
@@ -108,6 +119,7 @@ def build_task_batch(info: SampleInfo, components: tuple[Sequence[str], Sequence
         present=present,
         component_names=tuple(names),
         component_weights=tuple(float(w) for w in weights),
+        ema=ema,
     )
 
 
@@ -211,3 +223,28 @@ def compute_gs_gdpo_outcome_advantage(
             present=batch.present.to(device),
         ).to(token_level_rewards.dtype)
     return _broadcast(per_sample, response_mask)
+
+
+@register_adv_est("ema_grpo")
+def compute_ema_grpo_outcome_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config=None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """verl adapter of :func:`g2rpo_verl.ema_grpo.ema_grpo_advantages`; shapes as for gs_grpo.
+
+    Reads the trainer's per-task moments from the task batch and advances them by this step.
+    """
+    batch = _current("ema_grpo", index, token_level_rewards.shape[0])
+    if batch.ema is None:
+        raise RuntimeError("ema_grpo: the task batch carries no EMA state (the trainer's EmaStdState)")
+    device = token_level_rewards.device
+    with torch.no_grad():
+        scores = _scores(token_level_rewards)
+        result = ema_grpo_advantages(
+            scores.cpu(), _group_ids(batch.uids, torch.device("cpu")), batch.task_ids, list(batch.task_names), batch.ema.moments
+        )
+    batch.ema.advance(result)
+    return _broadcast(result.advantages.to(device=device, dtype=token_level_rewards.dtype), response_mask)

@@ -8,9 +8,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from g2rpo_verl.ema_grpo import EmaStdState
 from g2rpo_verl.verl_hooks.samples import metric_prefix
 
-__all__ = ["task_step_metrics", "task_entropy_metrics"]
+__all__ = ["task_step_metrics", "task_entropy_metrics", "ema_metrics"]
 
 
 def task_step_metrics(
@@ -27,7 +28,7 @@ def task_step_metrics(
     ``advantages`` (token-mean over the response), response ``lengths`` in tokens and
     ``truncated`` flags — and the reward function's dicts. Logs ``count``, ``reward/total``,
     ``reward/<component>`` for every numeric key of the reward dict (``None`` = not
-    applicable, left out), ``advantage/{mean,std,min,max}``, ``length/mean`` and
+    applicable, left out), ``advantage/{mean,std,min,max,skew}``, ``length/mean`` and
     ``length/truncation_rate``.
     """
     metrics: dict[str, float] = {}
@@ -42,6 +43,10 @@ def task_step_metrics(
         metrics[f"{prefix}/advantage/std"] = a.std(unbiased=False).item()
         metrics[f"{prefix}/advantage/min"] = a.min().item()
         metrics[f"{prefix}/advantage/max"] = a.max().item()
+        # skewness (third standardised moment; 0 when the advantages have no spread): the paper's
+        # "symmetric updates" claim is a statement about it
+        sd = a.std(unbiased=False)
+        metrics[f"{prefix}/advantage/skew"] = (((a - a.mean()) / sd) ** 3).mean().item() if sd > 0 else 0.0
         metrics[f"{prefix}/length/mean"] = lengths[sel].double().mean().item()
         metrics[f"{prefix}/length/truncation_rate"] = truncated[sel].double().mean().item()
         values: dict[str, list[float]] = {}
@@ -65,4 +70,11 @@ def task_entropy_metrics(tasks: Sequence[str], entropy: torch.Tensor, response_m
         n_tokens = mask[sel].sum()
         if n_tokens > 0:
             metrics[f"{metric_prefix(task)}/entropy"] = (per_row[sel].sum() / n_tokens).item()
+    return metrics
+
+
+def ema_metrics(state: EmaStdState) -> dict[str, float]:
+    """``task_<τ>/ema/std`` (σ_τ after this step) and ``task_<τ>/ema/fallback_groups`` for ema_grpo."""
+    metrics = {f"{metric_prefix(t)}/ema/std": m.std() for t, m in state.moments.items()}
+    metrics.update({f"{metric_prefix(t)}/ema/fallback_groups": float(k) for t, k in state.last_fallback_groups.items()})
     return metrics

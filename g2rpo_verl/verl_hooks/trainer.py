@@ -26,13 +26,14 @@ import logging
 import torch
 
 from g2rpo_verl.config import PLUGIN_ESTIMATORS, gdpo_components
+from g2rpo_verl.ema_grpo import EmaStdState
 from g2rpo_verl.verl_api import TQ
 from g2rpo_verl.verl_hooks.entropy import EntropyShapingMixin
 from g2rpo_verl.verl_hooks.estimators import build_task_batch, task_batch
 from g2rpo_verl.verl_hooks.filtering import GroupFilterMixin
 from g2rpo_verl.verl_hooks.length import LengthShapingMixin
 from g2rpo_verl.verl_hooks.samples import ResponseBatch
-from g2rpo_verl.verl_hooks.task_metrics import task_entropy_metrics, task_step_metrics
+from g2rpo_verl.verl_hooks.task_metrics import ema_metrics, task_entropy_metrics, task_step_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,24 @@ __all__ = ["G2RPOTrainerMixin", "install"]
 
 
 class G2RPOTrainerMixin(EntropyShapingMixin, LengthShapingMixin, GroupFilterMixin):
-    """Mixed in front of verl's V1 trainers; see the module docstring."""
+    """Mixed in front of verl's V1 trainers; see the module docstring.
+
+    With ``ema_grpo`` its per-task moments (:attr:`g2rpo_ema`) are a trainer-side state part,
+    ``ema_std`` in the step's ``g2rpo_state.json``, restored on resume.
+    """
+
+    @property
+    def g2rpo_ema(self) -> EmaStdState:
+        """ema_grpo's per-task moments (empty before the first step)."""
+        if getattr(self, "_g2rpo_ema", None) is None:
+            self._g2rpo_ema = EmaStdState()
+        return self._g2rpo_ema
+
+    def g2rpo_state_parts(self) -> dict:
+        parts = super().g2rpo_state_parts()
+        if self.config.algorithm.adv_estimator == "ema_grpo":
+            parts["ema_std"] = self.g2rpo_ema
+        return parts
 
     def _compute_advantage(self, batch, metrics: dict):
         estimator = self.config.algorithm.adv_estimator
@@ -56,8 +74,11 @@ class G2RPOTrainerMixin(EntropyShapingMixin, LengthShapingMixin, GroupFilterMixi
                 info = info.with_component("length", shaped.scores)
         if estimator in PLUGIN_ESTIMATORS:
             components = gdpo_components(self.config.algorithm) if estimator == "gs_gdpo" else None
-            with task_batch(build_task_batch(info, components)):
+            ema = self.g2rpo_ema if estimator == "ema_grpo" else None
+            with task_batch(build_task_batch(info, components, ema)):
                 batch = super()._compute_advantage(batch, metrics)
+            if ema is not None:
+                metrics.update(ema_metrics(ema))
         else:
             batch = super()._compute_advantage(batch, metrics)
         if length_cfg.enable and length_cfg.truncation == "mask":

@@ -1,0 +1,365 @@
+"""Summarise a comparison's runs: ``summary.json``, ``report.md`` and plots.
+
+Input: the work directory of ``g2rpo-compare`` with one run per (arm, seed) in
+``W/<arm>_seed<s>/`` (each a ``g2rpo-train`` work directory with its merged ``metrics.jsonl``).
+Every number in the summary is read from those files:
+
+* per run: each validation step's accuracy and reward per data source
+  (``val-core/<source>/acc/mean@N``, ``val-aux/<source>/reward/mean@N``), the *final* values
+  (the run's last validation), and per task key the training statistics of the advantages
+  (``task_<τ>/advantage/std`` and ``/skew`` averaged over steps, ``max |A|`` = the largest
+  ``|advantage/min|`` or ``|advantage/max|`` of any step) and, when gradient diagnostics ran,
+  ``task_<τ>/grad/share`` averaged over the steps that logged it;
+* per arm: the mean over seeds with a t 95 % interval (:mod:`g2rpo_verl.compare.stats`) of
+  every final value, of the mean over tasks and of the worst task (per seed, the lowest final
+  accuracy of any task), and of each validation curve point;
+* per arm after the first: paired differences against the first arm, seed by seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from g2rpo_verl.compare.stats import LEVEL, Interval, paired_difference, t_interval
+from g2rpo_verl.demo.metrics import (
+    Metrics,
+    load_metrics,
+    series,
+    task_names,
+    validation_sources,
+    validation_steps,
+    validation_value,
+)
+
+__all__ = ["Arm", "run_dir_name", "summarize", "write_report", "KINDS", "ADVANTAGE_STATS"]
+
+#: Validation quantities compared per data source.
+KINDS = ("accuracy", "reward")
+#: Per-task advantage statistics (from the trainer's ``task_<τ>/advantage/*`` metrics).
+ADVANTAGE_STATS = ("std", "max_abs", "skew")
+#: Row names of the two aggregates over tasks in the final tables.
+MEAN_ROW, WORST_ROW = "mean over tasks", "worst task"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the comparison: a name (the run-dir prefix) and the overrides it adds."""
+
+    name: str
+    overrides: tuple[str, ...]
+
+
+def run_dir_name(arm: str, seed: int) -> str:
+    return f"{arm}_seed{seed}"
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return math.fsum(xs) / len(xs) if xs else math.nan
+
+
+def run_summary(metrics: Metrics) -> dict:
+    """What the report needs from one run's merged metrics (see the module docstring)."""
+    steps = validation_steps(metrics)
+    sources = validation_sources(metrics)
+    validation = {
+        source: {
+            kind: {str(step): v for step in steps if (v := validation_value(metrics[step], source, kind)) is not None}
+            for kind in KINDS
+        }
+        for source in sources
+    }
+    final = {}
+    for source, by_kind in validation.items():
+        final[source] = {kind: by_kind[kind][str(steps[-1])] for kind in KINDS if str(steps[-1]) in by_kind[kind]}
+    train = {}
+    for task in task_names(metrics):
+        prefix = f"task_{task}"  # task_names() returns the names as they appear in the keys
+        _, std = series(metrics, f"{prefix}/advantage/std")
+        _, skew = series(metrics, f"{prefix}/advantage/skew")
+        _, lo = series(metrics, f"{prefix}/advantage/min")
+        _, hi = series(metrics, f"{prefix}/advantage/max")
+        _, reward = series(metrics, f"{prefix}/reward/total")
+        stats = {
+            "std": _mean(std),
+            "max_abs": max([abs(v) for v in lo + hi], default=math.nan),
+            "skew": _mean(skew),
+            "train_reward": _mean(reward),
+        }
+        _, share = series(metrics, f"{prefix}/grad/share")
+        if share:
+            stats["grad_share"] = _mean(share)
+        train[task] = stats
+    return {
+        "last_step": max(metrics, default=0),
+        "validation_steps": steps,
+        "validation": validation,
+        "final": final,
+        "train": train,
+    }
+
+
+def summarize(workdir: Path, arms: Sequence[Arm], seeds: Sequence[int], wall_times: Mapping[str, float] | None = None) -> dict:
+    """The comparison's summary (JSON-ready); runs without metrics are listed as missing."""
+    runs: dict[str, dict] = {}
+    missing = []
+    for arm in arms:
+        for seed in seeds:
+            name = run_dir_name(arm.name, seed)
+            metrics = load_metrics([workdir / name / "metrics.jsonl"])
+            if not validation_steps(metrics):
+                missing.append(name)
+                continue
+            runs[name] = {"arm": arm.name, "seed": seed, **run_summary(metrics)}
+            if wall_times and name in wall_times:
+                runs[name]["wall_s"] = wall_times[name]
+    sources = sorted({s for r in runs.values() for s in r["final"]})
+    tasks = sorted({t for r in runs.values() for t in r["train"]})
+
+    def per_seed(arm: str, pick) -> dict[int, float]:
+        out = {}
+        for r in runs.values():
+            if r["arm"] == arm:
+                v = pick(r)
+                if v is not None and math.isfinite(v):
+                    out[r["seed"]] = v
+        return out
+
+    def final_pick(source: str, kind: str):
+        return lambda r: r["final"].get(source, {}).get(kind)
+
+    def mean_pick(kind: str):
+        return lambda r: _mean([r["final"][s][kind] for s in sources if kind in r["final"].get(s, {})])
+
+    def worst_pick(kind: str):
+        return lambda r: min((r["final"][s][kind] for s in sources if kind in r["final"].get(s, {})), default=None)
+
+    picks = {(source, kind): final_pick(source, kind) for source in sources for kind in KINDS}
+    picks.update({(MEAN_ROW, kind): mean_pick(kind) for kind in KINDS})
+    picks.update({(WORST_ROW, kind): worst_pick(kind) for kind in KINDS})
+
+    final: dict[str, dict] = {}
+    paired: dict[str, dict] = {}
+    baseline = arms[0].name if arms else None
+    for arm in arms:
+        final[arm.name] = {}
+        for (row, kind), pick in picks.items():
+            final[arm.name].setdefault(row, {})[kind] = t_interval(list(per_seed(arm.name, pick).values())).to_dict()
+        if arm.name != baseline:
+            paired[arm.name] = {}
+            for (row, kind), pick in picks.items():
+                diff = paired_difference(per_seed(arm.name, pick), per_seed(baseline, pick))
+                paired[arm.name].setdefault(row, {})[kind] = diff.to_dict()
+
+    worst_task = {}
+    for arm in arms:
+        means = {s: final[arm.name][s]["accuracy"]["mean"] for s in sources}
+        means = {s: m for s, m in means.items() if math.isfinite(m)}
+        worst_task[arm.name] = min(means, key=means.get) if means else None
+
+    curves: dict[str, dict] = {}
+    for arm in arms:
+        arm_runs = [r for r in runs.values() if r["arm"] == arm.name]
+        steps = sorted({int(s) for r in arm_runs for s in r["validation_steps"]})
+        curves[arm.name] = {}
+        for source in sources:
+            for kind in KINDS:
+                points = {}
+                for step in steps:
+                    values = [r["validation"][source][kind][str(step)] for r in arm_runs if str(step) in r["validation"].get(source, {}).get(kind, {})]
+                    if values:
+                        points[str(step)] = t_interval(values).to_dict()
+                curves[arm.name].setdefault(source, {})[kind] = points
+
+    advantage: dict[str, dict] = {}
+    for arm in arms:
+        advantage[arm.name] = {}
+        for task in tasks:
+            row = {}
+            for stat in (*ADVANTAGE_STATS, "train_reward", "grad_share"):
+                values = per_seed(arm.name, lambda r, t=task, k=stat: r["train"].get(t, {}).get(k))
+                if values:
+                    row[stat] = t_interval(list(values.values())).to_dict()
+            advantage[arm.name][task] = row
+
+    return {
+        "level": LEVEL,
+        "interval": "Student t over seeds",
+        "arms": [{"name": a.name, "overrides": list(a.overrides)} for a in arms],
+        "baseline": baseline,
+        "seeds": list(seeds),
+        "sources": sources,
+        "tasks": tasks,
+        "missing_runs": missing,
+        "runs": runs,
+        "final": final,
+        "paired_vs_baseline": paired,
+        "worst_task": worst_task,
+        "curves": curves,
+        "advantage": advantage,
+    }
+
+
+def _iv(d: Mapping | None) -> Interval | None:
+    if not d:
+        return None
+    return Interval(d["mean"], d["low"], d["high"], d["n"], tuple(d["values"]))
+
+
+def _cell(d: Mapping | None, mark_zero: bool = False) -> str:
+    iv = _iv(d)
+    if iv is None:
+        return "—"
+    text = iv.format()
+    return f"**{text}**" if mark_zero and iv.excludes_zero else text
+
+
+def render_markdown(summary: Mapping, command: str | None = None) -> str:
+    """``report.md`` of ``summary`` (see :func:`summarize`)."""
+    arms = [a["name"] for a in summary["arms"]]
+    rows = [*summary["sources"], MEAN_ROW, WORST_ROW]
+    pct = round(summary["level"] * 100)
+    out = ["# Estimator comparison", ""]
+    if command:
+        out += ["Command:", "", f"    {command}", ""]
+    out += [
+        f"Arms: {', '.join(f'`{a}`' for a in arms)} (baseline of the paired differences: `{summary['baseline']}`); "
+        f"seeds {', '.join(map(str, summary['seeds']))}.",
+        "",
+        f"Every value is the mean over seeds with its {pct} % Student-t interval `[low, high]` "
+        "(no interval with fewer than 2 seeds). *Final* is each run's last validation. "
+        f"*{WORST_ROW}*: per seed the lowest final accuracy (reward) of any task, then averaged. "
+        "Paired differences are taken seed by seed against the baseline (same model, data and seed); "
+        "**bold**: the interval excludes 0.",
+        "",
+    ]
+    for name, overrides in ((a["name"], a["overrides"]) for a in summary["arms"]):
+        out.append(f"- `{name}`: {' '.join(f'`{o}`' for o in overrides) or '(no extra overrides)'}")
+    out.append("")
+    if summary["missing_runs"]:
+        out += [f"Missing runs (no validation metrics): {', '.join(summary['missing_runs'])}", ""]
+    for kind in KINDS:
+        out += [f"## Final validation {kind}", "", "| task | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+        for row in rows:
+            out.append(f"| {row} | " + " | ".join(_cell(summary["final"][a].get(row, {}).get(kind)) for a in arms) + " |")
+        out.append("")
+    paired_arms = [a for a in arms if a != summary["baseline"]]
+    if paired_arms:
+        out += [f"## Paired differences against `{summary['baseline']}`", ""]
+        header = " | ".join(f"{a} − {summary['baseline']}: {kind}" for a in paired_arms for kind in KINDS)
+        out += [f"| task | {header} |", "|---" * (1 + len(paired_arms) * len(KINDS)) + "|"]
+        for row in rows:
+            cells = [_cell(summary["paired_vs_baseline"][a].get(row, {}).get(kind), mark_zero=True) for a in paired_arms for kind in KINDS]
+            out.append(f"| {row} | " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["## Worst task (lowest mean final accuracy)", ""]
+    out += [f"- `{a}`: {summary['worst_task'].get(a) or '—'}" for a in arms]
+    out.append("")
+    out += [
+        "## Advantages per task (training)",
+        "",
+        "Per run: `std` and `skew` of the advantages averaged over steps, `max_abs` the largest |A| of any "
+        "step; then mean over seeds [interval]. `train_reward`: mean training reward over steps.",
+        "",
+    ]
+    has_share = any("grad_share" in row for by_task in summary["advantage"].values() for row in by_task.values())
+    stats = [*ADVANTAGE_STATS, "train_reward"] + (["grad_share"] if has_share else [])
+    out += ["| task | arm | " + " | ".join(stats) + " |", "|---" * (2 + len(stats)) + "|"]
+    for task in summary["tasks"]:
+        for a in arms:
+            row = summary["advantage"][a].get(task, {})
+            out.append(f"| {task} | {a} | " + " | ".join(_cell(row.get(s)) for s in stats) + " |")
+    out.append("")
+    if not has_share:
+        out += ["Per-task gradient share: not measured in these runs (gradient diagnostics were off).", ""]
+    out += ["## Runs", "", "| run | last step | validations | wall time |", "|---|---|---|---|"]
+    for name, r in summary["runs"].items():
+        wall = f"{r['wall_s']:.0f} s" if "wall_s" in r else "—"
+        out.append(f"| {name} | {r['last_step']} | {len(r['validation_steps'])} | {wall} |")
+    out += ["", "Plots: `plots/validation.png` (curves over steps, mean and interval band), `plots/final.png`.", ""]
+    return "\n".join(out)
+
+
+def draw_plots(summary: Mapping, plots_dir: Path) -> list[Path]:
+    """``validation.png`` (per task and kind, mean curve and interval band per arm) and ``final.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    arms = [a["name"] for a in summary["arms"]]
+    sources = summary["sources"]
+    paths = []
+    if sources:
+        fig, axes = plt.subplots(len(sources), len(KINDS), figsize=(5 * len(KINDS), 2.6 * len(sources)), squeeze=False)
+        for i, source in enumerate(sources):
+            for j, kind in enumerate(KINDS):
+                ax = axes[i][j]
+                for k, arm in enumerate(arms):
+                    points = summary["curves"][arm].get(source, {}).get(kind, {})
+                    if not points:
+                        continue
+                    steps = sorted(points, key=int)
+                    x = [int(s) for s in steps]
+                    mean = [points[s]["mean"] for s in steps]
+                    color = f"C{k}"
+                    ax.plot(x, mean, marker="o", ms=3, color=color, label=arm)
+                    lo = [points[s]["low"] for s in steps]
+                    hi = [points[s]["high"] for s in steps]
+                    if all(math.isfinite(v) for v in lo + hi):
+                        ax.fill_between(x, lo, hi, color=color, alpha=0.15)
+                ax.set_title(f"{source}: validation {kind}", fontsize=9)
+                ax.set_xlabel("step", fontsize=8)
+                ax.tick_params(labelsize=7)
+                if i == 0 and j == 0:
+                    ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = plots_dir / "validation.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    rows = [*sources, MEAN_ROW, WORST_ROW]
+    fig, axes = plt.subplots(1, len(KINDS), figsize=(6 * len(KINDS), 3.5), squeeze=False)
+    width = 0.8 / max(len(arms), 1)
+    for j, kind in enumerate(KINDS):
+        ax = axes[0][j]
+        for k, arm in enumerate(arms):
+            ivs = [_iv(summary["final"][arm].get(row, {}).get(kind)) for row in rows]
+            means = [iv.mean if iv else math.nan for iv in ivs]
+            err = [
+                [iv.mean - iv.low if iv and math.isfinite(iv.low) else 0 for iv in ivs],
+                [iv.high - iv.mean if iv and math.isfinite(iv.high) else 0 for iv in ivs],
+            ]
+            ax.bar([r + k * width for r in range(len(rows))], means, width, yerr=err, capsize=2, color=f"C{k}", label=arm)
+        ax.set_xticks([r + width * (len(arms) - 1) / 2 for r in range(len(rows))])
+        ax.set_xticklabels(rows, rotation=30, ha="right", fontsize=7)
+        ax.set_title(f"final validation {kind} ({round(summary['level'] * 100)} % t interval)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = plots_dir / "final.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+    return paths
+
+
+def write_report(workdir: Path, summary: Mapping, command: str | None = None, plots: bool = True) -> list[Path]:
+    """Write ``summary.json``, ``report.md`` and (``plots``) the PNGs into ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in (
+        ("summary.json", json.dumps(summary, indent=1, allow_nan=True)),
+        ("report.md", render_markdown(summary, command)),
+    ):
+        path = workdir / name
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        written.append(path)
+    if plots:
+        written += draw_plots(summary, workdir / "plots")
+    return written

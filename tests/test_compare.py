@@ -1,0 +1,212 @@
+"""Specification of ``g2rpo-compare``: intervals, the summary of runs' metrics, the report, the command."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from g2rpo_verl.compare.cli import parse_arms, run_command, total_steps
+from g2rpo_verl.compare.report import Arm, summarize, write_report
+from g2rpo_verl.compare.stats import paired_difference, t_interval
+
+
+def test_t_interval_worked_example():
+    iv = t_interval([2.0, 3.0, 4.0])  # mean 3, sd 1, t(0.975, 2) = 4.3027: half-width 2.484
+    assert iv.mean == 3.0 and iv.n == 3
+    assert iv.high - iv.mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    assert iv.excludes_zero and iv.format() == "3.000 [0.516, 5.484]"
+    assert not t_interval([1.0, 2.0, 3.0]).excludes_zero
+    one = t_interval([0.4])
+    assert one.mean == 0.4 and math.isnan(one.low) and not one.excludes_zero and one.format() == "0.400"
+    assert t_interval([]).n == 0
+
+
+def test_paired_difference_uses_only_shared_seeds():
+    d = paired_difference({0: 1.0, 1: 2.0, 2: 9.0}, {0: 0.5, 1: 1.0, 5: 3.0})
+    assert d.values == (0.5, 1.0) and d.mean == 0.75
+
+
+def _write_run(path: Path, val: dict[int, dict[str, tuple[float, float]]], train: dict[int, dict[str, tuple]]):
+    """metrics.jsonl with validation (acc, reward) per source and training advantage stats per task."""
+    path.mkdir(parents=True, exist_ok=True)
+    steps = sorted(set(val) | set(train))
+    with open(path / "metrics.jsonl", "w") as f:
+        for step in steps:
+            data = {}
+            for source, (acc, reward) in val.get(step, {}).items():
+                data[f"val-core/{source}/acc/mean@2"] = acc
+                data[f"val-aux/{source}/reward/mean@2"] = reward
+            for task, (std, lo, hi, skew, reward) in train.get(step, {}).items():
+                data.update({
+                    f"task_{task}/advantage/std": std, f"task_{task}/advantage/min": lo,
+                    f"task_{task}/advantage/max": hi, f"task_{task}/advantage/skew": skew,
+                    f"task_{task}/reward/total": reward,
+                })
+            f.write(json.dumps({"step": step, "data": data}) + "\n")
+
+
+def test_summary_numbers_are_the_runs_own_metrics(tmp_path):
+    arms = [Arm("grpo", ("algorithm.adv_estimator=grpo",)), Arm("gs_grpo", ("algorithm.adv_estimator=gs_grpo",))]
+    finals = {("grpo", 0): (0.5, 0.2), ("grpo", 1): (0.6, 0.1), ("gs_grpo", 0): (0.7, 0.2), ("gs_grpo", 1): (0.9, 0.3)}
+    for (arm, seed), (count_acc, ocr_acc) in finals.items():
+        _write_run(
+            tmp_path / f"{arm}_seed{seed}",
+            val={0: {"demo_counting": (0.1, 0.5), "demo_ocr": (0.0, 0.4)},
+                 2: {"demo_counting": (count_acc, 1.0 + seed), "demo_ocr": (ocr_acc, 0.9)}},
+            train={1: {"numerical": (1.0, -2.0, 1.5, -0.5, 0.3)}, 2: {"numerical": (0.8, -1.0, 3.0, 0.1, 0.5)}},
+        )
+    s = summarize(tmp_path, arms, [0, 1, 7])
+    assert s["missing_runs"] == ["grpo_seed7", "gs_grpo_seed7"]
+    assert s["sources"] == ["demo_counting", "demo_ocr"] and s["tasks"] == ["numerical"]
+    assert s["runs"]["gs_grpo_seed1"]["final"] == {"demo_counting": {"accuracy": 0.9, "reward": 2.0},
+                                                   "demo_ocr": {"accuracy": 0.3, "reward": 0.9}}
+    fin = s["final"]["gs_grpo"]
+    assert fin["demo_counting"]["accuracy"]["values"] == [0.7, 0.9]
+    assert fin["demo_counting"]["accuracy"]["mean"] == pytest.approx(0.8)
+    assert fin["mean over tasks"]["accuracy"]["values"] == pytest.approx([0.45, 0.6])
+    assert fin["worst task"]["accuracy"]["values"] == [0.2, 0.3]
+    diff = s["paired_vs_baseline"]["gs_grpo"]["demo_counting"]["accuracy"]
+    assert diff["values"] == pytest.approx([0.2, 0.3]) and diff["mean"] == pytest.approx(0.25)
+    assert s["worst_task"] == {"grpo": "demo_ocr", "gs_grpo": "demo_ocr"}
+    adv = s["advantage"]["grpo"]["numerical"]
+    assert adv["std"]["mean"] == pytest.approx(0.9) and adv["max_abs"]["mean"] == 3.0
+    assert adv["skew"]["mean"] == pytest.approx(-0.2) and "grad_share" not in adv
+    assert s["curves"]["grpo"]["demo_counting"]["accuracy"]["0"]["values"] == [0.1, 0.1]
+
+    written = write_report(tmp_path, s, command="g2rpo-compare ...")
+    report = (tmp_path / "report.md").read_text()
+    for name in ("grpo", "gs_grpo", "demo_counting", "demo_ocr", "numerical", "worst task"):
+        assert name in report
+    # counting accuracy: both seeds up (0.2, 0.3), yet with 2 seeds t(0.975, 1) = 12.7 keeps 0 inside
+    assert "| 0.250 [-0.385, 0.885] |" in report and "**0.250" not in report
+    assert json.loads((tmp_path / "summary.json").read_text())["baseline"] == "grpo"
+    assert {p.name for p in written} >= {"validation.png", "final.png"}
+
+
+def test_arms_from_estimators_and_overrides():
+    arms = parse_arms(["grpo", "gs_grpo"], ["nolen=algorithm.adv_estimator=gs_grpo g2rpo.length.enable=false"])
+    assert [a.name for a in arms] == ["grpo", "gs_grpo", "nolen"]
+    assert arms[2].overrides == ("algorithm.adv_estimator=gs_grpo", "g2rpo.length.enable=false")
+    with pytest.raises(ValueError, match="unique"):
+        parse_arms(["grpo", "grpo"], [])
+    with pytest.raises(ValueError, match="NAME=OVERRIDES"):
+        parse_arms([], ["justaname"])
+    with pytest.raises(ValueError, match="directory"):
+        parse_arms([], ["a/b=x=1"])
+    cmd = run_command(Path("/w/grpo_seed3"), 3, ["trainer.total_training_steps=2"], arms[0])
+    assert cmd[-4:] == ["trainer.total_training_steps=2", "algorithm.adv_estimator=grpo", "data.seed=3",
+                        "actor_rollout_ref.rollout.seed=3"]
+    assert cmd[cmd.index("--seed") + 1] == "3"
+    assert total_steps(["trainer.total_training_steps=2"]) == 2
+    assert total_steps([]) == 40  # the demo YAML's
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end: 2 estimators x 2 seeds x 2 steps of the real demo, then one run repeated
+# ------------------------------------------------------------------------------------------------
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from g2rpo_verl.demo.metrics import load_metrics  # noqa: E402
+from g2rpo_verl.demo.tasks import TASKS  # noqa: E402
+
+E2E_RUN = ["--warm-start-steps", "30", "trainer.total_training_steps=2", "trainer.test_freq=2", "trainer.save_freq=2"]
+#: metrics that measure the machine, not the run (wall time, throughput, memory)
+_MACHINE = ("timing_s/", "timing_per_token_ms/", "perf/", "memory")
+#: rollout-vs-trainer log-prob diagnostics: they compare the rollout's log-probs, computed from
+#: logits of a padded batch whose make-up depends on timing, with the trainer's; equal to float
+#: rounding (~1e-7), not bitwise (docs/reproducibility.md)
+_ROLLOUT_ROUNDING = ("training/rollout_probs_diff_", "rollout_corr/")
+
+
+def _compare(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "g2rpo_verl.compare", "--workdir", str(workdir), *args]
+    env = {k: v for k, v in os.environ.items() if k != "VERL_FILE_LOGGER_PATH"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=2400)
+    logs = "".join(p.read_text()[-3000:] for p in sorted(workdir.glob("*/compare.log")))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + logs
+    return proc
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("compare")
+    _compare(workdir, "--estimators", "grpo", "ema_grpo", "--seeds", "0", "1", *E2E_RUN)
+    return workdir
+
+
+def _reproducible(metrics: dict) -> dict:
+    return {step: {k: v for k, v in data.items() if not any(m in k for m in _MACHINE)} for step, data in metrics.items()}
+
+
+def _rounding_only(key: str) -> bool:
+    return key.startswith(_ROLLOUT_ROUNDING)
+
+
+@pytest.mark.e2e
+def test_compare_reports_every_task_and_estimator_with_the_runs_own_numbers(comparison):
+    summary = json.loads((comparison / "summary.json").read_text())
+    report = (comparison / "report.md").read_text()
+    assert summary["missing_runs"] == [] and sorted(summary["runs"]) == [
+        "ema_grpo_seed0", "ema_grpo_seed1", "grpo_seed0", "grpo_seed1"]
+    assert summary["sources"] == sorted(TASKS)
+    for name in [*TASKS, *summary["tasks"], "grpo", "ema_grpo"]:
+        assert name in report, name
+    assert {spec.problem_type.replace(" ", "_") for spec in TASKS.values()} == set(summary["tasks"])
+    for arm in ("grpo", "ema_grpo"):
+        for source in TASKS:
+            for kind, key in (("accuracy", f"val-core/{source}/acc/mean@2"), ("reward", f"val-aux/{source}/reward/mean@2")):
+                own = []
+                for seed in (0, 1):
+                    metrics = load_metrics([comparison / f"{arm}_seed{seed}" / "metrics.jsonl"])
+                    last = metrics[max(step for step in metrics if key in metrics[step])]
+                    own.append(last[key])
+                    assert summary["runs"][f"{arm}_seed{seed}"]["final"][source][kind] == last[key]
+                assert summary["final"][arm][source][kind]["values"] == own
+                assert summary["final"][arm][source][kind]["mean"] == pytest.approx(sum(own) / 2)
+        for task in summary["tasks"]:
+            std = summary["advantage"][arm][task]["std"]["values"]
+            assert len(std) == 2 and all(math.isfinite(v) and v >= 0 for v in std)
+    diff = summary["paired_vs_baseline"]["ema_grpo"]["demo_counting"]["accuracy"]
+    grpo, ema = summary["final"]["grpo"]["demo_counting"]["accuracy"], summary["final"]["ema_grpo"]["demo_counting"]["accuracy"]
+    assert diff["values"] == pytest.approx([e - g for e, g in zip(ema["values"], grpo["values"])])
+    for name in ("validation.png", "final.png"):
+        assert (comparison / "plots" / name).stat().st_size > 10_000
+    # ema_grpo's per-task moments are checkpointed next to the length-shaping state
+    state = json.loads((comparison / "ema_grpo_seed0" / "checkpoints" / "global_step_2" / "g2rpo_state.json").read_text())
+    assert set(state["ema_std"]) == {spec.problem_type for spec in TASKS.values()} and "length" in state
+    metrics = load_metrics([comparison / "ema_grpo_seed0" / "metrics.jsonl"])
+    assert math.isfinite(metrics[2]["task_numerical/ema/std"])
+
+    # finished runs are skipped: a second call only rewrites the report
+    proc = _compare(comparison, "--estimators", "grpo", "ema_grpo", "--seeds", "0", "1", *E2E_RUN)
+    assert proc.stdout.count("finished (step 2), skipped") == 4
+
+
+@pytest.mark.e2e
+def test_same_command_and_seed_give_identical_metrics(comparison, tmp_path):
+    # the same (estimator, seed) again, from the same model and data, in another work directory:
+    # every logged number but the machine's timings, throughput and memory is identical
+    again = tmp_path / "again"
+    again.mkdir()
+    shutil.copytree(comparison / "_base_seed1", again / "_base_seed1")
+    _compare(again, "--estimators", "ema_grpo", "--seeds", "1", "--no-plots", *E2E_RUN)
+    first = _reproducible(load_metrics([comparison / "ema_grpo_seed1" / "metrics.jsonl"]))
+    second = _reproducible(load_metrics([again / "ema_grpo_seed1" / "metrics.jsonl"]))
+    assert sorted(first) == sorted(second) == [0, 1, 2]
+    assert first[1]["actor/pg_loss"] != 0  # a real update happened
+    compared = 0
+    for step in first:
+        assert set(first[step]) == set(second[step]), step
+        for key, value in first[step].items():
+            if _rounding_only(key):
+                assert second[step][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)
+            else:  # rewards, advantages, losses, gradient norms, entropies, validation: bitwise
+                assert second[step][key] == value, (step, key, value, second[step][key])
+                compared += 1
+    assert compared > 900
