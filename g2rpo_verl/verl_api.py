@@ -183,6 +183,8 @@ REPLAY_BUFFER_HOOKS = {
     # called with (global_steps, partition_id, eviction_reasons); returns a tuple whose [3] is
     # the metrics dict; eviction_reasons[1] are the DAPO-filtered uids; wrapped
     "_evict_terminal_groups": ("self", "global_steps", "partition_id", "eviction_reasons"),
+    # the CPU backend's buffer (g2rpo_verl.cpu.replay_buffer) re-orders the batch it returns
+    "_materialize_batch": ("self", "partition_id", "selected_prompt_uids", "partition_snapshot"),
 }
 #: The replay buffer attributes read: ``finished_keys[partition]`` (set of finished uids),
 #: ``partitions[partition]`` (TransferQueue keys), ``filter_groups_metric``, ``refill_fn``.
@@ -256,6 +258,12 @@ PRIVATE_SYMBOLS = {
     "tracker file latest_checkpointed_iteration.txt": "the demo's resume check; g2rpo-eval",
     "console logger line 'step:N - key:value - ...'": "the demo's progress bar",
     "verl.workers.rollout.base._ROLLOUT_REGISTRY": "CPU backend: the hf rollout",
+    "ReplayBuffer._materialize_batch(partition_id, selected_prompt_uids, partition_snapshot)":
+        "CPU backend: batches in request order (cpu/replay_buffer.py)",
+    "TransferQueue fields index, data_source, prompts": "CPU backend: the request-order sort key",
+    "SingleTurnAgentLoop.run(sampling_params, priority, **sample) with sample fields global_steps, index, "
+    "session_id; server_manager.generate(request_id, prompt_ids=, sampling_params=, ...)":
+        "the seeded agent loop (verl_hooks/seeded_rollout.py)",
     "init_process_group backend string 'cpu:gloo,{device}:{backend}'": "CPU backend: duplicate-backend fix",
     "VERL_ENGINE_DEVICE environment variable": "CPU backend: FSDP engine looked up under cuda",
     "RLHFDataset._process_multi_modal_info(messages, image_patch_size, config)":

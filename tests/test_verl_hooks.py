@@ -113,16 +113,15 @@ def test_registered_ema_grpo_carries_the_trainers_task_moments():
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
     from g2rpo_verl.ema_grpo import EmaStdState, TaskMoments, ema_grpo_advantages
-    from g2rpo_verl.verl_hooks.trainer import ema_metrics
+    from g2rpo_verl.verl_hooks.task_metrics import ema_metrics
 
     uids, scores, mask, rewards, tasks, infos = verl_batch()
     prior = {"math": TaskMoments(0.4, 0.3), "ocr": TaskMoments(0.5, 0.5)}
-    side = build_task_batch(uids, tasks, infos)
-    side.ema = EmaStdState(dict(prior))
+    side = build_task_batch(sample_info(uids, tasks, infos), ema=EmaStdState(dict(prior)))
     with task_batch(side):
         adv, ret = get_adv_estimator_fn("ema_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids, config=None)
     groups = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
-    expected = ema_grpo_advantages(scores.double(), groups, side.task_ids, side.task_names, prior)
+    expected = ema_grpo_advantages(scores.double(), groups, side.task_ids, list(side.task_names), prior)
     assert torch.allclose(adv, expected.advantages.float().unsqueeze(-1) * mask)
     assert torch.equal(adv, ret)
     # the trainer's state advanced by one step; a task absent here keeps its moments
@@ -131,8 +130,7 @@ def test_registered_ema_grpo_carries_the_trainers_task_moments():
     metrics = ema_metrics(side.ema)
     assert metrics["task_grounding/ema/std"] == pytest.approx(side.ema.moments["grounding"].std())
     assert set(metrics) >= {"task_math/ema/fallback_groups", "task_grounding/ema/fallback_groups"}
-    side.ema = None
-    with task_batch(side), pytest.raises(RuntimeError, match="EMA state"):
+    with task_batch(build_task_batch(sample_info(uids, tasks, infos))), pytest.raises(RuntimeError, match="EMA state"):
         get_adv_estimator_fn("ema_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids, config=None)
 
 
