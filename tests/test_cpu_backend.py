@@ -224,6 +224,11 @@ def test_cpu_overrides_compose_with_verls_config():
         cfg = compose("ppo_trainer", overrides=cpu.cpu_overrides())
     assert cfg.trainer.device == "cpu"
     assert cfg.trainer.n_gpus_per_node == 1 and cfg.ray_kwargs.ray_init.num_gpus == 1
+    # the fake GPU units Ray gets follow trainer.n_gpus_per_node, however it is set; main_ppo
+    # unpacks ray_init with ** (which resolves the interpolation) before ray.init
+    with initialize_config_module("verl.trainer.config", version_base=None):
+        two = compose("ppo_trainer", overrides=[*cpu.cpu_overrides(), "trainer.n_gpus_per_node=2"])
+    assert {**two.ray_kwargs.ray_init}["num_gpus"] == 2
     assert cfg.actor_rollout_ref.rollout.name == "hf"
     assert cfg.actor_rollout_ref.rollout.tensor_model_parallel_size == 1
     assert cfg.actor_rollout_ref.actor.strategy == "fsdp2" and cfg.actor_rollout_ref.ref.strategy == "fsdp2"
