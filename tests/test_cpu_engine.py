@@ -114,3 +114,30 @@ def test_the_critic_loads_with_its_configured_attention(qwen2_dir):
 
     assert PreTrainedModel.from_pretrained.__func__.__name__ == "from_pretrained"
     assert not hasattr(PreTrainedModel.from_pretrained, "__wrapped__")
+
+
+def test_a_qwen3_vl_critic_loads_the_actors_weights_under_a_value_head(tmp_path):
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    from verl.utils.model import load_valuehead_model
+
+    from g2rpo_verl.cpu import tiny_vl
+
+    corpus = [f"<|im_start|>user\nWhat is in the image? {i}<|im_end|>\n<answer>{i}</answer>" for i in range(100)]
+    tokenizer = tiny_vl.build_vl_tokenizer(corpus, vocab_size=300)
+    model = tiny_vl.build_tiny_qwen3_vl(tokenizer, seed=0, hidden_size=32, num_layers=1, vision_depth=1)
+    model_dir = tiny_vl.save_vl_model(tmp_path / "model", model, tiny_vl.build_vl_processor(tokenizer))
+
+    config = AutoConfig.from_pretrained(model_dir, attn_implementation="eager", trust_remote_code=True)
+    config.num_labels = 1  # as verl's critic engine sets it
+    loader = engine_fixes.valuehead_loader(getattr(load_valuehead_model, "__wrapped__", load_valuehead_model))
+    critic = loader(str(model_dir), torch.float32, config, True)
+    assert type(critic).__name__ == "Qwen3VLForTokenClassification"
+    actor = AutoModelForImageTextToText.from_pretrained(model_dir)
+    actor_params = dict(actor.named_parameters())
+    shared = [name for name, _ in critic.named_parameters() if name in actor_params]
+    assert len(shared) == len(list(critic.parameters())) - 2  # everything but score.weight / score.bias
+    assert all(torch.equal(critic.get_parameter(n), actor_params[n]) for n in shared)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        values = critic(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert values.shape == (1, 4, 1) and torch.isfinite(values).all()

@@ -14,7 +14,9 @@ The actor builds on the CPU platform as it is; two other engines of the same FSD
   takes the configured one (``critic.model.override_config.attn_implementation``, ``eager`` in
   :func:`g2rpo_verl.cpu.cpu_overrides`). :func:`valuehead_loader` runs verl's own loader with
   that hard-coded value replaced by the critic's configured attention; a config that asks for
-  flash-attention keeps it, and transformers then fails loudly as it should.
+  flash-attention keeps it, and transformers then fails loudly as it should. For a Qwen3-VL
+  critic (the demo's model) it first registers :mod:`g2rpo_verl.cpu.vl_value_model`'s value
+  head, which transformers lacks and verl's ``trl`` fallback no longer finds.
 
 Both are installed by :func:`install`, which :func:`g2rpo_verl.cpu.register` calls only when the
 CPU platform is active. They apply when verl imports the module concerned (wrapt's post-import
@@ -120,6 +122,10 @@ def valuehead_loader(original):
 
     @functools.wraps(original)
     def load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code):
+        if getattr(model_config, "model_type", None) == "qwen3_vl":
+            from g2rpo_verl.cpu import vl_value_model
+
+            vl_value_model.register()  # transformers has no Qwen3-VL token-classification head
         attention = configured_attention(model_config)
         if attention is None or attention == _HARD_CODED_ATTENTION:
             return original(local_path, torch_dtype, model_config, trust_remote_code)
