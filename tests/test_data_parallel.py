@@ -292,7 +292,7 @@ def test_demo_pipeline_trains_with_two_data_parallel_ranks(tmp_path):
     assert sorted(metrics) == [1, 2]
     for step, data in metrics.items():
         for task in DEMO_TASKS:
-            for name in ("reward/total", "advantage/std", "length/mean", "length/score", "entropy", "entropy_penalty"):
+            for name in ("reward/total", "advantage/std", "length/mean", "entropy", "entropy_penalty"):
                 assert math.isfinite(data[f"task_{task}/{name}"]), (step, task, name)
         assert sum(data[f"task_{task}/count"] for task in DEMO_TASKS) == 80  # 10 prompts x 8, after refills
         assert math.isfinite(data["actor/kl_loss"]) and data["actor/kl_loss"] >= 0
