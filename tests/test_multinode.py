@@ -132,6 +132,19 @@ def _launch(workdir: Path, standin: Path, ray_port: int, log: Path) -> subproces
     return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _ours(marker: str) -> list[int]:
+    """PIDs of processes whose command line names ``marker`` (this test's Ray temp dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
 def _finish(proc: subprocess.Popen, standin: Path, timeout: float) -> int | None:
     try:
         return proc.wait(timeout=timeout)
@@ -140,8 +153,16 @@ def _finish(proc: subprocess.Popen, standin: Path, timeout: float) -> int | None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         for node in NODES:
             _stop_node(standin, node)
+        # anything of this test's Ray cluster that left its node's process group
+        marker = (standin / "ray_tmp").read_text()
+        for pid in _ours(marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_two_node_cluster_trains_survives_a_lost_node_and_resumes(tmp_path, request):
@@ -154,6 +175,7 @@ def test_two_node_cluster_trains_survives_a_lost_node_and_resumes(tmp_path, requ
     standin.mkdir()
     ray_tmp = Path("/tmp") / f"g2rpo_mn_{os.getpid()}"  # short: Ray's socket paths have a length limit
     _node_ray_args(standin, ray_tmp)
+    (standin / "ray_tmp").write_text(str(ray_tmp))
     request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
     ray_port = _free_ports(1)[0]
     workdir = tmp_path / "run"
