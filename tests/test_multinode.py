@@ -173,7 +173,8 @@ def test_two_node_cluster_trains_survives_a_lost_node_and_resumes(tmp_path, requ
 
     standin = tmp_path / "standin"
     standin.mkdir()
-XX
+    # short (Ray's socket paths have a length limit) and unique (it names this test's processes)
+    ray_tmp = Path("/tmp") / f"g2rpo_mn_{os.urandom(4).hex()}"
     _node_ray_args(standin, ray_tmp)
     (standin / "ray_tmp").write_text(str(ray_tmp))
     request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
