@@ -68,6 +68,7 @@ def _node_ray_args(standin: Path, ray_tmp: Path) -> None:
             f"--runtime-env-agent-port={p[4]}", f"--metrics-export-port={p[5]}",
             f"--min-worker-port={20000 + 1000 * i + p[6] % 400}", f"--max-worker-port={20000 + 1000 * i + p[6] % 400 + 500}",
             "--disable-usage-stats",
+            "--object-store-memory=300000000",  # Ray's default, 30% of RAM per node, is far too much here
         ]
         if i == 0:
             args += [f"--temp-dir={ray_tmp}", "--include-dashboard=false", f"--ray-client-server-port={_free_ports(1)[0]}"]
