@@ -14,7 +14,6 @@ entropy shaping, the KL loss, band group filtering) with ``trainer.n_gpus_per_no
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import subprocess
@@ -102,8 +101,9 @@ def _micro_batch(rows, weights, dp_size: int, batch_num_tokens: int, global_batc
     return td
 
 
-def _rank_main(rank: int, world: int, init_file: str, model_dir: str, stage: str, io_path: str) -> None:
-    """One data-parallel rank: the old policy's entropy (``stage="old"``) or the actor update (``"update"``)."""
+def _rank_main(rank: int, world: int, init_file: str, model_dir: str, io_path: str) -> None:
+    """One data-parallel rank of one training step: the old policy's entropy (the trainer side's
+    input), then the actor update with the shaping weights and, for reference, without."""
     from functools import partial
 
     from torch.distributed.device_mesh import init_device_mesh
@@ -122,41 +122,53 @@ def _rank_main(rank: int, world: int, init_file: str, model_dir: str, stage: str
         apply_fsdp2(model, {"mesh": init_device_mesh("cpu", (world,))}, {})
         per_rank = len(rows) // world
         mine = list(range(rank * per_rank, (rank + 1) * per_rank))  # verl's contiguous dp chunks
-        if stage == "old":
-            with torch.no_grad():
-                _, ent = _forward(model, [rows[i] for i in mine])
-            gathered = [None] * world
-            torch.distributed.all_gather_object(gathered, _response_values([rows[i] for i in mine], ent))
-            result = {"entropy": [e for part in gathered for e in part]}
-        else:
-            loss_fn = EntropyShapedLoss(partial(ppo_loss, config=io["actor_config"]), "exact")
-            n_tokens = sum(len(r["response"]) for r in rows)  # the global mini-batch, as verl passes it
+
+        with torch.no_grad():  # compute_log_prob of the old policy, sharded like the update
+            _, ent = _forward(model, [rows[i] for i in mine])
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, _response_values([rows[i] for i in mine], ent))
+        entropy = [e for part in gathered for e in part]
+        weights, metrics = _trainer_side(rows, entropy, world)  # the driver's computation, on every rank
+        for i, r in enumerate(rows):  # fixed old / reference log-probs around the old policy's values
+            r["old_log_probs"] = -entropy[i] + r["noise"]
+            r["ref_log_prob"] = -entropy[i] - r["noise"]
+
+        loss_fn = EntropyShapedLoss(partial(ppo_loss, config=io["actor_config"]), "exact")
+        n_tokens = sum(len(r["response"]) for r in rows)  # the global mini-batch, as verl passes it
+
+        def update(w: torch.Tensor):
+            model.zero_grad(set_to_none=True)
             losses = []
             for start in range(0, per_rank, MICRO_BATCH):
                 idx = mine[start : start + MICRO_BATCH]
                 sub = [rows[i] for i in idx]
-                log_probs, entropy = _forward(model, sub)
-                data = _micro_batch(sub, io["weights"][idx], world, n_tokens, len(rows))
-                loss, metrics = loss_fn(model_output={"log_probs": log_probs, "entropy": entropy}, data=data)
+                log_probs, token_entropy = _forward(model, sub)
+                data = _micro_batch(sub, w[idx], world, n_tokens, len(rows))
+                loss, m = loss_fn(model_output={"log_probs": log_probs, "entropy": token_entropy}, data=data)
                 loss.backward()
-                losses.extend(metrics["actor/entropy_shaping_loss"].values)
-            grads = {n: p.grad.full_tensor().clone() for n, p in model.named_parameters()}
+                losses.extend(m["actor/entropy_shaping_loss"].values)
             totals = [None] * world
             torch.distributed.all_gather_object(totals, sum(losses))
+            grads = {n: p.grad.full_tensor().clone() for n, p in model.named_parameters()}
             # verl's Metric.aggregate_dp: summed over micro-batches, averaged over dp ranks
-            result = {"grads": grads, "shaping_loss": sum(totals) / world}
+            return grads, sum(totals) / world
+
+        grads, shaping_loss = update(weights)
+        unshaped, _ = update(torch.zeros_like(weights))
         if rank == 0:
-            torch.save(result, io_path + f".{stage}.out")
+            result = {"entropy": entropy, "weights": weights, "metrics": metrics, "grads": grads,
+                      "unshaped": unshaped, "shaping_loss": shaping_loss}
+            torch.save(result, io_path + ".out")
     finally:
         torch.distributed.destroy_process_group()
 
 
-def _run_ranks(world: int, tmp: Path, model_dir: Path, stage: str, io: dict) -> dict:
+def _run_ranks(world: int, tmp: Path, model_dir: Path, io: dict) -> dict:
     io_path = tmp / f"dp{world}.pt"
     torch.save(io, io_path)
-    init_file = tmp / f"pg_{world}_{stage}"
-    mp.spawn(_rank_main, args=(world, str(init_file), str(model_dir), stage, str(io_path)), nprocs=world, join=True)
-    return torch.load(str(io_path) + f".{stage}.out", weights_only=False)
+    init_file = tmp / f"pg_{world}"
+    mp.spawn(_rank_main, args=(world, str(init_file), str(model_dir), str(io_path)), nprocs=world, join=True)
+    return torch.load(str(io_path) + ".out", weights_only=False)
 
 
 def _actor_config():
@@ -210,51 +222,37 @@ def model_dir(tmp_path_factory) -> Path:
 def test_two_fsdp_ranks_on_gloo_give_the_single_rank_gradient_and_metrics(model_dir, tmp_path):
     from transformers import AutoConfig
 
-    batch = _fixed_batch(AutoConfig.from_pretrained(model_dir).vocab_size)
-    rows = batch["rows"]
-    # old policy = the current weights (first mini-batch of a step); the reference is a
-    # slightly different policy so the KL term has a gradient
-    results = {}
-    for world in (1, 2):
-        old = _run_ranks(world, tmp_path, model_dir, "old", {"rows": rows})
-        weights, metrics = _trainer_side(rows, old["entropy"], world)
-        results[world] = {"entropy": old["entropy"], "weights": weights, "metrics": metrics}
+    rows = _fixed_batch(AutoConfig.from_pretrained(model_dir).vocab_size)["rows"]
+    io = {"rows": rows, "actor_config": _actor_config()}
+    one, two = (_run_ranks(world, tmp_path, model_dir, io) for world in (1, 2))
 
-    # trainer side: identical inputs up to float rounding of the sharded forward
-    ent_diff = max((a - b).abs().max().item() for a, b in zip(results[1]["entropy"], results[2]["entropy"]))
-    assert ent_diff < 1e-12
-    assert set(results[1]["metrics"]) == set(results[2]["metrics"])
-    assert {f"task_{t}/entropy_penalty" for t in TASKS} <= set(results[1]["metrics"])
-    metric_diff = max(abs(results[1]["metrics"][k] - results[2]["metrics"][k]) for k in results[1]["metrics"])
-    assert metric_diff < 1e-12
-    assert torch.equal(results[1]["weights"], results[2]["weights"])
-    weights = results[1]["weights"]
-    assert (weights[torch.tensor(ROW_TASKS) == 0] > 0).all() and (weights[torch.tensor(ROW_TASKS) == 1] < 0).all()
-    assert (weights[torch.tensor(ROW_TASKS) == 2] == 0).all()
+    # trainer side: the old policy's entropy, the per-row weights and the per-task metrics
+    ent_diff = max((a - b).abs().max().item() for a, b in zip(one["entropy"], two["entropy"]))
+    assert set(one["metrics"]) == set(two["metrics"])
+    assert {f"task_{t}/{m}" for t in TASKS for m in ("entropy", "entropy_penalty")} <= set(one["metrics"])
+    metric_diff = max(abs(one["metrics"][k] - two["metrics"][k]) for k in one["metrics"])
+    assert ent_diff < 1e-12 and metric_diff < 1e-12
+    assert torch.equal(one["weights"], two["weights"])
+    tasks = torch.tensor(ROW_TASKS)
+    weights = one["weights"]  # numerical above its band, OCR below, math inside
+    assert (weights[tasks == 0] > 0).all() and (weights[tasks == 1] < 0).all() and (weights[tasks == 2] == 0).all()
 
-    lp = results[1]["entropy"]  # any fixed per-token values serve as old / reference log-probs
-    for i, r in enumerate(rows):
-        r["old_log_probs"] = -lp[i] + r["noise"]
-        r["ref_log_prob"] = -lp[i] - r["noise"]
-    io = {"rows": rows, "weights": weights, "actor_config": _actor_config()}
-    updates = {world: _run_ranks(world, tmp_path, model_dir, "update", io) for world in (1, 2)}
-    io["weights"] = torch.zeros_like(weights)
-    unshaped = _run_ranks(1, tmp_path, model_dir, "update", io)
-
-    g1, g2 = updates[1]["grads"], updates[2]["grads"]
+    # the update: verl's ppo_loss (KL loss on) + the shaping term, micro-batched, FSDP-reduced
+    g1, g2 = one["grads"], two["grads"]
     assert set(g1) == set(g2)
+    scale = max(g.abs().max().item() for g in g1.values())
     grad_diff = max((g1[n] - g2[n]).abs().max().item() for n in g1)
-    scale = max(g1[n].abs().max().item() for n in g1)
-    shaping = {n: g1[n] - unshaped["grads"][n] for n in g1}  # the shaping term's own gradient
-    shaping_diff = max((shaping[n] - (g2[n] - unshaped["grads"][n])).abs().max().item() for n in g1)
-    assert max(v.abs().max().item() for v in shaping.values()) > 1e-6, "the shaping term moved nothing"
+    shaping1 = {n: g1[n] - one["unshaped"][n] for n in g1}  # the shaping term's own gradient
+    shaping2 = {n: g2[n] - two["unshaped"][n] for n in g1}
+    shaping_diff = max((shaping1[n] - shaping2[n]).abs().max().item() for n in g1)
+    assert max(v.abs().max().item() for v in shaping1.values()) > 1e-6, "the shaping term moved nothing"
     print(
         f"\ndp=1 vs dp=2: max |Δ old-policy entropy| {ent_diff:.2e}, max |Δ per-task metric| {metric_diff:.2e}, "
         f"max |Δ grad| {grad_diff:.2e} (max |grad| {scale:.2e}), max |Δ shaping grad| {shaping_diff:.2e}, "
-        f"shaping loss {updates[1]['shaping_loss']:.6e} vs {updates[2]['shaping_loss']:.6e}"
+        f"shaping loss {one['shaping_loss']:.6e} vs {two['shaping_loss']:.6e}"
     )
     assert grad_diff <= 1e-10 * scale and shaping_diff <= 1e-10 * scale
-    assert updates[1]["shaping_loss"] == pytest.approx(updates[2]["shaping_loss"], rel=1e-10, abs=1e-14)
+    assert one["shaping_loss"] == pytest.approx(two["shaping_loss"], rel=1e-10, abs=1e-14)
 
 
 # ------------------------------------------------------------------------------------------------
