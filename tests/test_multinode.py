@@ -72,7 +72,7 @@ def _node_ray_args(standin: Path, ray_tmp: Path) -> None:
         ]
         if i == 0:
             args += [f"--temp-dir={ray_tmp}", "--include-dashboard=false", f"--ray-client-server-port={_free_ports(1)[0]}"]
-        (standin / f"{node}.ray_args").write_text(" ".join(args))
+        (standin / f"{node}.ray_args").write_text(" ".join(args) + "\n")
 
 
 def _stop_node(standin: Path, node: str, sig: int = signal.SIGKILL) -> bool:
