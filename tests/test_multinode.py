@@ -106,6 +106,8 @@ def _launch(workdir: Path, standin: Path, ray_port: int, log: Path) -> subproces
             "trainer.resume_mode=auto",
             "data.train_batch_size=4",
             "actor_rollout_ref.rollout.n=2",
+            # 8 rows per step, 4 per rank: verl's micro-batches must divide a rank's share
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
             # a lost rank must not leave the other waiting in a collective for verl's 10 minutes
             "actor_rollout_ref.nccl_timeout=60",
             *LENGTH,
