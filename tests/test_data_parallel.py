@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from g2rpo_verl.cpu import tiny
+from g2rpo_verl.demo import tiny
 
 TASKS = ["numerical", "OCR", "math"]
 ROW_TASKS = [0, 1, 2, 0, 1, 2, 0, 1]  # 8 rows: dp = 2 gives each rank 4 contiguous rows

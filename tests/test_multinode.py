@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from g2rpo_verl.cpu import CPU_ENV, cpu_overrides
-from g2rpo_verl.cpu.smoke import merge_overrides, prepare_workdir, smoke_overrides
+from g2rpo_verl.demo.smoke import merge_overrides, prepare_workdir, smoke_overrides
 
 pytestmark = pytest.mark.e2e
 
@@ -228,7 +228,7 @@ def test_two_node_cluster_trains_survives_a_lost_node_and_resumes(tmp_path, requ
     second = _metrics(workdir / "metrics.jsonl")
     assert sorted(second) == list(range(last + 1, TOTAL_STEPS + 1)), out2[-4000:]
     assert tracker.read_text().strip() == str(TOTAL_STEPS)
-    assert "g2rpo: length statistics restored from" in out2
+    assert "g2rpo: length state restored from" in out2
     # the plugin's length-shaping state came back with verl's checkpoint
     cfg = load_g2rpo_config(OmegaConf.from_dotlist([o.lstrip("+") for o in LENGTH])).length
     restored = LengthShaper({}, cfg.rule, momentum=cfg.momentum)
