@@ -56,10 +56,10 @@ def register() -> None:
     _ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = "g2rpo_verl.cpu.hf_rollout.HFServerAdapter"
     RolloutReplicaRegistry.register(ROLLOUT_NAME, _load_hf_replica)
     if enabled():
-        from g2rpo_verl.cpu import engine_fixes
+        from g2rpo_verl.cpu.engine_fixes import install as install_engine_fixes
 
         install_backend_string_fix()
-        engine_fixes.install()
+        install_engine_fixes()
 
 
 def _load_hf_replica():

@@ -123,9 +123,9 @@ def valuehead_loader(original):
     @functools.wraps(original)
     def load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code):
         if getattr(model_config, "model_type", None) == "qwen3_vl":
-            from g2rpo_verl.cpu import vl_value_model
+            from g2rpo_verl.cpu.vl_value_model import register
 
-            vl_value_model.register()  # transformers has no Qwen3-VL token-classification head
+            register()  # transformers has no Qwen3-VL token-classification head
         attention = configured_attention(model_config)
         if attention is None or attention == _HARD_CODED_ATTENTION:
             return original(local_path, torch_dtype, model_config, trust_remote_code)
