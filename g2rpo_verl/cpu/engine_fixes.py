@@ -22,16 +22,10 @@ Both are installed by :func:`install`, which :func:`g2rpo_verl.cpu.register` cal
 CPU platform is active. They apply when verl imports the module concerned (wrapt's post-import
 hooks), so processes that never build an engine never import the engine code for them.
 
-Private verl symbols the CPU backend touches (the complete list; each is checked when it is
-patched and fails loudly if a verl release moved it):
-
-=====================================================================  ==========================
-symbol                                                                 where / why
-=====================================================================  ==========================
-``verl.workers.engine.fsdp.transformer_impl.CPUOffloadPolicy``         this module: unpinned on CPU
-``verl.utils.model.load_valuehead_model``                              this module: configured attention
-``verl.workers.rollout.base._ROLLOUT_REGISTRY``                        :func:`g2rpo_verl.cpu.register`: the ``hf`` rollout
-=====================================================================  ==========================
+The private verl names patched here are listed with every other one in
+:data:`g2rpo_verl.verl_api.PRIVATE_SYMBOLS` and checked against the installed verl by
+``tests/test_verl_api.py``; each patch also fails loudly, naming the symbol, if a verl release
+moved it.
 """
 
 from __future__ import annotations
