@@ -266,6 +266,10 @@ PRIVATE_SYMBOLS = {
         "the seeded agent loop (verl_hooks/seeded_rollout.py)",
     "init_process_group backend string 'cpu:gloo,{device}:{backend}'": "CPU backend: duplicate-backend fix",
     "VERL_ENGINE_DEVICE environment variable": "CPU backend: FSDP engine looked up under cuda",
+    "verl.workers.engine.fsdp.transformer_impl.CPUOffloadPolicy (forward-only engines pin)":
+        "CPU backend: the reference model's offload policy unpinned (cpu/engine_fixes.py)",
+    "verl.utils.model.load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code)":
+        "CPU backend: the critic loads with its configured attention (cpu/engine_fixes.py)",
     "RLHFDataset._process_multi_modal_info(messages, image_patch_size, config)":
         "CPU backend: images without qwen_vl_utils / torchvision (cpu/vl_dataset.py)",
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -224,6 +225,11 @@ def test_cpu_overrides_compose_with_verls_config():
         cfg = compose("ppo_trainer", overrides=cpu.cpu_overrides())
     assert cfg.trainer.device == "cpu"
     assert cfg.trainer.n_gpus_per_node == 1 and cfg.ray_kwargs.ray_init.num_gpus == 1
+    # the fake GPU units Ray gets follow trainer.n_gpus_per_node, however it is set; main_ppo
+    # unpacks ray_init with ** (which resolves the interpolation) before ray.init
+    with initialize_config_module("verl.trainer.config", version_base=None):
+        two = compose("ppo_trainer", overrides=[*cpu.cpu_overrides(), "trainer.n_gpus_per_node=2"])
+    assert {**two.ray_kwargs.ray_init}["num_gpus"] == 2
     assert cfg.actor_rollout_ref.rollout.name == "hf"
     assert cfg.actor_rollout_ref.rollout.tensor_model_parallel_size == 1
     assert cfg.actor_rollout_ref.actor.strategy == "fsdp2" and cfg.actor_rollout_ref.ref.strategy == "fsdp2"
@@ -628,14 +634,16 @@ def _console_metrics(output: str) -> dict[int, dict[str, str]]:
 
 
 @pytest.mark.e2e
-def test_smoke_cli_runs_two_grpo_steps_of_real_verl(tmp_path):
+def test_smoke_cli_runs_two_gae_steps_of_real_verl_with_the_critic(tmp_path):
     cmd = [
         sys.executable,
         "-m",
         "g2rpo_verl.demo.smoke",
         "--workdir",
         str(tmp_path),
-        "algorithm.adv_estimator=grpo",
+        # verl's PPO with a critic (value model) next to the actor: every FSDP engine kind
+        # (actor here, reference in the entropy-shaping test) builds on the CPU backend
+        "algorithm.adv_estimator=gae",
         "trainer.total_training_steps=2",
         "trainer.test_freq=2",
         # one request at a time: the seeded run samples the same tokens every time, so the
@@ -661,6 +669,10 @@ def test_smoke_cli_runs_two_grpo_steps_of_real_verl(tmp_path):
         assert metrics["training/rollout_probs_diff_max"] < 1e-4
         assert metrics["critic/score/max"] > 0  # the warm-started model earns format reward
     assert by_step[1]["actor/grad_norm"] > 0  # rewards vary within groups: a real update happened
+    for step in (1, 2):  # the critic predicted values and trained on the returns
+        metrics = by_step[step]
+        assert math.isfinite(metrics["critic/values/mean"]) and math.isfinite(metrics["critic/vf_loss"])
+        assert metrics["critic/grad_norm"] > 0
     # validation ran through the rollout's greedy path, per toy task
     assert {"val-core/toy_addition/reward/mean@1", "val-core/toy_choice/reward/mean@1"} <= set(by_step[2])
     assert (tmp_path / "smoke.log").read_text().count("training/global_step") >= 2

@@ -721,10 +721,12 @@ def test_real_verl_run_adds_the_entropy_penalty_per_task(tmp_path):
         "trainer.total_training_steps=2",
         "data.train_batch_size=4",
         "actor_rollout_ref.rollout.n=2",
+        # the KL loss on: a reference model runs next to the actor, and the term is added to
+        # verl's loss with the KL term in it (as checked against verl's ppo_loss above)
+        "actor_rollout_ref.actor.use_kl_loss=true",
+        "actor_rollout_ref.actor.kl_loss_coef=0.1",
         # two mini-batches of 4 responses in two micro-batches each, two epochs with shuffling:
         # rows change mini-batch between epochs, the hardest case for the per-row weights.
-        # (The KL-loss path is covered against verl's ppo_loss above: a reference model does
-        # not start on the CPU backend, FSDP2 pins its offloaded parameters.)
         "actor_rollout_ref.actor.ppo_mini_batch_size=2",
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
         "actor_rollout_ref.actor.ppo_epochs=2",
@@ -745,5 +747,9 @@ def test_real_verl_run_adds_the_entropy_penalty_per_task(tmp_path):
         # the term reached verl's loss on the workers, which computed the exact entropy for it
         assert math.isfinite(data["actor/entropy_shaping_loss"])
         assert math.isfinite(data["actor/entropy_loss"])
+        # the reference model's log-probs reached the loss: KL(actor || ref) >= 0, and > 0 once
+        # the actor has moved away from the reference (step 2 trains on updated weights)
+        assert math.isfinite(data["actor/kl_loss"]) and data["actor/kl_loss"] >= 0
+    assert steps[2]["actor/kl_loss"] > 0
     # the tiny random model's entropy is above the default band for some task
     assert max(penalties) > 0

@@ -224,6 +224,7 @@ def test_verl_config_dir_is_found_without_importing_verl():
 
 
 def test_cpu_backend_private_names():
+    from g2rpo_verl.cpu import engine_fixes
     from verl.utils import distributed
     from verl.workers.engine import base as engine_base
     from verl.workers.rollout import base as rollout_base
@@ -231,6 +232,15 @@ def test_cpu_backend_private_names():
     assert isinstance(rollout_base._ROLLOUT_REGISTRY, dict)
     assert 'os.getenv("VERL_ENGINE_DEVICE")' in _source(engine_base)
     assert 'f"cpu:gloo,{get_device_name()}:{get_nccl_backend()}"' in _source(distributed)
+    from torch.distributed.fsdp import CPUOffloadPolicy
+    from verl.utils import model as verl_model
+    from verl.workers.engine.fsdp import transformer_impl
+
+    assert transformer_impl.CPUOffloadPolicy in (CPUOffloadPolicy, engine_fixes.UnpinnedCPUOffloadPolicy)
+    assert "CPUOffloadPolicy(pin_memory=True)" in _source(transformer_impl)
+    loader = getattr(verl_model.load_valuehead_model, "__wrapped__", verl_model.load_valuehead_model)
+    assert list(inspect.signature(loader).parameters) == ["local_path", "torch_dtype", "model_config", "trust_remote_code"]
+    assert 'attn_implementation="flash_attention_2"' in _source(loader)
 
 
 def test_the_dataset_hook_the_vl_dataset_overrides():

@@ -257,8 +257,10 @@ def _stateful_trainer(tmp_path, parts_of):
     from g2rpo_verl.verl_hooks.base import G2RPOBase
 
     class VerlTrainer:  # what verl's PPOTrainer does around the plugin's hooks
-        def _save_checkpoint(self):
-            os.makedirs(os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}"))
+        def _save_checkpoint(self):  # saves the models, then points its tracker at the step
+            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+            os.makedirs(folder, exist_ok=True)
+            self.state_before_tracker = os.path.exists(os.path.join(folder, "g2rpo_state.json"))
 
         def _load_checkpoint(self):
             pass
@@ -280,6 +282,8 @@ def test_every_state_part_is_saved_with_verls_checkpoint_and_restored(tmp_path):
     saved.parts["length"].n, saved.parts["ema"].n = 5, 7
     saved._save_checkpoint()
     assert sorted(os.listdir(tmp_path / "global_step_3")) == ["g2rpo_state.json"]
+    # written before verl's tracker points at the step: a run lost in between resumes with it
+    assert saved.state_before_tracker
 
     resumed = _stateful_trainer(tmp_path, lambda: {"length": _Counter(), "ema": _Counter(), "new": _Counter()})
     resumed._load_checkpoint()

@@ -3,6 +3,8 @@
 Pieces (each module says why it exists):
 
 * :mod:`.platform` - a verl platform for the CPU (gloo, device ``"cpu"``, fake Ray GPU units);
+* :mod:`.engine_fixes` - what verl's FSDP engine needs to build the reference model and the
+  critic on the CPU (and the list of private verl symbols the backend touches);
 * :mod:`.hf_rollout` / :mod:`.hf_generation` - an ``hf`` rollout backend (HF ``generate()`` in a
   Ray actor, concurrent requests batched, images through the model's processor, weights synced
   from the trainer), replacing vLLM/SGLang;
@@ -54,7 +56,10 @@ def register() -> None:
     _ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = "g2rpo_verl.cpu.hf_rollout.HFServerAdapter"
     RolloutReplicaRegistry.register(ROLLOUT_NAME, _load_hf_replica)
     if enabled():
+        from g2rpo_verl.cpu.engine_fixes import install as install_engine_fixes
+
         install_backend_string_fix()
+        install_engine_fixes()
 
 
 def _load_hf_replica():

@@ -46,31 +46,41 @@ def enabled() -> bool:
     return os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM_NAME
 
 
-def cpu_overrides(n_procs: int = 1, ray_num_cpus: int = 16) -> list[str]:
+def cpu_overrides(n_procs: int = 1, ray_num_cpus: int = 16, ray_cluster: bool = False) -> list[str]:
     """Hydra overrides for ``verl.trainer.main_ppo`` that every CPU run needs.
 
     Args:
-        n_procs: training processes (= fake GPU units = rollout replicas). 1 is the tested value.
+        n_procs: training processes (= fake GPU units = rollout replicas, data-parallel FSDP
+            ranks on gloo); a later ``trainer.n_gpus_per_node=N`` override changes it too.
         ray_num_cpus: *logical* CPUs Ray advertises; verl's placement groups reserve CPU bundles
             per training process and its helper actors need more, independent of real cores.
+        ray_cluster: the trainer joins a running Ray cluster (``RAY_ADDRESS``, e.g. the one
+            ``scripts/slurm_multinode.sbatch`` starts): its nodes declare their (fake) GPU units
+            and CPUs with ``ray start``, Ray refuses resource counts from a joining driver, and
+            the launcher sets ``trainer.nnodes`` / ``trainer.n_gpus_per_node``, so none of these
+            is among the overrides.
 
     They set backends and process counts only; model, data, batch sizes and the algorithm are
     the caller's. ``++`` adds a key or overrides it, so user YAMLs that already set one still
     compose.
 
-    Known gap: critic-based estimators (``gae``) still fail on CPU even with the critic
-    overrides below, because verl 0.9.1's ``load_valuehead_model`` hard-codes
-    ``attn_implementation="flash_attention_2"``. Critic-free estimators (grpo, gdpo, gs_*) run.
+    The reference model (KL loss) and the critic (``gae``) build with the same settings; see
+    :mod:`g2rpo_verl.cpu.engine_fixes` for what verl's engine needs for them on the CPU.
     """
+    processes = [
+        "trainer.nnodes=1",
+        f"trainer.n_gpus_per_node={n_procs}",
+        # verl's resource pool needs GPU units; these are fake (see g2rpo_verl.cpu.platform).
+        # Derived from the config, so `trainer.n_gpus_per_node=2` on the command line gives the
+        # local Ray cluster two units (two FSDP ranks on gloo, two rollout replicas).
+        "++ray_kwargs.ray_init.num_gpus=${trainer.n_gpus_per_node}",
+        f"ray_kwargs.ray_init.num_cpus={ray_num_cpus}",
+    ]
     overrides = [
         # --- devices and processes --------------------------------------------------------------
         # verl hands this device name to its worker groups; "cuda" would not match the platform.
         "trainer.device=cpu",
-        "trainer.nnodes=1",
-        f"trainer.n_gpus_per_node={n_procs}",
-        # verl's resource pool needs GPU units; these are fake (see g2rpo_verl.cpu.platform).
-        f"++ray_kwargs.ray_init.num_gpus={n_procs}",
-        f"ray_kwargs.ray_init.num_cpus={ray_num_cpus}",
+        *([] if ray_cluster else processes),
         # --- training engine (actor, ref, critic) -------------------------------------------
         # FSDP1 needs a GPU for sync_module_states; FSDP2 (fully_shard) runs on gloo/CPU.
         "actor_rollout_ref.actor.strategy=fsdp2",

@@ -98,6 +98,7 @@ def path_overrides(workdir: Path, model_dir: Path, data: DemoData) -> list[str]:
     val_files = ",".join(str(p) for p in data.val_files)
     return [
         f"++actor_rollout_ref.model.path={model_dir}",
+        f"++critic.model.path={model_dir}",  # built only for critic-based estimators (gae)
         f"++data.train_files={data.train}",
         f"++data.val_files=[{val_files}]",
         f"++trainer.default_local_dir={workdir / 'checkpoints'}",

@@ -69,6 +69,11 @@ def smoke_overrides(workdir: Path, model_dir: Path, train: Path, val: Path) -> l
         "actor_rollout_ref.rollout.n=2",
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8",
+        # the critic (only built for critic-based estimators, e.g. gae): the same tiny model
+        f"critic.model.path={model_dir}",
+        "critic.model.enable_gradient_checkpointing=False",
+        "critic.optim.lr=1e-4",
+        "critic.ppo_micro_batch_size_per_gpu=4",
         "reward.custom_reward_function.path=pkg://g2rpo_verl.demo.toy_reward",
         "reward.custom_reward_function.name=compute_score",
         "trainer.logger=[console,file]",

@@ -115,15 +115,17 @@ class G2RPOBase:
         return os.path.join(folder, STATE_FILE)
 
     def _save_checkpoint(self):
-        super()._save_checkpoint()
+        # Written BEFORE verl's save, which ends by pointing its tracker at this step: a run
+        # that dies in between (a lost node) resumes from a checkpoint that has the state.
         parts = self.g2rpo_state_parts()
-        if not parts:
-            return
-        path = self._g2rpo_state_path(loading=False)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({name: part.state_dict() for name, part in parts.items()}, f)
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written state file
+        if parts:
+            path = self._g2rpo_state_path(loading=False)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({name: part.state_dict() for name, part in parts.items()}, f)
+            os.replace(tmp, path)  # atomic: a crash never leaves a half-written state file
+        super()._save_checkpoint()
 
     def _load_checkpoint(self):
         super()._load_checkpoint()

@@ -1,0 +1,302 @@
+"""Data parallel on the CPU: two FSDP2 ranks on gloo give what one rank gives.
+
+The exactness test runs the actor's loss path as verl's workers run it — a real (tiny) Qwen2
+sharded with verl's own ``apply_fsdp2``, per-rank contiguous chunks of the batch, micro-batches
+with gradient accumulation, verl's ``ppo_loss`` with the KL loss on, wrapped by the plugin's
+:class:`EntropyShapedLoss` — in one process (dp = 1) and in two gloo processes (dp = 2), on the
+same fixed batch. The trainer-side numbers (per-task entropy and shaping metrics, the per-row
+weights) are computed from the old policy's per-token entropy, which the workers compute
+sharded too. Seconds, no Ray.
+
+The e2e test runs the demo's real pipeline (``g2rpo-train``: tiny Qwen3-VL, gs_grpo, length and
+entropy shaping, the KL loss, band group filtering) with ``trainer.n_gpus_per_node=2``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from g2rpo_verl.demo import tiny
+
+TASKS = ["numerical", "OCR", "math"]
+ROW_TASKS = [0, 1, 2, 0, 1, 2, 0, 1]  # 8 rows: dp = 2 gives each rank 4 contiguous rows
+RESPONSE_LENGTHS = [5, 3, 6, 2, 4, 7, 3, 5]
+PROMPT_LENGTH = 4
+MICRO_BATCH = 2  # rows per micro-batch on each rank
+BETA = 0.5
+
+
+def _fixed_batch(vocab: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for task, n in zip(ROW_TASKS, RESPONSE_LENGTHS):
+        rows.append(
+            {
+                "task": task,
+                "prompt": torch.randint(3, vocab, (PROMPT_LENGTH,), generator=g),
+                "response": torch.randint(3, vocab, (n,), generator=g),
+                "adv": float(torch.randn(1, generator=g)),
+                "noise": 0.05 * torch.randn(n, generator=g, dtype=torch.float64),
+            }
+        )
+    return {"rows": rows}
+
+
+def _forward(model, rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """verl's no-padding model output for ``rows``: flat per-token log-prob and entropy, entry j
+    of a sequence being about its token j+1 (the last one of each sequence unused)."""
+    seqs = [torch.cat([r["prompt"], r["response"]]) for r in rows]
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)], mask[i, : len(s)] = s, 1
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.double(), -1)
+    nxt = torch.cat([ids[:, 1:], ids[:, :1]], 1)
+    tok = logp.gather(-1, nxt[..., None])[..., 0]
+    ent = -(logp.exp() * logp).sum(-1)
+    return (
+        torch.cat([tok[i, : len(s)] for i, s in enumerate(seqs)]),
+        torch.cat([ent[i, : len(s)] for i, s in enumerate(seqs)]),
+    )
+
+
+def _response_values(rows, flat: torch.Tensor) -> list[torch.Tensor]:
+    out, off = [], 0
+    for r in rows:
+        p, n = len(r["prompt"]), len(r["response"])
+        out.append(flat[off + p - 1 : off + p - 1 + n])
+        off += p + n
+    return out
+
+
+def _micro_batch(rows, weights, dp_size: int, batch_num_tokens: int, global_batch_size: int):
+    from tensordict import TensorDict
+    from verl.utils import tensordict_utils as tu
+
+    from g2rpo_verl.verl_hooks.entropy import WEIGHT_FIELD
+
+    def jagged(xs):
+        return torch.nested.as_nested_tensor(xs, layout=torch.jagged)
+
+    fields = {
+        "prompts": jagged([r["prompt"] for r in rows]),
+        "responses": jagged([r["response"] for r in rows]),
+        "response_mask": jagged([torch.ones(len(r["response"]), dtype=torch.long) for r in rows]),
+        "old_log_probs": jagged([r["old_log_probs"] for r in rows]),
+        "ref_log_prob": jagged([r["ref_log_prob"] for r in rows]),
+        "advantages": jagged([torch.full((len(r["response"]),), r["adv"], dtype=torch.float64) for r in rows]),
+        WEIGHT_FIELD: weights[:, None].to(torch.float32),
+    }
+    td = TensorDict(fields, batch_size=[len(rows)])
+    tu.assign_non_tensor(td, dp_size=dp_size, batch_num_tokens=batch_num_tokens, global_batch_size=global_batch_size)
+    return td
+
+
+def _rank_main(rank: int, world: int, init_file: str, model_dir: str, io_path: str) -> None:
+    """One data-parallel rank of one training step: the old policy's entropy (the trainer side's
+    input), then the actor update with the shaping weights and, for reference, without."""
+    from functools import partial
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from transformers import AutoModelForCausalLM
+    from verl.utils.fsdp_utils import apply_fsdp2
+    from verl.workers.utils.losses import ppo_loss
+
+    from g2rpo_verl.verl_hooks.entropy import EntropyShapedLoss
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        io = torch.load(io_path, weights_only=False)
+        rows = io["rows"]
+        model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").double()
+        apply_fsdp2(model, {"mesh": init_device_mesh("cpu", (world,))}, {})
+        per_rank = len(rows) // world
+        mine = list(range(rank * per_rank, (rank + 1) * per_rank))  # verl's contiguous dp chunks
+
+        with torch.no_grad():  # compute_log_prob of the old policy, sharded like the update
+            _, ent = _forward(model, [rows[i] for i in mine])
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, _response_values([rows[i] for i in mine], ent))
+        entropy = [e for part in gathered for e in part]
+        weights, metrics = _trainer_side(rows, entropy, world)  # the driver's computation, on every rank
+        for i, r in enumerate(rows):  # fixed old / reference log-probs around the old policy's values
+            r["old_log_probs"] = -entropy[i] + r["noise"]
+            r["ref_log_prob"] = -entropy[i] - r["noise"]
+
+        loss_fn = EntropyShapedLoss(partial(ppo_loss, config=io["actor_config"]), "exact")
+        n_tokens = sum(len(r["response"]) for r in rows)  # the global mini-batch, as verl passes it
+
+        def update(w: torch.Tensor):
+            model.zero_grad(set_to_none=True)
+            losses = []
+            for start in range(0, per_rank, MICRO_BATCH):
+                idx = mine[start : start + MICRO_BATCH]
+                sub = [rows[i] for i in idx]
+                log_probs, token_entropy = _forward(model, sub)
+                data = _micro_batch(sub, w[idx], world, n_tokens, len(rows))
+                loss, m = loss_fn(model_output={"log_probs": log_probs, "entropy": token_entropy}, data=data)
+                loss.backward()
+                losses.extend(m["actor/entropy_shaping_loss"].values)
+            totals = [None] * world
+            torch.distributed.all_gather_object(totals, sum(losses))
+            grads = {n: p.grad.full_tensor().clone() for n, p in model.named_parameters()}
+            # verl's Metric.aggregate_dp: summed over micro-batches, averaged over dp ranks
+            return grads, sum(totals) / world
+
+        grads, shaping_loss = update(weights)
+        unshaped, _ = update(torch.zeros_like(weights))
+        if rank == 0:
+            result = {"entropy": entropy, "weights": weights, "metrics": metrics, "grads": grads,
+                      "unshaped": unshaped, "shaping_loss": shaping_loss}
+            torch.save(result, io_path + ".out")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _run_ranks(world: int, tmp: Path, model_dir: Path, io: dict) -> dict:
+    io_path = tmp / f"dp{world}.pt"
+    torch.save(io, io_path)
+    init_file = tmp / f"pg_{world}"
+    mp.spawn(_rank_main, args=(world, str(init_file), str(model_dir), str(io_path)), nprocs=world, join=True)
+    return torch.load(str(io_path) + ".out", weights_only=False)
+
+
+def _actor_config():
+    import verl
+    from hydra import compose, initialize_config_dir
+    from verl.utils.config import omega_conf_to_dataclass
+
+    cfgdir = os.path.join(os.path.dirname(verl.__file__), "trainer/config")
+    with initialize_config_dir(config_dir=cfgdir, version_base=None):
+        cfg = compose(
+            config_name="ppo_trainer",
+            overrides=[
+                "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+                "actor_rollout_ref.actor.use_kl_loss=true",
+                "actor_rollout_ref.actor.kl_loss_coef=0.1",
+            ],
+        )
+    return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+
+
+def _trainer_side(rows, entropy: list[torch.Tensor], dp_size: int):
+    """What the trainer computes from the workers' old-policy entropy: weights and per-task metrics."""
+    from g2rpo_verl.entropy_shaping import penalty_weights, row_entropy_sums
+    from g2rpo_verl.verl_hooks.entropy import entropy_shaping_metrics, minibatch_groups
+    from g2rpo_verl.verl_hooks.trainer import task_entropy_metrics
+
+    width = max(len(e) for e in entropy)
+    h = torch.zeros(len(rows), width, dtype=torch.float64)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, e in enumerate(entropy):
+        h[i, : len(e)], mask[i, : len(e)] = e, 1
+    task_ids = torch.tensor(ROW_TASKS)
+    names = [TASKS[t] for t in ROW_TASKS]
+    s, c = row_entropy_sums(h, mask)
+    means = [(s[task_ids == t].sum() / c[task_ids == t].sum()).item() for t in range(3)]
+    # bands: numerical above its band, OCR below, math inside
+    low = torch.tensor([0.0, means[1] + 0.5, means[2] - 0.5], dtype=torch.float64)
+    high = torch.tensor([means[0] - 0.5, means[1] + 1.0, means[2] + 0.5], dtype=torch.float64)
+    groups = minibatch_groups(len(rows), dp_size, len(rows), epochs=1, seed=42, shuffle=False)
+    weights = penalty_weights(s, c, task_ids, groups[0], low, high, BETA)
+    metrics = entropy_shaping_metrics(TASKS, s, c, task_ids, groups, low, high, BETA)
+    metrics.update(task_entropy_metrics(names, h, mask))
+    return weights, metrics
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return tiny.build_tiny_qwen2(tmp_path_factory.mktemp("tiny") / "model", seed=0, warm_start_steps=0)
+
+
+def test_two_fsdp_ranks_on_gloo_give_the_single_rank_gradient_and_metrics(model_dir, tmp_path):
+    from transformers import AutoConfig
+
+    rows = _fixed_batch(AutoConfig.from_pretrained(model_dir).vocab_size)["rows"]
+    io = {"rows": rows, "actor_config": _actor_config()}
+    one, two = (_run_ranks(world, tmp_path, model_dir, io) for world in (1, 2))
+
+    # trainer side: the old policy's entropy, the per-row weights and the per-task metrics
+    ent_diff = max((a - b).abs().max().item() for a, b in zip(one["entropy"], two["entropy"]))
+    assert set(one["metrics"]) == set(two["metrics"])
+    assert {f"task_{t}/{m}" for t in TASKS for m in ("entropy", "entropy_penalty")} <= set(one["metrics"])
+    metric_diff = max(abs(one["metrics"][k] - two["metrics"][k]) for k in one["metrics"])
+    assert ent_diff < 1e-12 and metric_diff < 1e-12
+    assert torch.equal(one["weights"], two["weights"])
+    tasks = torch.tensor(ROW_TASKS)
+    weights = one["weights"]  # numerical above its band, OCR below, math inside
+    assert (weights[tasks == 0] > 0).all() and (weights[tasks == 1] < 0).all() and (weights[tasks == 2] == 0).all()
+
+    # the update: verl's ppo_loss (KL loss on) + the shaping term, micro-batched, FSDP-reduced
+    g1, g2 = one["grads"], two["grads"]
+    assert set(g1) == set(g2)
+    scale = max(g.abs().max().item() for g in g1.values())
+    grad_diff = max((g1[n] - g2[n]).abs().max().item() for n in g1)
+    shaping1 = {n: g1[n] - one["unshaped"][n] for n in g1}  # the shaping term's own gradient
+    shaping2 = {n: g2[n] - two["unshaped"][n] for n in g1}
+    shaping_diff = max((shaping1[n] - shaping2[n]).abs().max().item() for n in g1)
+    assert max(v.abs().max().item() for v in shaping1.values()) > 1e-6, "the shaping term moved nothing"
+    print(
+        f"\ndp=1 vs dp=2: max |Δ old-policy entropy| {ent_diff:.2e}, max |Δ per-task metric| {metric_diff:.2e}, "
+        f"max |Δ grad| {grad_diff:.2e} (max |grad| {scale:.2e}), max |Δ shaping grad| {shaping_diff:.2e}, "
+        f"shaping loss {one['shaping_loss']:.6e} vs {two['shaping_loss']:.6e}"
+    )
+    assert grad_diff <= 1e-10 * scale and shaping_diff <= 1e-10 * scale
+    assert one["shaping_loss"] == pytest.approx(two["shaping_loss"], rel=1e-10, abs=1e-14)
+
+
+# ------------------------------------------------------------------------------------------------
+# the demo's real pipeline with two FSDP ranks (slow)
+# ------------------------------------------------------------------------------------------------
+DEMO_TASKS = ("spatial_grounding", "numerical", "multiple_choice", "OCR", "math")
+
+
+@pytest.mark.e2e
+def test_demo_pipeline_trains_with_two_data_parallel_ranks(tmp_path):
+    from g2rpo_verl.demo.metrics import load_metrics
+
+    cmd = [
+        sys.executable, "-m", "g2rpo_verl.demo", "--workdir", str(tmp_path), "--warm-start-steps", "30", "--no-plots",
+        # two fake GPU units: two FSDP ranks on gloo and two hf rollout replicas
+        "trainer.n_gpus_per_node=2",
+        "trainer.total_training_steps=2", "trainer.val_before_train=false", "trainer.test_freq=-1",
+        "trainer.save_freq=-1",
+        # the reference model and the KL loss, next to the demo's length and entropy shaping
+        "actor_rollout_ref.actor.use_kl_loss=true", "actor_rollout_ref.actor.kl_loss_coef=0.01",
+        # band group filtering on verl's own replay buffer (the demo's fast-poll sampler has none)
+        "algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=accuracy",
+        "algorithm.filter_groups.max_num_gen_batches=2",
+        "++trainer.v1.sampler.sampler_kwargs.filter_band={low:0.01,high:0.99}",
+        "trainer.v1.sampler.custom_sampler.path=null", "trainer.v1.sampler.custom_sampler.name=null",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "VERL_FILE_LOGGER_PATH"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    log = "".join(p.read_text() for p in sorted((tmp_path / "logs").glob("trainer_*.log")))
+    assert proc.returncode == 0, proc.stdout[-3000:] + log[-6000:]
+    # verl placed two training ranks: its FSDP engine reports a data-parallel mesh of 2
+    assert "num_gpus': 2" in log or "'num_gpus': 2" in log, log[:3000]
+
+    metrics = load_metrics([tmp_path / "metrics.jsonl"])
+    assert sorted(metrics) == [1, 2]
+    for step, data in metrics.items():
+        for task in DEMO_TASKS:
+            for name in ("reward/total", "advantage/std", "length/mean", "entropy", "entropy_penalty"):
+                assert math.isfinite(data[f"task_{task}/{name}"]), (step, task, name)
+        assert sum(data[f"task_{task}/count"] for task in DEMO_TASKS) == 80  # 10 prompts x 8, after refills
+        assert math.isfinite(data["actor/kl_loss"]) and data["actor/kl_loss"] >= 0
+        assert data["actor/entropy_shaping_loss"] >= 0
+        # both rollout replicas got the trainer's weights
+        assert data["training/rollout_probs_diff_max"] < 1e-3
+        evicted = data.get("training/filter_groups/evicted_samples", 0)
+        filtered = sum(v for k, v in data.items() if k.endswith("/filtered_groups"))
+        assert filtered == evicted
