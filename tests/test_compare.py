@@ -121,7 +121,7 @@ _MACHINE = ("timing_s/", "timing_per_token_ms/", "perf/", "memory")
 #: rollout-vs-trainer log-prob diagnostics: they compare the rollout's log-probs, computed from
 #: logits of a padded batch whose make-up depends on timing, with the trainer's; equal to float
 #: rounding (~1e-7), not bitwise (docs/reproducibility.md)
-_ROLLOUT_ROUNDING = ("training/rollout_probs_diff_", "rollout_corr/")
+_ROLLOUT_ROUNDING = ("training/rollout_probs_diff_", "training/rollout_actor_probs_pearson_corr", "rollout_corr/")
 
 
 def _compare(workdir: Path, *args: str) -> subprocess.CompletedProcess:
