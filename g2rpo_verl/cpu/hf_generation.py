@@ -451,3 +451,17 @@ def _concat_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             raise ValueError(f"cannot batch multi-modal input {key!r} of type {type(values[0]).__name__}")
     return out
+
+
+def eos_token_ids(tokenizer, *configs) -> set[int]:
+    """The tokenizer's EOS id plus every ``eos_token_id`` (int or list) of ``configs`` (None skipped)."""
+    ids: set[int] = set()
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    for source in configs:
+        eos = getattr(source, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, (list, tuple)):
+            ids.update(int(t) for t in eos)
+    return ids

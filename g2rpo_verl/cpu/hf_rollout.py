@@ -40,7 +40,7 @@ from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutpu
 from verl.workers.rollout.utils import ensure_async_iterator
 
 from g2rpo_verl.cpu.env import ROLLOUT_NAME
-from g2rpo_verl.cpu.hf_generation import GenerationResult, HFGenerator, SamplingSpec, load_hf_model
+from g2rpo_verl.cpu.hf_generation import GenerationResult, HFGenerator, SamplingSpec, eos_token_ids, load_hf_model
 
 __all__ = [
     "ROLLOUT_NAME",
@@ -86,17 +86,7 @@ def _as_model_config(model_config: Any) -> HFModelConfig:
 
 def _eos_token_ids(model_config: HFModelConfig) -> set[int]:
     """Tokenizer EOS plus the generation config's EOS ids (what vLLM stops on)."""
-    ids: set[int] = set()
-    tokenizer = model_config.tokenizer
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    for source in (model_config.generation_config, model_config.hf_config):
-        eos = getattr(source, "eos_token_id", None)
-        if isinstance(eos, int):
-            ids.add(eos)
-        elif isinstance(eos, (list, tuple)):
-            ids.update(int(t) for t in eos)
-    return ids
+    return eos_token_ids(model_config.tokenizer, model_config.generation_config, model_config.hf_config)
 
 
 @dataclasses.dataclass(eq=False)

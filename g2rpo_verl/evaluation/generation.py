@@ -94,19 +94,12 @@ def eos_token_ids(model_dir: str, tokenizer: Any) -> set[int]:
     """Tokenizer EOS plus the generation config's and model config's EOS ids (the ``hf`` rollout's set)."""
     from transformers import AutoConfig, GenerationConfig
 
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
+    from g2rpo_verl.cpu import hf_generation
+
     sources: list[Any] = [AutoConfig.from_pretrained(model_dir, trust_remote_code=True)]
     if os.path.isfile(os.path.join(model_dir, "generation_config.json")):
         sources.append(GenerationConfig.from_pretrained(model_dir))
-    for source in sources:
-        eos = getattr(source, "eos_token_id", None)
-        if isinstance(eos, int):
-            ids.add(eos)
-        elif isinstance(eos, (list, tuple)):
-            ids.update(int(t) for t in eos)
-    return ids
+    return hf_generation.eos_token_ids(tokenizer, *sources)
 
 
 class HFBackend:
