@@ -10,7 +10,10 @@ signal) for another. The controller finds, per task, the coefficient that holds 
 The rule: dual ascent on the band constraints, with a proportional kick. For task τ with band
 ``[low, high]`` of width ``w = high − low`` and ``margin`` ``μ`` (a fraction of ``w``), the
 controller holds Ĥ_τ inside the *target band* ``[low + μ·w, high − μ·w]`` — a little inside
-the band, so that step-to-step noise around a held edge stays inside the band. Each step, from
+the band, so that step-to-step noise around a held edge stays inside the band. A floor at
+``low <= 0`` is no floor (entropy cannot go below it): the target band then starts at ``low``
+and the task is never pushed up — the way to exempt a task whose right answer is
+deterministic (the demo's counting, docs/shaping.md). Each step, from
 the task's measured token-mean entropy Ĥ (the policy before the update)::
 
     e_hi = (Ĥ − (high − μ·w)) / w          e_lo = ((low + μ·w) − Ĥ) / w
@@ -104,7 +107,8 @@ class EntropyController:
         """Fold task ``task``'s measured entropy of this step into its state; returns the new λ_τ.
 
         ``entropy`` is the token-mean over the task's response tokens; ``low <= high``. A band of
-        zero width holds a point: errors are then measured in nats.
+        zero width holds a point: errors are then measured in nats. ``low <= 0`` is no floor:
+        the target band's low edge stays at ``low`` (no margin), so the task is never pushed up.
         """
         if not math.isfinite(entropy):
             raise ValueError(f"entropy of task {task!r} is {entropy}; the controller needs a finite value")
@@ -112,7 +116,9 @@ class EntropyController:
         width = high - low
         scale = width if width > 0 else 1.0
         e_hi = (entropy - (high - g.margin * width)) / scale
-        e_lo = ((low + g.margin * width) - entropy) / scale
+        # entropy is >= 0: a floor at 0 constrains nothing, and the margin must not invent one
+        target_low = low + g.margin * width if low > 0 else low
+        e_lo = (target_low - entropy) / scale
         s = self.state.setdefault(task, TaskControlState())
         s.y_high = min(max(s.y_high + g.rate * e_hi, 0.0), g.coef_max)
         s.y_low = min(max(s.y_low + g.rate * e_lo, 0.0), g.coef_max)

@@ -50,6 +50,16 @@ def test_a_task_inside_the_target_band_keeps_coefficient_zero():
         assert ctl.update("ocr", h, LOW, HIGH) == 0.0
 
 
+def test_a_zero_floor_never_pushes_a_task_up_however_low_its_entropy():
+    # band [0, 0.6]: the margin would put a floor at 0.09; a floor at 0 constrains nothing
+    ctl = EntropyController(AdaptiveEntropyControl())
+    for h in (0.0, 0.01, 0.05, 0.3):
+        assert ctl.update("counting", h, 0.0, HIGH) == 0.0
+    assert ctl.state["counting"].y_low == 0.0
+    # the ceiling still holds: above 0.6 − 0.15·0.6 = 0.51 the coefficient turns positive
+    assert ctl.update("counting", 0.7, 0.0, HIGH) > 0
+
+
 def test_coefficients_are_bounded_whatever_the_excursion():
     ctl = EntropyController(AdaptiveEntropyControl(rate=5.0, gain=5.0, coef_max=0.7))
     coefs = [ctl.update("t", h, LOW, HIGH) for h in [9.0] * 20 + [0.0] * 40]

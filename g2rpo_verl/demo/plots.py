@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -178,7 +179,7 @@ def _draw_length_bounds(ax, metrics: Metrics, tasks: Sequence[str], color: Mappi
 
 
 def _draw_entropy_bands(ax, metrics: Metrics, tasks: Sequence[str], color, fallback) -> None:
-    """Each task's band from its metrics: one grey band if all tasks share it, else dashed lines per task."""
+    """Each task's band from its metrics: the band most tasks share shaded grey, any other dashed in its task's colour."""
     bands = {}
     for task in tasks:
         _, low = series(metrics, f"task_{task}/entropy/band_low")
@@ -187,14 +188,15 @@ def _draw_entropy_bands(ax, metrics: Metrics, tasks: Sequence[str], color, fallb
             bands[task] = (low[-1], high[-1])
     if not bands and fallback is not None:
         bands = {None: tuple(fallback)}
-    if len(set(bands.values())) == 1:
-        low, high = next(iter(bands.values()))
-        ax.axhspan(low, high, color="grey", alpha=0.12, label=f"band [{low:g}, {high:g}]")
+    if not bands:
         return
-    for task, (low, high) in bands.items():
+    common = Counter(bands.values()).most_common(1)[0][0]
+    others = {task: band for task, band in bands.items() if band != common}
+    ax.axhspan(*common, color="grey", alpha=0.12, label=f"band [{common[0]:g}, {common[1]:g}]" + (" (other tasks)" if others else ""))
+    for task, (low, high) in others.items():
         for y in (low, high):
-            ax.axhline(y, color=color[task], linestyle="--", linewidth=1, alpha=0.7)
-    ax.plot([], [], color="grey", linestyle="--", linewidth=1, label="each task's band")
+            ax.axhline(y, color=color[task], linestyle="--", linewidth=1, alpha=0.8)
+        ax.plot([], [], color=color[task], linestyle="--", linewidth=1, label=f"{task.replace('_', ' ')} band [{low:g}, {high:g}]")
 
 
 class RolloutBatch:
