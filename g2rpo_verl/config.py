@@ -18,6 +18,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from g2rpo_verl.entropy_control import AdaptiveEntropyControl
+
 from g2rpo_verl.length_shaping import TaskLengthRule, builtin_profile
 
 __all__ = [
@@ -46,6 +48,7 @@ DEFAULT_GDPO_COMPONENTS = ("accuracy", "format", "structure")
 ENTROPY_ESTIMATORS = ("exact", "sampled")
 #: Key of the group-filter band in ``trainer.v1.sampler.sampler_kwargs``.
 FILTER_BAND_KEY = "filter_band"
+ENTROPY_CONTROLLERS = ("fixed", "adaptive")
 
 
 @dataclass
@@ -67,6 +70,12 @@ class EntropyShapingConfig:
             over tokens drawn from π is zero: ``sampled`` acts only through the particular
             tokens of the batch, cannot lower entropy below theirs, and lets chance excursions
             out of the band reinforce themselves (the first is pinned in tests/test_entropy_shaping.py).
+        controller: ``fixed`` = the paper's penalty with coefficient ``beta`` for every task
+            (default); ``adaptive`` = a per-task coefficient that rises while the task's entropy
+            is outside its band and relaxes inside it, replacing ``beta``
+            (g2rpo_verl.entropy_control; needs ``estimator=exact``).
+        adaptive: the adaptive controller's gains, see
+            :class:`g2rpo_verl.entropy_control.AdaptiveEntropyControl`.
     """
 
     enable: bool = False
@@ -75,6 +84,8 @@ class EntropyShapingConfig:
     beta: float = 0.02
     per_task: dict[str, dict[str, float]] = field(default_factory=dict)
     estimator: str = "exact"
+    controller: str = "fixed"
+    adaptive: AdaptiveEntropyControl = field(default_factory=AdaptiveEntropyControl)
 
     def band(self, task: str | None = None) -> tuple[float, float]:
         """``(low, high)`` of ``task`` (``per_task`` overrides the default band); ``None`` = the default band."""
@@ -85,6 +96,15 @@ class EntropyShapingConfig:
         # Errors name the key, so a typo stops the run at config load, not mid-training.
         if self.estimator not in ENTROPY_ESTIMATORS:
             raise ValueError(f"g2rpo.entropy.estimator must be one of {ENTROPY_ESTIMATORS}, got {self.estimator!r}")
+        if self.controller not in ENTROPY_CONTROLLERS:
+            raise ValueError(f"g2rpo.entropy.controller must be one of {ENTROPY_CONTROLLERS}, got {self.controller!r}")
+        if self.controller == "adaptive" and self.estimator != "exact":
+            # the sampled estimate's expected gradient is zero: a controller would wind its
+            # coefficient up to the bound without moving the entropy
+            raise ValueError(
+                "g2rpo.entropy.controller=adaptive needs g2rpo.entropy.estimator=exact "
+                f"(got {self.estimator!r}): the sampled estimate's expected gradient is zero"
+            )
         if not (math.isfinite(self.beta) and self.beta >= 0):
             raise ValueError(f"g2rpo.entropy.beta must be a finite number >= 0, got {self.beta}")
         for task, band in {None: {}, **{str(k): dict(v) for k, v in self.per_task.items()}}.items():
@@ -100,8 +120,8 @@ def _default_length_profiles() -> dict[str, dict[str, Any]]:
     # Reference trends (docs/method.md): reasoning ~600 -> 1100 tokens, grounding ~125 -> 65,
     # documents ~105 -> 30-50, with 4096-token responses.
     return {
-        "reasoning": {"floor": 512, "ceiling": 2048, "stretch": 0.1, "width": 0.5, "ramp": 0.5},
-        "perception": {"floor": 32, "ceiling": 128, "stretch": 0.1, "width": 1.0, "ramp": 1.0},
+        "reasoning": {"floor": 512, "ceiling": 2048, "stretch": 0.1, "width": 0.5, "ramp": 0.5, "rate": 0.05},
+        "perception": {"floor": 32, "ceiling": 128, "stretch": 0.1, "width": 1.0, "ramp": 1.0, "rate": 0.05},
         "neutral": {},
     }
 

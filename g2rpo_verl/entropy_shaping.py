@@ -37,6 +37,7 @@ __all__ = [
     "row_entropy_sums",
     "group_task_stats",
     "penalty_weights",
+    "coefficient_weights",
     "shaping_surrogate",
 ]
 
@@ -143,6 +144,32 @@ def penalty_weights(
     slope = band_slope(h_hat, low.to(torch.float64), high.to(torch.float64))
     beta = torch.as_tensor(beta, dtype=torch.float64)
     per_cell = torch.where(counts > 0, beta * slope / counts.clamp_min(1.0), torch.zeros_like(h_hat))
+    return per_cell[group_ids.long(), task_ids.long()]
+
+
+def coefficient_weights(
+    row_count: torch.Tensor, task_ids: torch.Tensor, group_ids: torch.Tensor, coef: torch.Tensor
+) -> torch.Tensor:
+    """Per-row weights ``w_b = λ_τ / n_{g,τ}`` of the linear term ``Σ_τ λ_τ·Ĥ_{g,τ}`` per group g.
+
+    The adaptive controller's term (g2rpo_verl.entropy_control): its gradient is ``λ_τ·∇Ĥ_τ``
+    whatever side of the band Ĥ is on. Same additivity over row partitions as
+    :func:`penalty_weights`.
+
+    Args:
+        row_count: ``(B,)`` response-token count per row.
+        task_ids: ``(B,)`` long in ``[0, T)``; group_ids: ``(B,)`` long, the mini-batch of each row.
+        coef: ``(T,)`` signed coefficient per task (> 0 lowers the entropy).
+
+    Returns:
+        ``(B,)`` float64; 0 for a row of a task with coefficient 0 or of a (group, task) without tokens.
+    """
+    if row_count.numel() == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    num_tasks = coef.numel()
+    num_groups = int(group_ids.max().item()) + 1
+    _, counts = group_task_stats(row_count, row_count, task_ids, group_ids, num_tasks, num_groups)
+    per_cell = torch.where(counts > 0, coef.to(torch.float64) / counts.clamp_min(1.0), torch.zeros_like(counts))
     return per_cell[group_ids.long(), task_ids.long()]
 
 

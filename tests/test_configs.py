@@ -106,6 +106,10 @@ def test_plugin_sections_validate(composed):
     name, cfg = composed
     g2rpo = load_g2rpo_config(cfg)
     assert g2rpo.task_key == "problem_type" and g2rpo.length.enable and g2rpo.entropy.enable
+    # the paper's entropy recipe: one band for every task, fixed beta (the adaptive controller and
+    # per-task bands are the demo's, docs/shaping.md)
+    entropy = g2rpo.entropy
+    assert (entropy.controller, entropy.beta, entropy.band(), entropy.per_task) == ("fixed", 0.02, (0.2, 0.6), {})
     settings = settings_from_kwargs(dict(cfg.reward.custom_reward_function.reward_kwargs))
     assert settings.preset == "reference" and settings.think_tag == "thinking"
     assert (settings.accuracy_weight, settings.format_weight, settings.structure_weight) == (0.9, 0.1, 1.0)

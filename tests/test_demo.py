@@ -25,6 +25,7 @@ from g2rpo_verl.demo import tasks
 from g2rpo_verl.demo.metrics import load_metrics, merge_run_metrics, series, task_names, validation_summary
 from g2rpo_verl.demo.overrides import demo_overrides, flatten, format_value, load_config, override_value
 from g2rpo_verl.demo.trainer_process import parse_step_line
+from g2rpo_verl.entropy_control import AdaptiveEntropyControl
 from g2rpo_verl.rewards import compute_score
 
 SOURCES = list(tasks.TASKS)
@@ -133,6 +134,11 @@ def test_demo_config_composes_with_verls_config_and_user_overrides_win(tmp_path)
     assert g2rpo.length.enable and g2rpo.entropy.enable
     assert g2rpo.length.rule("multiple choice").profile == "perception"
     assert g2rpo.length.rule("math").profile == "reasoning"
+    # the paper's band for every task but counting, whose tally think is right at a low entropy
+    assert g2rpo.entropy.controller == "adaptive"
+    assert {s.problem_type: g2rpo.entropy.band(s.problem_type) for s in tasks.TASKS.values()} == {
+        s.problem_type: (0.05, 0.6) if s.problem_type == "numerical" else (0.2, 0.6) for s in tasks.TASKS.values()
+    }
     assert load_config()["algorithm"]["adv_estimator"] == "gs_grpo"
     # the demo scores with the strict preset (its warm start writes <think>; docs/rewards.md)
     reward = settings_from_kwargs(dict(cfg.reward.custom_reward_function.reward_kwargs))
@@ -198,6 +204,11 @@ def _synthetic_run(workdir: Path, steps: int = 6) -> dict:
                         f"task_{task}/reward/total": float(rng.random()),
                         f"task_{task}/length/mean": float(rng.integers(5, 20)),
                         f"task_{task}/entropy": float(rng.random()),
+                        f"task_{task}/entropy/band_low": 0.2,
+                        f"task_{task}/entropy/band_high": 0.6 if task != "math" else 0.8,
+                        f"task_{task}/length/direction": {"math": 1.0, "numerical": 0.0}.get(task, -1.0),
+                        f"task_{task}/length/bound_b": 8.0 + step if task == "math" else 0.0,
+                        f"task_{task}/length/bound_c": 12.0 + step if task == "math" else 30.0 - step,
                     }
                 )
             # a rollout dump as verl writes it: uid <group>_<rollout>_<output>
@@ -229,6 +240,40 @@ def test_plots_are_written_from_metrics_and_rollout_dumps(tmp_path):
         assert len(values["GRPO"]) == len(values["G²RPO"]) == 6 * 16
         assert abs(values["G²RPO"].mean()) < 1e-6  # G²RPO: zero-sum per task in every batch
         assert np.abs(values["G²RPO"]).max() <= 2.5  # |A| <= Φ⁻¹(1 - 0.5/16) ≈ 1.86
+
+
+def test_shaping_summary_reports_each_tasks_share_in_band_and_length_change():
+    from g2rpo_verl.demo.metrics import shaping_summary, task_shaping
+
+    metrics = {}
+    for step in range(1, 31):
+        metrics[step] = {
+            # math: outside the band for the first 15 steps, inside after; lengths 10 -> 20
+            "task_math/reward/total": 0.5,
+            "task_math/entropy": 0.9 if step <= 15 else 0.4,
+            "task_math/entropy/band_low": 0.2,
+            "task_math/entropy/band_high": 0.6,
+            "task_math/length/mean": 10.0 if step <= 5 else 20.0,
+            "task_math/length/direction": 1.0,
+            # OCR (perception) got longer: the target is missed and the summary says so
+            "task_OCR/reward/total": 0.5,
+            "task_OCR/entropy": 0.3,
+            "task_OCR/entropy/band_low": 0.2,
+            "task_OCR/entropy/band_high": 0.6,
+            "task_OCR/length/mean": 8.0 + step,
+            "task_OCR/length/direction": -1.0,
+        }
+    math_row, ocr_row = task_shaping(metrics, "math"), task_shaping(metrics, "OCR")
+    assert math_row.in_band_last == 15 / 20 and math_row.in_band == 0.5
+    assert (math_row.length_first, math_row.length_last, math_row.profile) == (10.0, 20.0, "reasoning")
+    assert math_row.length_met is True
+    assert ocr_row.in_band_last == 1.0 and ocr_row.length_first == 11.0 and ocr_row.length_last == 33.5
+    assert ocr_row.length_met is False
+    lines = shaping_summary(metrics)
+    assert "last 20 steps" in lines[0]
+    assert any(line.strip().startswith("math") and "75%" in line and "x2.00" in line and ": yes" in line for line in lines)
+    assert any(line.strip().startswith("OCR") and "shorter wanted: NO" in line for line in lines)
+    assert shaping_summary({1: {"task_math/reward/total": 0.1}}) == []
 
 
 def test_validation_summary_compares_first_and_last_validation():
@@ -284,8 +329,15 @@ def test_demo_model_is_a_tiny_qwen3_vl_that_verl_can_load(tmp_path):
     text = processor.apply_chat_template(sample_messages(sample), add_generation_prompt=True, tokenize=False)
     ids = processor(text=[text], images=[sample.image], return_tensors="pt")["input_ids"][0]
     assert int((ids == processor.image_token_id).sum()) == 4 and len(ids) <= 96
-    response = processor.tokenizer(sample.response, add_special_tokens=False)["input_ids"]
-    assert len(response) < 32  # fits max_response_length
+    # every warm-start response, with its closing EOS, fits the demo's max_response_length
+    from g2rpo_verl.demo.model import response_variants
+    from g2rpo_verl.demo.overrides import load_config
+
+    limit = load_config()["data"]["max_response_length"]
+    rng = random.Random(1)
+    for source in SOURCES:
+        for text in response_variants(tasks.make_sample(source, rng)).values():
+            assert len(processor.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1 <= limit, text
     assert build_demo_model(tmp_path / "model", seed=0, warm_start_steps=2, log=lambda _: None) == out  # reused
 
 
@@ -327,10 +379,16 @@ def test_demo_command_trains_validates_per_task_and_plots(demo_run):
         # rollout (hf server, batched, with images) and trainer (FSDP2) log-probs agree
         assert data["training/rollout_probs_diff_valid"] == 1
         assert data["training/rollout_probs_diff_max"] < 1e-3
-        assert data["actor/entropy_shaping_loss"] >= 0
+        # the adaptive controller's term reached the loss (negative where it raises an entropy)
+        assert math.isfinite(data["actor/entropy_shaping_loss"])
+        coef_max = AdaptiveEntropyControl(**load_config()["g2rpo"]["entropy"].get("adaptive", {})).coef_max
+        for task in ("spatial_grounding", "numerical", "multiple_choice", "OCR", "math", "regression"):
+            assert abs(data[f"task_{task}/entropy/coef"]) <= coef_max
+            assert data[f"task_{task}/entropy/out_of_band"] in (0.0, 1.0)
     for name in ("training_curves.png", "advantages.png"):
         assert (demo_run / "plots" / name).stat().st_size > 20_000
-    assert (demo_run / "checkpoints" / "global_step_2" / "g2rpo_state.json").is_file()
+    state = json.loads((demo_run / "checkpoints" / "global_step_2" / "g2rpo_state.json").read_text())
+    assert set(state) == {"length", "entropy"}
 
 
 @pytest.mark.e2e

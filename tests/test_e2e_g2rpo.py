@@ -89,22 +89,32 @@ LENGTH_OVERRIDES = [
 ]
 
 
+# the adaptive entropy controller rides along: its coefficients are saved and restored the same way
+ENTROPY_OVERRIDES = ["g2rpo.entropy.enable=true", "g2rpo.entropy.controller=adaptive"]
+
+
 def test_length_shaping_runs_in_real_verl_and_its_state_survives_a_resume(tmp_path):
     from omegaconf import OmegaConf
 
     from g2rpo_verl.config import load_g2rpo_config
+    from g2rpo_verl.entropy_control import EntropyController
     from g2rpo_verl.length_shaping import LengthShaper
 
-    common = ["algorithm.adv_estimator=gs_grpo", "trainer.save_freq=1", *("+" + o for o in LENGTH_OVERRIDES)]
+    shaping = LENGTH_OVERRIDES + ENTROPY_OVERRIDES
+    common = ["algorithm.adv_estimator=gs_grpo", "trainer.save_freq=1", *("+" + o for o in shaping)]
     first = run_smoke(tmp_path, "trainer.total_training_steps=2", *common)
     tasks = [pt for pt, _ in TOY_TASKS.values()]
     for step, data in first.items():
         for task in tasks:
-            for name in ("mean", "score", "truncation_rate", "bound_a", "bound_d"):
+            for name in ("mean", "score", "truncation_rate", "bound_a", "bound_d", "tied_share", "direction"):
                 value = data[task_metric(task, f"length/{name}")]
                 assert math.isfinite(value), (step, task, name)
             assert 0 <= data[task_metric(task, "length/truncation_rate")] <= 1
+            assert 0 <= data[task_metric(task, "length/tied_share")] <= 1
+            assert data[task_metric(task, "entropy/out_of_band")] in (0.0, 1.0)
+            assert abs(data[task_metric(task, "entropy/coef")]) <= 1.0
     saved = json.loads((tmp_path / "checkpoints" / "global_step_2" / "g2rpo_state.json").read_text())
+    assert set(saved) == {"length", "entropy"}
 
     # Same command, one more step: verl resumes from global_step_2 and so must the bounds.
     second = run_smoke(tmp_path, "trainer.total_training_steps=3", *common)
@@ -117,3 +127,12 @@ def test_length_shaping_runs_in_real_verl_and_its_state_survives_a_resume(tmp_pa
     for task in tasks:
         logged = [second[3][task_metric(task, f"length/bound_{k}")] for k in "abcd"]
         assert logged == pytest.approx(list(restored.bounds(task)))
+    # step 3's coefficients continue from step 2's multipliers, fed step 3's entropies
+    entropy_cfg = load_g2rpo_config(OmegaConf.from_dotlist(shaping)).entropy
+    controller = EntropyController(entropy_cfg.adaptive)
+    controller.load_state_dict(saved["entropy"])
+    assert any(s["y_high"] or s["y_low"] for s in saved["entropy"]["tasks"].values()), "nothing to restore"
+    for task in tasks:
+        h = second[3][task_metric(task, "entropy_estimate")]
+        expected = controller.update(task, h, entropy_cfg.low, entropy_cfg.high)
+        assert second[3][task_metric(task, "entropy/coef")] == pytest.approx(expected, abs=1e-9)

@@ -20,6 +20,7 @@ from g2rpo_verl.config import EntropyShapingConfig
 from g2rpo_verl.entropy_shaping import (
     band_slope,
     band_violation,
+    coefficient_weights,
     penalty_weights,
     row_entropy_sums,
     shaping_surrogate,
@@ -513,6 +514,32 @@ def test_metrics_are_per_task_with_sanitised_names():
     assert m["task_math/entropy_estimate"] == pytest.approx(2.0)
     assert m["task_math/entropy_penalty"] == pytest.approx(BETA * 1.4)
     assert not any(k.startswith("task_empty/") for k in m)
+    # the step's Ĥ decides out_of_band and the fixed penalty's acting coefficient β·slope
+    assert m["task_multiple_choice/entropy/out_of_band"] == 0.0 and m["task_math/entropy/out_of_band"] == 1.0
+    assert m["task_multiple_choice/entropy/coef"] == 0.0 and m["task_math/entropy/coef"] == BETA
+    # the adaptive controller's coefficients are logged as given, and no β penalty
+    coef = torch.tensor([-0.3, 0.8, 0.0], dtype=torch.float64)
+    m = entropy_shaping_metrics(["multiple choice", "math", "empty"], row_sum, row_cnt, tasks, groups, low, high, BETA, coef)
+    assert m["task_multiple_choice/entropy/coef"] == pytest.approx(-0.3) and m["task_math/entropy/coef"] == 0.8
+    assert not any(k.endswith("entropy_penalty") for k in m)
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_coefficient_weights_give_the_gradient_of_sum_coef_times_task_entropy_for_any_split(split):
+    model = TinyLM()
+    rows = sample_rows(model, [0, 1, 2, 0, 1, 2, 0, 1], [3, 5, 2, 4, 1, 3, 2, 6], torch.Generator().manual_seed(1))
+    tasks = torch.tensor([r["task"] for r in rows])
+    h, mask = padded(rows, model_output(model, rows)["entropy"])
+    coef = torch.tensor([-0.7, 0.4, 0.0], dtype=torch.float64)  # raise task 0, lower task 1, leave task 2
+    model.zero_grad()
+    sum(coef[t] * (h * mask)[tasks == t].sum() / mask[tasks == t].sum() for t in range(3)).backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    weights = coefficient_weights(row_entropy_sums(h.detach(), mask)[1], tasks, torch.zeros_like(tasks), coef)
+    assert torch.all(weights[tasks == 2] == 0)
+    for dp_ranks in (1, 2):
+        got = shaping_grads(model, rows, weights, "exact", SPLITS[split], dp_ranks)
+        for e, g in zip(expected, got):
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-13)
 
 
 class _Base:
@@ -592,6 +619,41 @@ def test_trainer_writes_weights_requests_entropy_and_installs_the_loss(monkeypat
     assert put[ROW_FIELD].tolist() == list(range(8)) and put[STEP_FIELD].unique().numel() == 1
     assert metrics["task_a/entropy_estimate"] == pytest.approx((0.3 + 1.8 + 1.8) / 7, rel=1e-6)
     assert metrics["task_b/entropy_penalty"] == pytest.approx(BETA * 0.45, rel=1e-5)
+
+
+def test_adaptive_trainer_updates_each_tasks_coefficient_from_the_step_and_weights_rows_by_it(monkeypatch):
+    import transfer_queue as tq
+
+    from g2rpo_verl.entropy_control import AdaptiveEntropyControl, EntropyController
+
+    section, _ = actor_config(ppo_mini_batch_size=4, ppo_epochs=1, shuffle=False)
+    config = OmegaConf.create({"actor_rollout_ref": {"actor": section, "rollout": {"n": 2}}, "algorithm": {}})
+    gains = AdaptiveEntropyControl(rate=0.5, gain=0.5, coef_max=2.0)
+    shaping = EntropyShapingConfig(enable=True, controller="adaptive", adaptive=gains)
+    tasks = ["a", "b", "c", "a", "b", "c", "a", "b"]
+    lengths, values = [2, 3, 1, 2, 4, 3, 2, 1], [0.05, 0.9, 0.4, 0.05, 0.9, 0.4, 0.05, 0.9]
+    ent = [torch.full((n,), v, dtype=torch.float32) for n, v in zip(lengths, values)]
+    store = {"entropy": jagged(ent), "response_mask": jagged([torch.ones(len(e), dtype=torch.long) for e in ent])}
+    put = {}
+    monkeypatch.setattr(tq, "kv_batch_get", lambda keys, partition_id, select_fields: TensorDict(
+        {f: store[f] for f in select_fields}, batch_size=[len(keys)]))
+    monkeypatch.setattr(tq, "kv_batch_put", lambda keys, partition_id, fields: put.update(fields.to_dict()))
+    trainer = _Trainer(config, shaping, tasks)
+    reference = EntropyController(gains)
+    for step in range(3):
+        metrics = {}
+        batch = SimpleNamespace(keys=[f"k{i}" for i in range(8)], partition_id="train", fields=["input_ids"])
+        trainer._update_actor(batch, metrics)
+        coef = {t: reference.update(t, h, LOW, HIGH) for t, h in (("a", 0.05), ("b", 0.9), ("c", 0.4))}
+        assert coef["a"] < 0 < coef["b"] and coef["c"] == 0.0
+        for t in coef:
+            assert metrics[f"task_{t}/entropy/coef"] == pytest.approx(coef[t])
+            assert metrics[f"task_{t}/entropy/out_of_band"] == float(t != "c")
+        # one mini-batch of all 8 rows: w = λ_τ / n_τ (a: 6 tokens, b: 8, c: 4)
+        expected = [coef[t] / {"a": 6, "b": 8, "c": 4}[t] for t in tasks]
+        torch.testing.assert_close(put[WEIGHT_FIELD][:, 0], torch.tensor(expected, dtype=torch.float32))
+    # the coefficient grew while a and b stayed outside: it is state, kept across steps
+    assert trainer.entropy_controller.coef("b") > EntropyController(gains).update("b", 0.9, LOW, HIGH) > 0
 
 
 def test_trainer_with_shaping_off_changes_nothing(monkeypatch):

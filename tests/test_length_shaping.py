@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from g2rpo_verl import gs_grpo_advantages
 from g2rpo_verl.config import LengthShapingConfig, load_g2rpo_config
-from g2rpo_verl.length_shaping import LengthShaper, TaskLengthRule, trapezoid
+from g2rpo_verl.length_shaping import LengthShaper, TaskLengthRule, ties_within_groups, trapezoid
 from g2rpo_verl.verl_hooks.samples import response_stats
 
 
@@ -50,7 +50,7 @@ def test_neutral_profile_scores_every_length_one():
 def test_config_rules_per_task_profile_defaults_and_errors_name_the_task():
     cfg = load_g2rpo_config(OmegaConf.create({"g2rpo": {"length": {"tasks": {"math": {"floor": 100}, "chart": {"profile": "reasoning"}}}}}))
     length = cfg.length
-    assert length.rule("math") == TaskLengthRule("reasoning", floor=100, ceiling=2048, stretch=0.1, width=0.5, ramp=0.5)
+    assert length.rule("math") == TaskLengthRule("reasoning", floor=100, ceiling=2048, stretch=0.1, width=0.5, ramp=0.5, rate=0.05)
     assert length.rule("chart").profile == "reasoning"
     assert length.rule("spatial grounding").profile == "perception"  # built-in name
     assert length.rule("unknown task").profile == "neutral"
@@ -82,14 +82,72 @@ def test_running_state_round_trips_so_a_resumed_run_has_the_same_bounds():
     cfg = LengthShapingConfig()
     shaper = LengthShaper({}, cfg.rule, momentum=0.5)
     tasks = ["math"] * 4 + ["OCR"] * 4
-    shaper.update(torch.tensor([900, 1000, 1100, 5, 60, 70, 80, 90]), tasks, torch.tensor([1, 1, 1, 0, 1, 1, 0, 0]).bool())
+    success = torch.tensor([1, 1, 1, 0, 1, 1, 0, 0]).bool()
+    assert shaper.bounds("math")[1] == 512 and shaper.bounds("OCR")[2] == 128  # the limits, before any success
+    shaper.update(torch.tensor([900, 1000, 1100, 5, 60, 70, 80, 90]), tasks, success)
+    # m starts at the mean of the first successes; the edges move at most rate = 5 % toward their targets
+    assert shaper.state["math"].running_length == pytest.approx(1000.0)
+    assert shaper.bounds("math")[1] == pytest.approx(512 * 1.05)  # target 1.1·m = 1100
+    assert shaper.bounds("OCR")[2] == pytest.approx(128 * 0.95)  # target 0.9·m = 58.5
+    shaper.update(torch.tensor([560, 560, 560, 5, 40, 40, 80, 90]), tasks, success)
+    # later steps: EMA (momentum 0.5) -> m = 780, target 858: the edges again move by 5 %
+    assert shaper.state["math"].running_length == pytest.approx(780.0)
+    assert shaper.bounds("math")[1] == pytest.approx(512 * 1.05**2)
+    assert shaper.bounds("OCR")[2] == pytest.approx(128 * 0.95**2)
     restored = LengthShaper({}, cfg.rule, momentum=0.5)
     restored.load_state_dict(shaper.state_dict())
     for task in ("math", "OCR", "never seen"):
         assert restored.bounds(task) == shaper.bounds(task)
-    # only successful responses moved the statistics: math m = 0.5*512 + 0.5*1000
-    assert shaper.state["math"].running_length == pytest.approx(756.0)
-    assert shaper.state["OCR"].running_length == pytest.approx(0.5 * 128 + 0.5 * 65)
+    # a state file without the edge (written before it was kept) restores the edge on its target
+    old = shaper.state_dict()
+    for saved in old["tasks"].values():
+        del saved["edge"]
+    restored.load_state_dict(old)
+    assert restored.bounds("math")[1] == pytest.approx(858.0)
+
+
+@pytest.mark.parametrize("profile", ["reasoning", "perception"])
+def test_the_edge_moves_only_toward_the_profile_direction_at_a_bounded_rate_and_converges(profile):
+    rule = TaskLengthRule(profile, floor=10, ceiling=100, rate=0.05)
+    shaper = LengthShaper({"t": rule}, None, momentum=0.5)
+    edge_index = 1 if profile == "reasoning" else 2
+    assert shaper.bounds("t")[edge_index] == (10 if profile == "reasoning" else 100)  # starts at the limit
+    # successful lengths wander up and down; the edge only ever moves one way, by <= 5 % a step
+    path = [40, 60, 30, 80, 20, 90, 50, 50, 50, 50] + [50] * 60
+    edges = []
+    for length in path:
+        shaper.update(torch.tensor([float(length)]), ["t"], torch.tensor([True]))
+        edges.append(shaper.bounds("t")[edge_index])
+    steps = [b / a - 1 for a, b in zip(edges, edges[1:])]
+    if profile == "reasoning":
+        assert all(0 <= s <= 0.05 + 1e-12 for s in steps)
+    else:
+        assert all(-0.05 - 1e-12 <= s <= 0 for s in steps)
+    # constant successful lengths: the edge settles (monotone and bounded) and stays
+    assert edges[-1] == edges[-2] == pytest.approx(rule.step_edge(edges[-1], rule.target_edge(50.0)))
+    assert rule.floor <= edges[-1] <= rule.ceiling
+
+
+def test_the_length_term_is_worth_about_0_02_reward_between_typical_lengths():
+    """The pressure the rule puts on a response at the running length m (module docstring)."""
+    cfg = LengthShapingConfig()
+    m = torch.tensor([1000.0])
+    reasoning, perception = cfg.rule("math"), cfg.rule("OCR")
+    at_m_r = trapezoid(m, *reasoning.bounds(1000.0)).item()
+    at_m_p = trapezoid(m * 0.1, *perception.bounds(100.0)).item()
+    assert at_m_r == pytest.approx(0.45 / 0.55)  # 0.82: the plateau starts at 1.1·m
+    assert at_m_p == pytest.approx(1 - 0.1 / 0.9)  # 0.89: the plateau ends at 0.9·m
+    assert cfg.weight * (1 - at_m_r) < 0.02 and cfg.weight * (1 - at_m_p) < 0.02
+    # ... yet among tied group mates it decides G²RPO's ranks in full
+    rewards = torch.tensor([1.0] * 4 + [0.0] * 4) + cfg.weight * torch.tensor([at_m_r, 1.0, at_m_r, 1.0] * 2)
+    adv = gs_grpo_advantages(rewards, torch.zeros(8, dtype=torch.long), torch.zeros(8, dtype=torch.long))
+    assert adv[1] > adv[0] and adv[5] > adv[4] and adv[1] - adv[0] > 0.5
+
+
+def test_ties_within_groups_mark_the_responses_whose_rank_the_length_term_decides():
+    rewards = torch.tensor([1.0, 1.0, 0.5, 1.0, 0.2, 0.3])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert ties_within_groups(rewards, groups).tolist() == [True, True, False, False, False, False]
 
 
 def test_simulated_training_lengthens_reasoning_and_shortens_grounding():

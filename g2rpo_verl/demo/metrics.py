@@ -13,6 +13,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "load_metrics",
     "merge_run_metrics",
     "series",
+    "shaping_summary",
+    "task_shaping",
     "task_names",
     "validation_sources",
     "validation_summary",
@@ -130,4 +133,90 @@ def validation_summary(metrics: Metrics) -> list[str]:
                 parts.append(f"{name} {a:5.3f} -> {b:5.3f} ({b - a:+.3f})")
         if parts:
             lines.append(f"  {source:<16} " + "   ".join(parts))
+    return lines
+
+
+#: Windows of the shaping targets: entropy in band over the last 20 steps; length of the last 10
+#: steps against the first 5.
+IN_BAND_WINDOW = 20
+LENGTH_FIRST, LENGTH_LAST = 5, 10
+_DIRECTION = {1.0: "reasoning", -1.0: "perception", 0.0: "neutral"}
+
+
+@dataclass
+class TaskShaping:
+    """What the shaping did to one task over a run (``None`` where the run logged nothing for it).
+
+    ``in_band`` / ``in_band_last``: share of all steps / of the last :data:`IN_BAND_WINDOW`
+    steps whose token entropy (``task_<τ>/entropy``) was inside the task's band
+    (``entropy/band_low..band_high``); ``length_first`` / ``length_last``: mean response length
+    over the first :data:`LENGTH_FIRST` / last :data:`LENGTH_LAST` steps; ``profile``: the
+    length profile (``length/direction``); ``length_met``: whether the length moved the way the
+    profile pulls (shorter for perception, longer for reasoning; None for neutral).
+    """
+
+    task: str
+    steps: int
+    in_band: float | None
+    in_band_last: float | None
+    length_first: float | None
+    length_last: float | None
+    profile: str | None
+
+    @property
+    def length_met(self) -> bool | None:
+        if self.length_first is None or self.length_last is None or self.profile in (None, "neutral"):
+            return None
+        if self.profile == "reasoning":
+            return self.length_last > self.length_first
+        return self.length_last < self.length_first
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def task_shaping(metrics: Metrics, task: str) -> TaskShaping:
+    """:class:`TaskShaping` of ``task`` (metric-name form, e.g. ``spatial_grounding``)."""
+    prefix = f"task_{task}"
+    in_band = []
+    for step, data in metrics.items():
+        h, lo, hi = (data.get(f"{prefix}/{k}") for k in ("entropy", "entropy/band_low", "entropy/band_high"))
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (h, lo, hi)):
+            in_band.append(lo <= h <= hi)
+    _, lengths = series(metrics, f"{prefix}/length/mean")
+    _, direction = series(metrics, f"{prefix}/length/direction")
+    enough = len(lengths) >= LENGTH_FIRST + LENGTH_LAST
+    return TaskShaping(
+        task=task,
+        steps=len(lengths),
+        in_band=_mean([float(x) for x in in_band]),
+        in_band_last=_mean([float(x) for x in in_band[-IN_BAND_WINDOW:]]),
+        length_first=_mean(lengths[:LENGTH_FIRST]) if enough else None,
+        length_last=_mean(lengths[-LENGTH_LAST:]) if enough else None,
+        profile=_DIRECTION.get(direction[-1]) if direction else None,
+    )
+
+
+def shaping_summary(metrics: Metrics) -> list[str]:
+    """Per task: the share of steps with token entropy in its band, and the length change."""
+    rows = [task_shaping(metrics, task) for task in task_names(metrics)]
+    if not any(r.in_band is not None or r.length_first is not None for r in rows):
+        return []
+    lines = [
+        f"shaping per task: token entropy inside the band (last {IN_BAND_WINDOW} steps | all steps), "
+        f"mean response length (first {LENGTH_FIRST} -> last {LENGTH_LAST} steps):"
+    ]
+    for r in rows:
+        parts = []
+        if r.in_band is not None:
+            parts.append(f"in band {r.in_band_last:4.0%} | {r.in_band:4.0%}")
+        if r.length_first is not None:
+            want = {"reasoning": ", longer wanted", "perception": ", shorter wanted"}.get(r.profile or "", "")
+            verdict = {True: ": yes", False: ": NO"}.get(r.length_met, "")
+            parts.append(
+                f"length {r.length_first:5.1f} -> {r.length_last:5.1f} tokens "
+                f"(x{r.length_last / max(r.length_first, 1e-9):.2f}{want}{verdict})"
+            )
+        lines.append(f"  {r.task.replace('_', ' '):<18} " + "   ".join(parts))
     return lines

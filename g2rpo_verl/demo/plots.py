@@ -3,9 +3,13 @@
 * :func:`plot_training_curves` -> ``training_curves.png``, six panels over training steps,
   one colour per task throughout: training reward (``task_<τ>/reward/total``), validation
   accuracy (``val-core/<data_source>/acc/mean@N``) and reward (``val-aux/<data_source>/reward/
-  mean@N``), mean response length (``task_<τ>/length/mean``), token entropy
-  (``task_<τ>/entropy``, with the entropy-shaping band shaded when given) and the share of
-  structured answers (``task_<τ>/reward/structure`` / 0.5).
+  mean@N``), mean response length (``task_<τ>/length/mean``, with each shaped task's moving
+  edge dashed: the floor ``length/bound_b`` a reasoning task's length is pulled above, its
+  plateau up to ``bound_c`` shaded, and the ceiling ``bound_c`` a perception task's is pulled below),
+  token entropy (``task_<τ>/entropy``, with each task's band from ``entropy/band_low..high``,
+  one grey band when all tasks share it) and the share of structured answers
+  (``task_<τ>/reward/structure`` / 0.5). Legends carry each task's share of the last 20 steps in
+  band and its length change (:func:`g2rpo_verl.demo.metrics.task_shaping`).
 * :func:`plot_advantages` -> ``advantages.png``, one histogram panel per task: the advantages
   verl's ``grpo`` (``compute_grpo_outcome_advantage``) and G²RPO (``gs_grpo_advantages``) give
   the same rewards, every dumped training batch (``DIR/rollouts/<step>.jsonl``) computed on its
@@ -20,12 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from g2rpo_verl.demo.metrics import Metrics, series, task_names, validation_sources
+from g2rpo_verl.demo.metrics import IN_BAND_WINDOW, Metrics, series, task_names, task_shaping, validation_sources
 
 __all__ = [
     "RolloutBatch",
@@ -86,7 +91,9 @@ def plot_training_curves(
     color = {task: _COLORS[i % len(_COLORS)] for i, task in enumerate(metric_tasks)}
     fig, axes = plt.subplots(2, 3, figsize=(17, 8.5), constrained_layout=True)
 
-    def per_task_panel(ax, name: str, ylabel: str, heading: str, scale: float = 1.0) -> None:
+    shaping = {task: task_shaping(metrics, task) for task in metric_tasks}
+
+    def per_task_panel(ax, name: str, ylabel: str, heading: str, scale: float = 1.0, note=None) -> None:
         for task in metric_tasks:
             steps, values = series(metrics, f"task_{task}/{name}")
             if not steps:
@@ -94,7 +101,8 @@ def plot_training_curves(
             values = [v * scale for v in values]
             if smooth > 1:
                 ax.plot(steps, values, color=color[task], alpha=0.2, linewidth=1)
-            ax.plot(steps, _smooth(values, smooth), color=color[task], linewidth=2, label=task.replace("_", " "))
+            label = task.replace("_", " ") + (note(task) if note else "")
+            ax.plot(steps, _smooth(values, smooth), color=color[task], linewidth=2, label=label)
         ax.set_title(heading)
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
@@ -126,11 +134,20 @@ def plot_training_curves(
     validation_panel(axes[0, 1], "val-core", "acc", "accuracy", "validation accuracy per task")
     validation_panel(axes[0, 2], "val-aux", "reward", "reward", "validation reward per task")
     axes[0, 1].set_ylim(-0.02, 1.02)
-    per_task_panel(axes[1, 0], "length/mean", "tokens", "mean response length per task")
-    per_task_panel(axes[1, 1], "entropy", "nats / token", "token entropy per task")
-    if entropy_band is not None:
-        low, high = entropy_band
-        axes[1, 1].axhspan(low, high, color="grey", alpha=0.12, label=f"shaping band [{low:g}, {high:g}]")
+    def length_note(task: str) -> str:
+        r = shaping[task]
+        if r.length_first is None:
+            return ""
+        return f" ({r.profile or 'unshaped'}: {r.length_first:.1f} -> {r.length_last:.1f})"
+
+    def band_note(task: str) -> str:
+        r = shaping[task]
+        return "" if r.in_band_last is None else f" (in band {r.in_band_last:.0%} of last {IN_BAND_WINDOW})"
+
+    per_task_panel(axes[1, 0], "length/mean", "tokens", "mean response length per task", note=length_note)
+    _draw_length_bounds(axes[1, 0], metrics, metric_tasks, color)
+    per_task_panel(axes[1, 1], "entropy", "nats / token", "token entropy per task", note=band_note)
+    _draw_entropy_bands(axes[1, 1], metrics, metric_tasks, color, entropy_band)
     # the structure component is 0 or 0.5 per answer (g2rpo_verl.rewards): twice its mean is
     # the share of answers in the structure the task asks for
     per_task_panel(
@@ -142,6 +159,44 @@ def plot_training_curves(
         if handles:
             ax.legend(fontsize=8, loc="best")
     return _save(fig, out_path, title)
+
+
+def _draw_length_bounds(ax, metrics: Metrics, tasks: Sequence[str], color: Mapping[str, str]) -> None:
+    """Each shaped task's moving edge dashed, a reasoning plateau [b, c] shaded (neutral tasks: nothing)."""
+    for task in tasks:
+        _, direction = series(metrics, f"task_{task}/length/direction")
+        if not direction or direction[-1] == 0:
+            continue
+        steps_b, b = series(metrics, f"task_{task}/length/bound_b")
+        steps_c, c = series(metrics, f"task_{task}/length/bound_c")
+        if not steps_b or steps_b != steps_c:
+            continue
+        if direction[-1] > 0:  # a perception plateau is everything under its ceiling: no fill
+            ax.fill_between(steps_b, b, c, color=color[task], alpha=0.07, linewidth=0)
+        edge = b if direction[-1] > 0 else c
+        ax.plot(steps_b, edge, color=color[task], linestyle="--", linewidth=1, alpha=0.8)
+    ax.plot([], [], color="grey", linestyle="--", linewidth=1, label="moving edge (reasoning floor / perception ceiling)")
+
+
+def _draw_entropy_bands(ax, metrics: Metrics, tasks: Sequence[str], color, fallback) -> None:
+    """Each task's band from its metrics: the band most tasks share shaded grey, any other dashed in its task's colour."""
+    bands = {}
+    for task in tasks:
+        _, low = series(metrics, f"task_{task}/entropy/band_low")
+        _, high = series(metrics, f"task_{task}/entropy/band_high")
+        if low and high:
+            bands[task] = (low[-1], high[-1])
+    if not bands and fallback is not None:
+        bands = {None: tuple(fallback)}
+    if not bands:
+        return
+    common = Counter(bands.values()).most_common(1)[0][0]
+    others = {task: band for task, band in bands.items() if band != common}
+    ax.axhspan(*common, color="grey", alpha=0.12, label=f"band [{common[0]:g}, {common[1]:g}]" + (" (other tasks)" if others else ""))
+    for task, (low, high) in others.items():
+        for y in (low, high):
+            ax.axhline(y, color=color[task], linestyle="--", linewidth=1, alpha=0.8)
+        ax.plot([], [], color=color[task], linestyle="--", linewidth=1, label=f"{task.replace('_', ' ')} band [{low:g}, {high:g}]")
 
 
 class RolloutBatch:

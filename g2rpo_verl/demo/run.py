@@ -243,12 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _finish(workdir: Path, logs: Path, g2rpo, estimator: str, no_plots: bool, started: float) -> int:
-    """Merge every run's metrics, draw the plots, print the first-vs-last validation summary.
+    """Merge every run's metrics, draw the plots, print the validation and shaping summaries.
 
     ``g2rpo`` is the run's validated :class:`~g2rpo_verl.config.G2RPOConfig` (the entropy band
-    drawn on the plots is its default band).
+    drawn on the plots when the metrics carry none is its default band).
     """
-    from g2rpo_verl.demo.metrics import merge_run_metrics, validation_summary
+    from g2rpo_verl.demo.metrics import merge_run_metrics, shaping_summary, validation_summary
 
     merged = merge_run_metrics(sorted(logs.glob("metrics_*.jsonl")), workdir / "metrics.jsonl")
     if not no_plots:
@@ -257,7 +257,7 @@ def _finish(workdir: Path, logs: Path, g2rpo, estimator: str, no_plots: bool, st
         band = g2rpo.entropy.band() if g2rpo.entropy.enable else None
         for path in draw_all(workdir, merged, logger=logger, entropy_band=band, estimator=estimator):
             logger.info("plot: %s", path)
-    for line in validation_summary(merged):
+    for line in validation_summary(merged) + shaping_summary(merged):
         logger.info(line)
     from g2rpo_verl.demo.evaluate import export_and_evaluate
 

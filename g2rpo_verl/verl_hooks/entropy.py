@@ -80,8 +80,11 @@ from functools import partial
 import torch
 
 from g2rpo_verl.config import ENTROPY_ESTIMATORS, EntropyShapingConfig
+from g2rpo_verl.entropy_control import EntropyController
 from g2rpo_verl.entropy_shaping import (
+    band_slope,
     band_violation,
+    coefficient_weights,
     group_task_stats,
     penalty_weights,
     row_entropy_sums,
@@ -210,13 +213,21 @@ def entropy_shaping_metrics(
     low: torch.Tensor,
     high: torch.Tensor,
     beta: float | torch.Tensor,
+    coef: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """``task_<name>/entropy_estimate`` (step Ĥ_τ of the configured estimator) and
-    ``task_<name>/entropy_penalty`` (mean over its mini-batches); ``beta`` is a float or ``(T,)``.
-    The trainer logs verl's per-token entropy as ``task_<name>/entropy`` whether shaping is on or not."""
+    """Per-task metrics of the shaping in one step (``task_<name>/...``); ``beta`` is a float or ``(T,)``.
+
+    ``entropy_estimate``: the step's Ĥ_τ of the configured estimator; ``entropy/band_low`` and
+    ``entropy/band_high``: τ's band; ``entropy/out_of_band``: 1 when Ĥ_τ lies outside it, else 0;
+    ``entropy/coef``: the coefficient acting on Ĥ_τ this step (> 0 lowers the entropy) —
+    ``coef[τ]`` of the adaptive controller, or for the fixed penalty ``β_τ·slope`` of the step's
+    Ĥ_τ; with the fixed penalty also ``entropy_penalty``, ``β_τ·(band violation)`` averaged over
+    the mini-batches containing τ. The trainer logs verl's per-token entropy as
+    ``task_<name>/entropy`` whether shaping is on or not."""
     num_tasks = len(task_names)
     zeros = torch.zeros_like(task_ids)
     step_sum, step_cnt = group_task_stats(row_sum, row_count, task_ids, zeros, num_tasks, 1)
+    step_h = step_sum[0] / step_cnt[0].clamp_min(1.0)
     pen_sum = torch.zeros(num_tasks, dtype=torch.float64)
     pen_n = torch.zeros(num_tasks, dtype=torch.float64)
     for epoch_groups in groups:
@@ -226,13 +237,19 @@ def entropy_shaping_metrics(
         pen = beta * band_violation(sums / counts.clamp_min(1.0), low, high)
         pen_sum += torch.where(present, pen, torch.zeros_like(pen)).sum(0)
         pen_n += present.sum(0)
+    acting = beta * band_slope(step_h, low, high) if coef is None else coef.to(torch.float64)
     metrics: dict[str, float] = {}
     for t, name in enumerate(task_names):
         if step_cnt[0, t] <= 0:
             continue  # a task whose responses are all empty has no entropy to report
         prefix = metric_prefix(str(name))
-        metrics[f"{prefix}/entropy_estimate"] = (step_sum[0, t] / step_cnt[0, t]).item()
-        metrics[f"{prefix}/entropy_penalty"] = (pen_sum[t] / pen_n[t]).item()
+        metrics[f"{prefix}/entropy_estimate"] = step_h[t].item()
+        metrics[f"{prefix}/entropy/out_of_band"] = float(not (low[t] <= step_h[t] <= high[t]))
+        metrics[f"{prefix}/entropy/coef"] = acting[t].item()
+        metrics[f"{prefix}/entropy/band_low"] = float(low[t])
+        metrics[f"{prefix}/entropy/band_high"] = float(high[t])
+        if coef is None:
+            metrics[f"{prefix}/entropy_penalty"] = (pen_sum[t] / pen_n[t]).item()
     return metrics
 
 
@@ -443,8 +460,10 @@ class EntropyShapingMixin(G2RPOBase):
         )
         self.actor_rollout_wg.set_loss_fn(loss)
         logger.info(
-            "g2rpo: task-level entropy shaping on (beta=%s, band %s, per_task=%s, estimator=%s)",
-            shaping.beta, shaping.band(), dict(shaping.per_task), shaping.estimator,
+            "g2rpo: task-level entropy shaping on (controller=%s, %s, band %s, per_task=%s, estimator=%s)",
+            shaping.controller,
+            f"beta={shaping.beta}" if shaping.controller == "fixed" else shaping.adaptive,
+            shaping.band(), dict(shaping.per_task), shaping.estimator,
         )
 
     def entropy_coefficients(self, task_names: Sequence[str]) -> torch.Tensor:
@@ -488,9 +507,14 @@ class EntropyShapingMixin(G2RPOBase):
         low, high = task_bands(shaping, info.task_names)
         beta = self.entropy_coefficients(info.task_names)
         plan = self.actor_minibatch_plan(row_count.round().long())
-        weights = torch.stack(
-            [penalty_weights(row_sum, row_count, info.task_ids, g, low, high, beta) for g in plan.groups], dim=-1
-        )
+        coef = None
+        if shaping.controller == "adaptive":
+            coef = self._controller_step(list(info.task_names), row_sum, row_count, info.task_ids, low, high)
+            weights = torch.stack([coefficient_weights(row_count, info.task_ids, g, coef) for g in plan.groups], dim=-1)
+        else:
+            weights = torch.stack(
+                [penalty_weights(row_sum, row_count, info.task_ids, g, low, high, beta) for g in plan.groups], dim=-1
+            )
         n = len(batch.keys)
         fields = {
             WEIGHT_FIELD: weights.to(torch.float32),
@@ -506,6 +530,36 @@ class EntropyShapingMixin(G2RPOBase):
         if batch.fields is not None:
             batch.fields = list(dict.fromkeys([*batch.fields, *fields]))
         metrics.update(
-            entropy_shaping_metrics(info.task_names, row_sum, row_count, info.task_ids, plan.groups, low, high, beta)
+            entropy_shaping_metrics(
+                info.task_names, row_sum, row_count, info.task_ids, plan.groups, low, high, beta, coef
+            )
         )
         return batch
+
+    @property
+    def entropy_controller(self) -> EntropyController:
+        """The per-task adaptive coefficients (``controller=adaptive``); saved with checkpoints."""
+        if getattr(self, "_entropy_controller", None) is None:
+            self._entropy_controller = EntropyController(self.g2rpo_config.entropy.adaptive)
+        return self._entropy_controller
+
+    def g2rpo_state_parts(self) -> dict:
+        parts = super().g2rpo_state_parts()
+        shaping = self.g2rpo_config.entropy
+        if shaping.enable and shaping.controller == "adaptive":
+            parts["entropy"] = self.entropy_controller
+        return parts
+
+    def _controller_step(self, task_names, row_sum, row_count, task_ids, low, high) -> torch.Tensor:
+        """Update each present task's coefficient from the step's Ĥ_τ; returns ``(T,)`` λ_τ."""
+        num_tasks = len(task_names)
+        step_sum, step_cnt = group_task_stats(row_sum, row_count, task_ids, torch.zeros_like(task_ids), num_tasks, 1)
+        controller = self.entropy_controller
+        coef = []
+        for t, name in enumerate(task_names):
+            if step_cnt[0, t] > 0:
+                h = (step_sum[0, t] / step_cnt[0, t]).item()
+                coef.append(controller.update(str(name), h, low[t].item(), high[t].item()))
+            else:  # no token of the task this step: nothing measured, nothing to weigh
+                coef.append(controller.coef(str(name)))
+        return torch.tensor(coef, dtype=torch.float64)

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from g2rpo_verl.length_shaping import LengthShaper
+from g2rpo_verl.length_shaping import LengthShaper, ties_within_groups
 from g2rpo_verl.verl_api import TQ
 from g2rpo_verl.verl_hooks.base import G2RPOBase, Stateful
 from g2rpo_verl.verl_hooks.samples import ResponseBatch, SampleInfo, metric_prefix
@@ -66,8 +67,14 @@ class LengthShapingMixin(G2RPOBase):
         if cfg.truncation == "penalize":
             scores = torch.where(truncated, torch.zeros_like(scores), scores)
 
+        _, group_ids = np.unique(np.asarray(info.uids, dtype=object), return_inverse=True)
+        tied = ties_within_groups(responses.rm_scores.sum(-1), torch.as_tensor(group_ids.reshape(-1)))
         for task in info.task_names:
             prefix = metric_prefix(task)
+            # the share of responses whose in-group rank the length score decides
+            metrics[f"{prefix}/length/tied_share"] = tied[info.task_mask(task)].double().mean().item()
+            profile = shaper.rule(task).profile
+            metrics[f"{prefix}/length/direction"] = {"reasoning": 1.0, "perception": -1.0}.get(profile, 0.0)
             for name, value in zip(("a", "b", "c", "d"), shaper.bounds(task)):
                 metrics[f"{prefix}/length/bound_{name}"] = value
             metrics[f"{prefix}/length/score"] = scores[info.task_mask(task)].mean().item()
