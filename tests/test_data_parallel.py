@@ -307,7 +307,7 @@ def test_demo_pipeline_trains_with_two_data_parallel_ranks(tmp_path):
     demo_tasks = _demo_tasks()
     for step, data in metrics.items():
         for task in demo_tasks:
-            for name in ("reward/total", "advantage/std", "length/mean", "entropy", "entropy_penalty"):
+            for name in ("reward/total", "advantage/std", "length/mean", "entropy", "entropy/coef"):
                 assert math.isfinite(data[f"{task}/{name}"]), (step, task, name)
         assert sum(data[f"{task}/count"] for task in demo_tasks) == _demo_rows()
         assert math.isfinite(data["actor/kl_loss"]) and data["actor/kl_loss"] >= 0
