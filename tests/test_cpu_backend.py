@@ -24,7 +24,7 @@ import torch.distributed
 
 from g2rpo_verl import cpu
 from g2rpo_verl.demo import tiny
-from g2rpo_verl.cpu.hf_generation import HFGenerator, SamplingSpec, load_hf_model
+from g2rpo_verl.cpu.hf_generation import HFGenerator, SamplingSpec, load_hf_model, vision_token_ids
 from g2rpo_verl.cpu.platform import PlatformCPU, collapse_duplicate_backends, install_backend_string_fix
 from g2rpo_verl.demo.toy_reward import ADDITION, CHOICE, compute_score
 
@@ -857,6 +857,35 @@ def test_vl_rollout_with_images_matches_the_trainer_after_a_weight_sync(vl_model
             stale = _vl_log_probs(model, vl_processor, prompt, image, out.token_ids, temperature)
             assert (torch.tensor(out.log_probs) - fresh).abs().max().item() < 1e-4
             assert (torch.tensor(out.log_probs) - stale).abs().max().item() > 1e-3
+
+
+def test_vl_generation_never_emits_vision_special_tokens(vl_model_dir, vl_processor, generator):
+    """A response holding <|image_pad|> & co. makes verl's get_rope_index fail and drops the sample."""
+    model = load_hf_model(str(vl_model_dir))
+    tokenizer = vl_processor.tokenizer
+    vision = vision_token_ids(model.config)
+    names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    assert vision == {tokenizer.convert_tokens_to_ids(name) for name in names}
+    assert vision_token_ids(generator.model.config) == frozenset()  # a text-only model: nothing to suppress
+    # a model that strongly prefers them (a random tiny model merely samples them now and then)
+    bias = torch.zeros(model.lm_head.out_features)
+    bias[sorted(vision)] = 30.0
+    model.lm_head.register_forward_hook(lambda module, args, out: out + bias)
+    gen = HFGenerator(model, [tokenizer.eos_token_id], tokenizer.pad_token_id, vl_processor)
+    image = _vl_image(0)
+    prompt = _vl_prompt(vl_processor, image)
+    mm = gen.multi_modal_inputs(image_data=[image])
+    greedy = SamplingSpec(max_new_tokens=6, temperature=0.0, ignore_eos=True)
+    sampled = SamplingSpec(max_new_tokens=6, temperature=1.0, ignore_eos=True, seed=0)
+    for spec in (greedy, sampled):
+        out = gen.generate(prompt, spec, mm)
+        assert len(out.token_ids) == 6 and not set(out.token_ids) & vision
+        # only the sampling is shaped: log-probs are the full softmax's, as the trainer computes them
+        expected = _vl_log_probs(model, vl_processor, prompt, image, out.token_ids, spec.logprob_temperature)
+        assert (torch.tensor(out.log_probs) - expected).abs().max().item() < 1e-4
+        assert max(out.log_probs) < -20  # the vision tokens hold nearly all the mass
+    gen.suppressed_token_ids = frozenset()  # without the suppression the same model writes them
+    assert set(gen.generate(prompt, greedy, mm).token_ids) <= vision
 
 
 def test_batched_generation_equals_one_prompt_at_a_time(generator, prompts):

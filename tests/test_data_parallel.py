@@ -9,7 +9,9 @@ weights) are computed from the old policy's per-token entropy, which the workers
 sharded too. Seconds, no Ray.
 
 The e2e test runs the demo's real pipeline (``g2rpo-train``: tiny Qwen3-VL, gs_grpo, length and
-entropy shaping, the KL loss, band group filtering) with ``trainer.n_gpus_per_node=2``.
+entropy shaping, the KL loss, band group filtering) with ``trainer.n_gpus_per_node=2``, the
+critic on too (``critic.enable=true``: the Qwen3-VL value head built, fed the images and trained
+on both ranks; the advantages stay gs_grpo's).
 """
 
 from __future__ import annotations
@@ -285,6 +287,8 @@ def test_demo_pipeline_trains_with_two_data_parallel_ranks(tmp_path):
         "trainer.save_freq=-1",
         # the reference model and the KL loss, next to the demo's length and entropy shaping
         "actor_rollout_ref.actor.use_kl_loss=true", "actor_rollout_ref.actor.kl_loss_coef=0.01",
+        # and the critic (the demo's VL value head) in the same run; `gae` would build the same one
+        "critic.enable=true",
         # band group filtering on verl's own replay buffer (the demo's fast-poll sampler has none)
         "algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=accuracy",
         "algorithm.filter_groups.max_num_gen_batches=2",
@@ -303,11 +307,14 @@ def test_demo_pipeline_trains_with_two_data_parallel_ranks(tmp_path):
     demo_tasks = _demo_tasks()
     for step, data in metrics.items():
         for task in demo_tasks:
-            for name in ("reward/total", "advantage/std", "length/mean", "entropy", "entropy_penalty"):
+            for name in ("reward/total", "advantage/std", "length/mean", "entropy", "entropy/coef"):
                 assert math.isfinite(data[f"{task}/{name}"]), (step, task, name)
         assert sum(data[f"{task}/count"] for task in demo_tasks) == _demo_rows()
         assert math.isfinite(data["actor/kl_loss"]) and data["actor/kl_loss"] >= 0
         assert data["actor/entropy_shaping_loss"] >= 0
+        # the critic computed values on the images and took a gradient step
+        assert math.isfinite(data["critic/vf_loss"]) and math.isfinite(data["critic/values/mean"])
+        assert math.isfinite(data["critic/grad_norm"]) and data["critic/grad_norm"] > 0
         # both rollout replicas got the trainer's weights
         assert data["training/rollout_probs_diff_max"] < 1e-3
         evicted = data.get("training/filter_groups/evicted_samples", 0)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
-from g2rpo_verl.launch.ray_wait import wait_for_cluster
+from g2rpo_verl.launch.node_loss import describe_nodes, lost_node_report
+from g2rpo_verl.launch.ray_wait import HeadConnection, wait_for_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -182,3 +185,77 @@ def test_ray_wait_times_out_naming_the_nodes_that_joined():
     clock, logs = FakeClock(), []
     ok = wait_for_cluster(lambda: (["10.0.0.1"], 8.0), 4, 32, 30, 5, clock, clock.sleep, logs.append)
     assert not ok and logs[-1] == "ray_wait: timed out after 30s; joined: ['10.0.0.1']"
+
+
+def test_ray_wait_gives_up_on_a_head_that_never_answers():
+    # ray.init retries an unreachable GCS without end; the connection thread may hang, the wait may not
+    never = threading.Event()
+    head = HeadConnection("10.9.9.9:6379", connect=lambda address: never.wait(), patience_s=0.01)
+    clock, logs = FakeClock(), []
+    assert not wait_for_cluster(head.state, 2, 2, 30, 5, clock, clock.sleep, logs.append)
+    assert logs[0] == "ray_wait: cluster not reachable yet (ConnectionError: no answer from the Ray head at 10.9.9.9:6379)"
+    assert logs[-1] == "ray_wait: timed out after 30s; joined: []" and clock.now == 30
+    assert head.hanging and not head.connected
+    never.set()
+
+
+def test_ray_wait_retries_a_failed_connection_then_queries():
+    attempts = []
+
+    def connect(address):
+        attempts.append(address)
+        if len(attempts) == 1:
+            raise ConnectionError("GCS refused")
+
+    head = HeadConnection("h:1", connect=connect, query=lambda: (["h"], 1.0))
+    with pytest.raises(ConnectionError, match="GCS refused"):
+        head.state()
+    assert head.state() == (["h"], 1.0) and head.state() == (["h"], 1.0)
+    assert attempts == ["h:1", "h:1"] and head.connected and not head.hanging
+
+
+def test_ray_wait_cli_ends_with_a_clear_error_when_nothing_listens():
+    """The real module, the real ray.init, a port nobody listens on: exit 1 within the timeout."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    cmd = [sys.executable, "-m", "g2rpo_verl.launch.ray_wait", "--address", f"127.0.0.1:{port}", "--nodes", "2", "--timeout", "6", "--poll", "2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"the Ray head at 127.0.0.1:{port} did not answer within 6s" in proc.stdout
+
+
+# --- node_loss ---------------------------------------------------------------------------------
+def node(i, alive, reason=""):
+    return {"NodeID": f"{i:02d}" * 14, "Alive": alive, "NodeManagerAddress": "10.0.0.%d" % i,
+            "NodeManagerHostname": f"gpu{i:02d}", "NodeManagerPort": 7000 + i, "DeathReasonMessage": reason}
+
+
+def test_node_loss_names_the_dead_node_and_how_to_resume():
+    line = describe_nodes([node(1, True), node(2, False, "health check failed")], expected=2)
+    assert line.startswith("node_loss: 1 of 2 node(s) lost: gpu02 (10.0.0.2:7002, node 02020202): health check failed. ")
+    assert "same command" in line and "trainer.resume_mode=auto" in line
+    assert describe_nodes([node(1, True), node(2, True)], expected=2) is None
+    # gone from the table before Ray marked it dead: still a lost node
+    assert "1 of 2 node(s) lost: only 1 of 2 nodes still registered" in describe_nodes([node(1, True)], expected=2)
+
+
+def test_node_loss_waits_for_ray_to_mark_the_node_dead():
+    tables = iter([[node(1, True), node(2, True)]] * 3 + [[node(1, True), node(2, False)]])
+    clock = FakeClock()
+    line = lost_node_report(lambda: next(tables), 2, grace_s=60, poll_s=5, clock=clock, sleep=clock.sleep)
+    assert "1 of 2 node(s) lost: gpu02" in line and clock.now == 15
+
+
+def test_node_loss_other_failures_and_a_lost_head():
+    clock = FakeClock()
+    line = lost_node_report(lambda: [node(1, True), node(2, True)], 2, 10, 5, clock, clock.sleep)
+    assert line == "node_loss: all 2 node(s) alive 10s after the failure: the trainer failed for another reason (its error is above)."
+
+    def gone():
+        raise ConnectionError("no answer from the Ray head at h:1")
+
+    line = lost_node_report(gone, 2, 10, 5, clock, clock.sleep)
+    assert line.startswith("node_loss: the Ray head does not answer (ConnectionError: no answer from the Ray head at h:1)")
+    assert "trainer.resume_mode=auto" in line

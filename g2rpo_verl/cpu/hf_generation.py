@@ -14,7 +14,13 @@ Contract of :meth:`HFGenerator.generate` (and of every row of :meth:`HFGenerator
   That is exactly how verl's trainer computes old log-probs (``logits / temperature``, then
   ``log_softmax``, no top-k/top-p/repetition processing), so rollout and trainer log-probs of
   the same weights agree up to float rounding. Sampling itself does apply top-k / top-p /
-  repetition penalty.
+  repetition penalty;
+* a vision-language model never emits its vision special tokens (:func:`vision_token_ids`:
+  image / video pad, vision start / end), greedy or sampled. They stand for image slots: verl's
+  agent loop recomputes the M-RoPE positions of prompt + response with the processor's
+  ``get_rope_index``, which fails on a response holding them, and the sample is lost. A trained
+  checkpoint practically never writes them; a small or randomly initialised one does. Like
+  top-k, this shapes only the sampling: ``log_probs`` still come from the full softmax.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-__all__ = ["SamplingSpec", "GenerationResult", "HFGenerator", "load_hf_model"]
+__all__ = ["SamplingSpec", "GenerationResult", "HFGenerator", "load_hf_model", "vision_token_ids"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +57,21 @@ _KNOWN_SAMPLING_KEYS = frozenset(
     }
 )
 _warned_keys: set[str] = set()
+
+
+#: Attributes of a vision-language model's config (Qwen2/2.5/3-VL) naming its vision special tokens.
+VISION_TOKEN_ATTRS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
+
+def vision_token_ids(config: Any) -> frozenset[int]:
+    """Ids of the vision special tokens of a model ``config`` (:data:`VISION_TOKEN_ATTRS`).
+
+    Empty for a text-only model (no ``vision_config``): its tokenizer may know the same
+    strings, but nothing downstream gives them a meaning.
+    """
+    if getattr(config, "vision_config", None) is None:
+        return frozenset()
+    return frozenset(int(v) for v in (getattr(config, attr, None) for attr in VISION_TOKEN_ATTRS) if v is not None)
 
 
 @dataclass(frozen=True)
@@ -188,6 +209,9 @@ class HFGenerator:
         pad_token_id: padding id handed to HF ``generate`` (unused for a single prompt, but
             HF warns without it). Defaults to the first EOS id.
         processor: optional HF processor; needed only for image/video inputs.
+
+    The model's vision special tokens (:func:`vision_token_ids` of its config) are never
+    generated (see the module docstring).
     """
 
     def __init__(
@@ -203,6 +227,7 @@ class HFGenerator:
             raise ValueError("HFGenerator needs at least one EOS token id")
         self.pad_token_id = pad_token_id if pad_token_id is not None else min(self.eos_token_ids)
         self.processor = processor
+        self.suppressed_token_ids = vision_token_ids(model.config)
 
     @property
     def device(self) -> torch.device:
@@ -316,6 +341,8 @@ class HFGenerator:
             # normal token by giving generate() no stop id at all.
             eos_token_id=None if spec.ignore_eos else stop_ids,
             pad_token_id=self.pad_token_id,
+            # HF's suppression runs before the custom _RowSampler, so it holds for sampling too
+            suppress_tokens=sorted(self.suppressed_token_ids) or None,
             return_dict_in_generate=True,
             output_logits=True,
             use_cache=True,
