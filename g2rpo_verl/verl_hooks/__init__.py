@@ -13,6 +13,9 @@ touches the trainer (a rollout server, a reward worker) does not pay for importi
   itself to use gs_*;
 * ``verl.trainer.ppo.ray_trainer`` -> the deprecated V0 trainer gets the same config check
   (gs_* there stop before any worker starts);
+* ``verl.workers.engine.fsdp.transformer_impl`` -> the FSDP engine's ``train_batch`` runs the
+  per-task gradient diagnostics first when the actor update asks for them (a pass-through
+  otherwise; :mod:`~g2rpo_verl.verl_hooks.grad_diagnostics`);
 * with ``VERL_PLATFORM=cpu``: the CPU platform and ``hf`` rollout (``g2rpo_verl.cpu``).
 
 Before any of it, :func:`g2rpo_verl.verl_api.check_verl_version` refuses a verl outside the
@@ -31,7 +34,14 @@ import sys
 from collections.abc import Callable
 from types import ModuleType
 
-from g2rpo_verl.verl_api import MODULE_CORE_ALGOS, MODULE_TRAINER_V0, MODULE_TRAINERS_V1, check_verl_version, trainer_registry
+from g2rpo_verl.verl_api import (
+    MODULE_CORE_ALGOS,
+    MODULE_FSDP_ENGINE,
+    MODULE_TRAINER_V0,
+    MODULE_TRAINERS_V1,
+    check_verl_version,
+    trainer_registry,
+)
 
 logger = logging.getLogger("g2rpo_verl")
 
@@ -52,6 +62,12 @@ def _install_trainer_mixin(module: ModuleType) -> None:
     install(trainer_registry(module))
 
 
+def _install_engine_hook(module: ModuleType) -> None:
+    from g2rpo_verl.verl_hooks.grad_diagnostics import install_engine_hook
+
+    install_engine_hook(module)
+
+
 def _install_v0_guard(module: ModuleType) -> None:
     from g2rpo_verl.verl_hooks.base import install_v0_guard
 
@@ -62,6 +78,7 @@ _AFTER_IMPORT: dict[str, Callable[[ModuleType], None]] = {
     CORE_ALGOS: _register_estimators,
     TRAINERS_V1: _install_trainer_mixin,
     TRAINER_V0: _install_v0_guard,
+    MODULE_FSDP_ENGINE: _install_engine_hook,
 }
 
 
