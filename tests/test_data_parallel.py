@@ -281,7 +281,7 @@ def _run_ranks(world: int, tmp: Path, model_dir: Path, io: dict) -> dict:
     return torch.load(str(io_path) + ".out", weights_only=False)
 
 
-def _actor_config():
+def _actor_config(*extra: str):
     import verl
     from hydra import compose, initialize_config_dir
     from verl.utils.config import omega_conf_to_dataclass
@@ -294,6 +294,7 @@ def _actor_config():
                 "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
                 "actor_rollout_ref.actor.use_kl_loss=true",
                 "actor_rollout_ref.actor.kl_loss_coef=0.1",
+                *extra,
             ],
         )
     return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
