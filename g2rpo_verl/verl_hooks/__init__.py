@@ -63,9 +63,15 @@ def _install_trainer_mixin(module: ModuleType) -> None:
 
 
 def _install_engine_hook(module: ModuleType) -> None:
+    if _VERSION_ERROR is not None:
+        raise _VERSION_ERROR
     from g2rpo_verl.verl_hooks.grad_diagnostics import install_engine_hook
 
-    install_engine_hook(module)
+    try:
+        install_engine_hook(module)
+    except Exception:
+        logger.exception("g2rpo_verl: could not wrap %s's engine; refusing to run without the plugin", module.__name__)
+        raise
 
 
 def _install_v0_guard(module: ModuleType) -> None:
@@ -78,7 +84,6 @@ _AFTER_IMPORT: dict[str, Callable[[ModuleType], None]] = {
     CORE_ALGOS: _register_estimators,
     TRAINERS_V1: _install_trainer_mixin,
     TRAINER_V0: _install_v0_guard,
-    MODULE_FSDP_ENGINE: _install_engine_hook,
 }
 
 
@@ -137,6 +142,11 @@ def register_all() -> None:
 
     if cpu.enabled():
         cpu.register()
+    # wrapt's post-import hook, as the CPU backend's fixes of the same module use: two import
+    # finders wrapping one module's loader would call each other
+    from wrapt import register_post_import_hook
+
+    register_post_import_hook(_install_engine_hook, MODULE_FSDP_ENGINE)
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
     for name in _AFTER_IMPORT:
