@@ -86,6 +86,13 @@ def test_the_gram_travels_through_the_workers_metrics_and_back():
     assert logged == {"actor/pg_loss": 0.1}, "the raw Gram entries are not logged"
 
 
+def test_undefined_cosines_and_shares_are_left_out_not_logged_as_nan():
+    m = grad_diagnostic_metrics(_gram([1.0, 2.0], [0.0, 0.0], names=["a", "b"]))
+    assert m == {"task_a/grad/norm": pytest.approx(math.sqrt(5)), "task_a/grad/share": 1.0,
+                 "task_b/grad/norm": 0.0, "task_b/grad/share": 0.0}
+    assert set(grad_diagnostic_metrics(_gram([0.0], [0.0], names=["a", "b"]))) == {"task_a/grad/norm", "task_b/grad/norm"}
+
+
 def test_a_worker_that_returned_no_diagnostics_fails_loudly():
     with pytest.raises(RuntimeError, match="returned no .*gradient diagnostics"):
         gram_from_metrics({"actor/pg_loss": 0.1}, ("a", "b"))

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import re
 from collections.abc import Sequence
 
@@ -187,16 +188,22 @@ def _pair_key(name: str) -> str:
 
 
 def grad_diagnostic_metrics(gram: TaskGradientGram) -> dict[str, float]:
-    """``task_<τ>/grad/norm``, ``task_<τ>/grad/share`` and ``grad/cosine/<τ1>__<τ2>`` (τ1 < τ2 by name)."""
+    """``task_<τ>/grad/norm``, ``task_<τ>/grad/share`` and ``grad/cosine/<τ1>__<τ2>`` (τ1 < τ2 by name).
+
+    A cosine with a zero part (a task whose advantages are all 0 this step, and no other loss
+    term) and the shares of an all-zero gradient are undefined and left out, not logged as NaN.
+    """
     metrics: dict[str, float] = {}
     norms, shares, cos = gram.norms, gram.shares, gram.cosines
     for t, name in enumerate(gram.tasks):
         metrics[f"{metric_prefix(name)}/grad/norm"] = float(norms[t])
-        metrics[f"{metric_prefix(name)}/grad/share"] = float(shares[t])
+        if math.isfinite(shares[t]):  # undefined when the whole gradient is zero
+            metrics[f"{metric_prefix(name)}/grad/share"] = float(shares[t])
     order = sorted(range(len(gram.tasks)), key=lambda t: _pair_key(gram.tasks[t]))
     for a, i in enumerate(order):
         for j in order[a + 1 :]:
-            metrics[f"grad/cosine/{_pair_key(gram.tasks[i])}__{_pair_key(gram.tasks[j])}"] = float(cos[i, j])
+            if math.isfinite(cos[i, j]):  # undefined when a part is zero (e.g. all its advantages are 0)
+                metrics[f"grad/cosine/{_pair_key(gram.tasks[i])}__{_pair_key(gram.tasks[j])}"] = float(cos[i, j])
     return metrics
 
 
