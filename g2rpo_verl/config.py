@@ -27,6 +27,7 @@ __all__ = [
     "EntropyShapingConfig",
     "LengthShapingConfig",
     "FilterBand",
+    "DiagnosticsConfig",
     "PLUGIN_ESTIMATORS",
     "COMPONENT_ESTIMATORS",
     "DEFAULT_TASK_KEY",
@@ -180,6 +181,27 @@ class LengthShapingConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """``g2rpo.diagnostics``: measurements that cost compute and leave training unchanged.
+
+    Attributes:
+        grad_every: every this many training steps (``global_steps % grad_every == 0``), log per
+            task τ the norm of τ's part of the policy gradient (``task_<τ>/grad/norm``), its
+            projection share ``g_τ·g/‖g‖²`` (``task_<τ>/grad/share``, the shares sum to 1) and the
+            cosine between every pair of tasks' parts (``grad/cosine/<τ1>__<τ2>``); 0 = off (the
+            default). Cost on a diagnosed step: one extra forward+backward pass of the actor
+            mini-batch per task, and one copy of the local gradient shard per task
+            (g2rpo_verl/verl_hooks/grad_diagnostics.py, docs/diagnostics.md).
+    """
+
+    grad_every: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.grad_every, bool) or not isinstance(self.grad_every, int) or self.grad_every < 0:
+            raise ValueError(f"g2rpo.diagnostics.grad_every must be an integer >= 0 (0 = off), got {self.grad_every!r}")
+
+
+@dataclass
 class G2RPOConfig:
     """Keys of the ``g2rpo`` config section.
 
@@ -192,11 +214,13 @@ class G2RPOConfig:
             alternatives. A sample without it is an error, never a silent default task.
         entropy: task-level entropy shaping, see :class:`EntropyShapingConfig`.
         length: task-level response-length shaping, see :class:`LengthShapingConfig`.
+        diagnostics: per-task gradient diagnostics, see :class:`DiagnosticsConfig`.
     """
 
     task_key: str = DEFAULT_TASK_KEY
     entropy: EntropyShapingConfig = field(default_factory=EntropyShapingConfig)
     length: LengthShapingConfig = field(default_factory=LengthShapingConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
 
 def _unknown_keys(section: Any, schema: type, path: str) -> list[str]:

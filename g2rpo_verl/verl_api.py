@@ -47,6 +47,10 @@ __all__ = [
     "CONSOLE_STEP_PREFIX",
     "CONSOLE_SEPARATOR",
     "LOSS_BATCH_KEYS",
+    "MODULE_FSDP_ENGINE",
+    "ENGINE_TRAIN_BATCH",
+    "ENGINE_MEMBERS",
+    "WORKER_METRIC_PREFIX",
     "verl_config_dir",
     "PRIVATE_SYMBOLS",
 ]
@@ -226,6 +230,28 @@ CONSOLE_SEPARATOR = " - "
 LOSS_BATCH_KEYS = ("dp_size", "batch_num_tokens", "global_batch_size")
 
 
+# ------------------------------------------------------------------------------------------------
+# the actor's engine (g2rpo_verl.verl_hooks.grad_diagnostics)
+# ------------------------------------------------------------------------------------------------
+#: verl's FSDP training engine (the V1 actor worker's ``self.actor.engine``).
+MODULE_FSDP_ENGINE = "verl.workers.engine.fsdp.transformer_impl"
+#: ``FSDPEngine.train_batch(self, data, loss_function)`` (inherited from ``BaseEngine``): zero the
+#: gradients, ``forward_backward_batch``, ``optimizer_step``; called once per PPO mini-batch by the
+#: worker's ``train_mini_batch``. Wrapped: the gradient diagnostics run first when asked for.
+ENGINE_TRAIN_BATCH = ("FSDPEngine", "train_batch")
+#: Other engine members the diagnostics call, with the signature they are called with:
+#: ``forward_backward_batch(data, loss_function, forward_only)`` (micro-batching, dynamic batch
+#: size, ``batch_num_tokens`` from ``loss_mask``, backward), ``optimizer_zero_grad()``,
+#: ``is_mp_src_rank_with_outputs()``; and the attribute ``module`` (the FSDP-wrapped model).
+ENGINE_MEMBERS = {
+    "forward_backward_batch": ("self", "data", "loss_function", "forward_only"),
+    "optimizer_zero_grad": ("self",),
+    "is_mp_src_rank_with_outputs": ("self",),
+}
+#: The V1 trainer's ``_update_actor`` renames the worker's metrics with this prefix (``rename_dict``).
+WORKER_METRIC_PREFIX = "actor/"
+
+
 def verl_config_dir() -> str:
     """verl's Hydra config directory (``ppo_trainer.yaml``), found without importing verl."""
     from importlib.util import find_spec
@@ -248,6 +274,13 @@ PRIVATE_SYMBOLS = {
     "engine worker train_mini_batch: contiguous dp chunks, make_iterator(seed=data_loader_seed+rank)":
         "the actor mini-batch split entropy shaping predicts (checked per row in the loss)",
     "loss micro-batch keys dp_size / batch_num_tokens / global_batch_size": "entropy-shaping loss",
+    "verl.workers.engine.fsdp.transformer_impl.FSDPEngine.train_batch(data, loss_function) / "
+    "forward_backward_batch(data, loss_function, forward_only) / optimizer_zero_grad() / "
+    "is_mp_src_rank_with_outputs() / module":
+        "per-task gradient diagnostics (verl_hooks/grad_diagnostics.py): extra passes before each mini-batch",
+    "batch.extra_info reaches the worker as non-tensor data of every mini-batch; worker metrics logged as "
+    "actor/<name>, one-element lists per mini-batch averaged by reduce_metrics":
+        "per-task gradient diagnostics: the request and the Gram entries",
     "TransferQueue fields uid, data_source, extra_info, extra_fields.reward_extra_info, rm_scores, "
     "response_mask, responses, advantages, entropy, old_log_probs": "per-sample task keys, shaping, metrics",
     "TransferQueue key format {uid}_{session}_{index}": "group filtering (group of a key)",

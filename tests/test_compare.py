@@ -86,6 +86,25 @@ def test_summary_numbers_are_the_runs_own_metrics(tmp_path):
     assert {p.name for p in written} >= {"validation.png", "final.png"}
 
 
+def test_the_per_task_gradient_share_is_reported_when_the_runs_logged_it(tmp_path):
+    arms = [Arm("grpo", ()), Arm("gs_grpo", ())]
+    for arm in ("grpo", "gs_grpo"):
+        for seed, shares in ((0, (0.2, 0.4)), (1, (0.6, 0.8))):
+            path = tmp_path / f"{arm}_seed{seed}"
+            _write_run(path, val={2: {"demo_ocr": (0.5, 0.5)}}, train={1: {"OCR": (1.0, -1, 1, 0, 0.5)}})
+            with open(path / "metrics.jsonl", "a") as f:  # diagnostics on steps 1 and 2 (grad_every=1)
+                for step, share in zip((1, 2), shares):
+                    data = {"task_OCR/grad/share": share, "task_OCR/grad/norm": 10 * share}
+                    f.write(json.dumps({"step": step, "data": data}) + "\n")
+    s = summarize(tmp_path, arms, [0, 1])
+    row = s["advantage"]["gs_grpo"]["OCR"]
+    assert row["grad_share"]["values"] == pytest.approx([0.3, 0.7]) and row["grad_share"]["mean"] == pytest.approx(0.5)
+    assert row["grad_norm"]["values"] == pytest.approx([3.0, 7.0])
+    write_report(tmp_path, s, plots=False)
+    report = (tmp_path / "report.md").read_text()
+    assert "| grad_share | grad_norm |" in report and "| OCR | gs_grpo |" in report and "g_τ·g/‖g‖²" in report
+
+
 def test_arms_from_estimators_and_overrides():
     arms = parse_arms(["grpo", "gs_grpo"], ["nolen=algorithm.adv_estimator=gs_grpo g2rpo.length.enable=false"])
     assert [a.name for a in arms] == ["grpo", "gs_grpo", "nolen"]

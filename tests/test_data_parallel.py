@@ -16,10 +16,12 @@ on both ranks; the advantages stay gs_grpo's).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -80,11 +82,12 @@ def _response_values(rows, flat: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def _micro_batch(rows, weights, dp_size: int, batch_num_tokens: int, global_batch_size: int):
+def _micro_batch(rows, weights, dp_size: int, batch_num_tokens: int, global_batch_size: int, tasks=None):
     from tensordict import TensorDict
     from verl.utils import tensordict_utils as tu
 
     from g2rpo_verl.verl_hooks.entropy import WEIGHT_FIELD
+    from g2rpo_verl.verl_hooks.grad_diagnostics import TASK_FIELD
 
     def jagged(xs):
         return torch.nested.as_nested_tensor(xs, layout=torch.jagged)
@@ -98,6 +101,8 @@ def _micro_batch(rows, weights, dp_size: int, batch_num_tokens: int, global_batc
         "advantages": jagged([torch.full((len(r["response"]),), r["adv"], dtype=torch.float64) for r in rows]),
         WEIGHT_FIELD: weights[:, None].to(torch.float32),
     }
+    if tasks is not None:  # the per-row task index the trainer writes for the gradient diagnostics
+        fields[TASK_FIELD] = torch.as_tensor(tasks, dtype=torch.long)
     td = TensorDict(fields, batch_size=[len(rows)])
     tu.assign_non_tensor(td, dp_size=dp_size, batch_num_tokens=batch_num_tokens, global_batch_size=global_batch_size)
     return td
@@ -105,9 +110,8 @@ def _micro_batch(rows, weights, dp_size: int, batch_num_tokens: int, global_batc
 
 def _rank_main(rank: int, world: int, init_file: str, model_dir: str, io_path: str) -> None:
     """One data-parallel rank of one training step: the old policy's entropy (the trainer side's
-    input), then the actor update with the shaping weights and, for reference, without."""
-    from functools import partial
-
+    input), then the actor update with the shaping weights and, for reference, without; then the
+    per-task gradient diagnostics of that update (:func:`_rank_diagnostics`)."""
     from torch.distributed.device_mesh import init_device_mesh
     from transformers import AutoModelForCausalLM
     from verl.utils.fsdp_utils import apply_fsdp2
@@ -157,12 +161,116 @@ def _rank_main(rank: int, world: int, init_file: str, model_dir: str, io_path: s
 
         grads, shaping_loss = update(weights)
         unshaped, _ = update(torch.zeros_like(weights))
+        diag = _rank_diagnostics(model, model_dir, rows, mine, weights, loss_fn, world, n_tokens)
         if rank == 0:
             result = {"entropy": entropy, "weights": weights, "metrics": metrics, "grads": grads,
-                      "unshaped": unshaped, "shaping_loss": shaping_loss}
+                      "unshaped": unshaped, "shaping_loss": shaping_loss, **diag}
             torch.save(result, io_path + ".out")
     finally:
         torch.distributed.destroy_process_group()
+
+
+def _splits(n: int) -> dict[str, list[list[int]]]:
+    """Micro-batches of a rank's ``n`` rows (positions in its chunk): fixed size, and a split like
+    dynamic batch size makes (uneven, reordered). The per-task parts must not depend on it."""
+    order = list(range(n))[::-1]
+    return {
+        "fixed": [list(range(i, min(i + MICRO_BATCH, n))) for i in range(0, n, MICRO_BATCH)],
+        "dynamic": [order[:1], order[1:4], order[4:]],
+    }
+
+
+def _micro_batched_pass(model, rows, mine, weights, loss_fn, world, n_tokens, split):
+    """verl's micro-batch loop of one mini-batch on this rank: forward, loss, backward per micro-batch."""
+    for positions in split:
+        idx = [mine[k] for k in positions if k < len(mine)]
+        if not idx:
+            continue
+        sub = [rows[i] for i in idx]
+        log_probs, token_entropy = _forward(model, sub)
+        data = _micro_batch(sub, weights[idx], world, n_tokens, len(rows), tasks=[ROW_TASKS[i] for i in idx])
+        loss, _ = loss_fn(model_output={"log_probs": log_probs, "entropy": token_entropy}, data=data)
+        loss.backward()
+
+
+class _EngineStandIn:
+    """The members of verl's FSDP engine the diagnostics call (verl_api.ENGINE_MEMBERS), running
+    the micro-batch loop above on the real FSDP2 model."""
+
+    def __init__(self, model, run):
+        self.module, self._run = model, run
+
+    def forward_backward_batch(self, data, loss_function, forward_only=False):
+        assert not forward_only
+        self._run(loss_function)
+
+    def optimizer_zero_grad(self):
+        self.module.zero_grad(set_to_none=True)
+
+
+def _rank_diagnostics(model, model_dir, rows, mine, weights, loss_fn, world, n_tokens) -> dict:
+    """Per-task Gram matrices under both micro-batch splits, and one optimizer step (dropout on)
+    with and without the diagnostic passes before it."""
+    from tensordict import TensorDict
+    from torch.distributed.device_mesh import init_device_mesh
+    from transformers import AutoModelForCausalLM
+    from verl.utils.fsdp_utils import apply_fsdp2
+
+    from g2rpo_verl.verl_hooks.grad_diagnostics import TASK_FIELD, diagnose_minibatch
+
+    request = TensorDict({TASK_FIELD: torch.tensor([ROW_TASKS[i] for i in mine])}, batch_size=[len(mine)])
+    grams = {}
+    splits = _splits(len(mine))
+    for name, split in splits.items():
+        run = partial(_micro_batched_pass, model, rows, mine, weights, world=world, n_tokens=n_tokens, split=split)
+        engine = _EngineStandIn(model, lambda loss, run=run: run(loss_fn=loss))
+        grams[name] = diagnose_minibatch(engine, request, loss_fn, len(TASKS)).gram
+        leftover = [p.grad for p in model.parameters() if p.grad is not None]
+        assert not leftover, "the diagnostics left gradients behind"
+
+    # training unchanged: same init, same seed, dropout on; diagnostics before the step or not
+    params = {}
+    for diagnosed in (False, True):
+        torch.manual_seed(1234)
+        m = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", attention_dropout=0.3).double()
+        apply_fsdp2(m, {"mesh": init_device_mesh("cpu", (world,))}, {})
+        m.train()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+        run = partial(_micro_batched_pass, m, rows, mine, weights, world=world, n_tokens=n_tokens, split=splits["fixed"])
+        step_loss = copy.deepcopy(loss_fn)
+        for _ in range(2):
+            if diagnosed:
+                diagnose_minibatch(_EngineStandIn(m, lambda loss: run(loss_fn=loss)), request, step_loss, len(TASKS))
+            opt.zero_grad()
+            run(loss_fn=step_loss)
+            opt.step()
+        params[diagnosed] = {n: p.full_tensor().clone() for n, p in m.named_parameters()}
+    return {"grams": grams, "params_plain": params[False], "params_diagnosed": params[True]}
+
+
+def _reference_gram(model_dir, rows, weights, actor_config) -> torch.Tensor:
+    """One process, the whole batch, no FSDP: τ's part = gradient of the loss over τ's rows only,
+    normalised by the whole mini-batch's tokens and rows; Gram matrix of the flat parts."""
+    from transformers import AutoModelForCausalLM
+    from verl.workers.utils.losses import ppo_loss
+
+    from g2rpo_verl.verl_hooks.entropy import EntropyShapedLoss
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").double()
+    n_tokens = sum(len(r["response"]) for r in rows)
+    parts = []
+    for task in range(len(TASKS)):
+        idx = [i for i, t in enumerate(ROW_TASKS) if t == task]
+        sub = [rows[i] for i in idx]
+        log_probs, token_entropy = _forward(model, sub)
+        data = _micro_batch(sub, weights[idx], 1, n_tokens, len(rows))
+        loss_fn = EntropyShapedLoss(partial(ppo_loss, config=copy.deepcopy(actor_config)), "exact")
+        loss, _ = loss_fn(model_output={"log_probs": log_probs, "entropy": token_entropy}, data=data)
+        grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+        parts.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                for g, p in zip(grads, model.parameters())]))
+    flat = torch.stack(parts)
+    return flat @ flat.T
 
 
 def _run_ranks(world: int, tmp: Path, model_dir: Path, io: dict) -> dict:
@@ -173,7 +281,7 @@ def _run_ranks(world: int, tmp: Path, model_dir: Path, io: dict) -> dict:
     return torch.load(str(io_path) + ".out", weights_only=False)
 
 
-def _actor_config():
+def _actor_config(*extra: str):
     import verl
     from hydra import compose, initialize_config_dir
     from verl.utils.config import omega_conf_to_dataclass
@@ -186,6 +294,7 @@ def _actor_config():
                 "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
                 "actor_rollout_ref.actor.use_kl_loss=true",
                 "actor_rollout_ref.actor.kl_loss_coef=0.1",
+                *extra,
             ],
         )
     return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
@@ -255,6 +364,22 @@ def test_two_fsdp_ranks_on_gloo_give_the_single_rank_gradient_and_metrics(model_
     )
     assert grad_diff <= 1e-10 * scale and shaping_diff <= 1e-10 * scale
     assert one["shaping_loss"] == pytest.approx(two["shaping_loss"], rel=1e-10, abs=1e-14)
+
+    # per-task gradient diagnostics: FSDP-sharded, micro-batched (fixed and dynamic-like splits)
+    # Gram matrices equal the one-process whole-batch one, and the parts sum to the real gradient
+    for i, r in enumerate(rows):  # the old / reference log-probs the ranks used
+        r["old_log_probs"], r["ref_log_prob"] = -one["entropy"][i] + r["noise"], -one["entropy"][i] - r["noise"]
+    ref = _reference_gram(model_dir, rows, one["weights"], io["actor_config"])
+    full_sq = sum((g.double() ** 2).sum() for g in g1.values()).item()
+    assert ref.sum().item() == pytest.approx(full_sq, rel=1e-10), "the task parts do not sum to the gradient"
+    assert (ref.diagonal() > 0).all() and (ref - torch.diag(ref.diagonal())).abs().max() > 0
+    gram_diff = max((r["grams"][k] - ref).abs().max().item() for r in (one, two) for k in r["grams"])
+    print(f"per-task Gram: max |Δ| vs one-process whole batch {gram_diff:.2e} (max |G| {ref.abs().max():.2e})")
+    assert gram_diff <= 1e-10 * ref.abs().max().item()
+    # two optimizer steps with dropout on: the diagnostic passes before each change nothing
+    for r in (one, two):
+        assert set(r["params_plain"]) == set(r["params_diagnosed"])
+        assert all(torch.equal(r["params_plain"][n], r["params_diagnosed"][n]) for n in r["params_plain"])
 
 
 # ------------------------------------------------------------------------------------------------

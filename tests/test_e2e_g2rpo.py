@@ -26,7 +26,8 @@ PROBLEM_TYPES = [pt for pt, _ in TOY_TASKS.values()]
 @pytest.mark.parametrize(
     "estimator, extra, tasks",
     [
-        ("gs_grpo", [], PROBLEM_TYPES),  # default task key: problem_type
+        # default task key: problem_type; per-task gradient diagnostics every step
+        ("gs_grpo", ["+g2rpo.diagnostics.grad_every=1"], PROBLEM_TYPES),
         # data_source as task key; length as a fourth GS-GDPO component
         (
             "gs_gdpo",
@@ -74,6 +75,31 @@ def test_real_verl_run_logs_per_task_metrics_from_the_estimator(tmp_path, estima
                 assert 0 <= data[task_metric(task, "length/score")] <= 1
         # every sample of the step was assigned to one of the toy tasks, under the chosen key
         assert counted == prompts * rollouts, sorted(k for k in data if k.startswith("task_"))
+        if "+g2rpo.diagnostics.grad_every=1" in extra:
+            check_grad_diagnostics(data, [t for t in tasks if task_metric(t, "count") in data])
+        else:
+            assert not any("/grad/" in k or k.startswith("grad/") for k in data)
+
+
+def check_grad_diagnostics(data: dict, tasks: list[str]) -> None:
+    """The per-task gradient parts of a real verl actor update (4 micro-batches of FSDP2) add up
+    to verl's own pre-clip gradient norm: ‖Σ g_τ‖² = Σ_τ ‖g_τ‖² + 2 Σ_{τ<σ} ‖g_τ‖‖g_σ‖ cos(τ, σ)."""
+    norms = {t: data[task_metric(t, "grad/norm")] for t in tasks}
+    assert all(math.isfinite(n) and n >= 0 for n in norms.values()) and max(norms.values()) > 0, norms
+    # a task whose groups all tied (advantages 0) has a zero part: share 0, no cosine
+    assert sum(data[task_metric(t, "grad/share")] for t in tasks) == pytest.approx(1.0, abs=1e-6)
+    by_key = {task_metric(t, "")[len("task_") : -1]: t for t in tasks}  # "multiple_choice" -> "multiple choice"
+    keys = sorted(by_key)
+    total = sum(n * n for n in norms.values())
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            key = f"grad/cosine/{a}__{b}"
+            if norms[by_key[a]] == 0 or norms[by_key[b]] == 0:
+                assert key not in data
+                continue
+            assert -1 - 1e-9 <= data[key] <= 1 + 1e-9
+            total += 2 * norms[by_key[a]] * norms[by_key[b]] * data[key]
+    assert math.sqrt(total) == pytest.approx(data["actor/grad_norm"], rel=1e-4)
 
 
 LENGTH_OVERRIDES = [

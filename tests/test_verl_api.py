@@ -141,6 +141,48 @@ def test_the_keys_verls_engine_puts_on_every_loss_micro_batch():
     from verl.workers.utils.padding import no_padding_2_padding, response_to_nested  # noqa: F401
 
 
+# ------------------------------------------------------------------ the actor engine (gradient diagnostics)
+
+
+def test_the_fsdp_engine_members_the_gradient_diagnostics_wrap_and_call():
+    import importlib
+
+    from verl.workers.engine.base import BaseEngine
+    from verl.workers.engine_workers import TrainingWorker
+
+    module = importlib.import_module(verl_api.MODULE_FSDP_ENGINE)
+    cls_name, method = verl_api.ENGINE_TRAIN_BATCH
+    engine = getattr(module, cls_name)
+    train_batch = getattr(engine, method)
+    assert getattr(train_batch, "_g2rpo_grad_diagnostics", False), "the plugin's wrapper is not installed"
+    original = train_batch.__wrapped__
+    assert original is BaseEngine.train_batch  # the FSDP engine inherits it: zero, forward/backward, step
+    assert tuple(inspect.signature(original).parameters) == ("self", "data", "loss_function")
+    body = _source(original)
+    assert body.index("self.optimizer_zero_grad()") < body.index("self.forward_backward_batch(") < body.index(
+        "self.optimizer_step()"
+    )
+    for name, params in verl_api.ENGINE_MEMBERS.items():
+        assert tuple(inspect.signature(getattr(engine, name)).parameters)[: len(params)] == params, name
+    assert "self.module" in _source(engine)
+    # the engine counts the mini-batch's tokens from loss_mask; the loss reads response_mask
+    assert 'batch_num_tokens = data["loss_mask"].sum()' in _source(engine.forward_backward_batch)
+    # called once per mini-batch, inside train mode, with the worker's loss function
+    assert "self.engine.train_batch(data, loss_function=self.loss_fn)" in _source(TrainingWorker.train_batch)
+
+
+def test_extra_info_reaches_the_worker_and_worker_metrics_are_prefixed():
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+    from verl.utils import transferqueue_utils
+
+    assert "tu.assign_non_tensor_data(tensor_dict=tensordict, key=key, val=val)" in _source(
+        transferqueue_utils._async_meta_to_realdata
+    )
+    update = _source(PPOTrainer._update_actor)
+    assert "batch.extra_info.update(extra_info)" in update
+    assert f'rename_dict(output["metrics"], "{verl_api.WORKER_METRIC_PREFIX}")' in update
+
+
 # ------------------------------------------------------------------ TransferQueue fields and keys
 
 

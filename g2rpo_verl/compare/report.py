@@ -8,8 +8,9 @@ Every number in the summary is read from those files:
   (``val-core/<source>/acc/mean@N``, ``val-aux/<source>/reward/mean@N``), the *final* values
   (the run's last validation), and per task key the training statistics of the advantages
   (``task_<τ>/advantage/std`` and ``/skew`` averaged over steps, ``max |A|`` = the largest
-  ``|advantage/min|`` or ``|advantage/max|`` of any step) and, when gradient diagnostics ran,
-  ``task_<τ>/grad/share`` averaged over the steps that logged it;
+  ``|advantage/min|`` or ``|advantage/max|`` of any step) and, when gradient diagnostics ran
+  (``g2rpo.diagnostics.grad_every``), ``task_<τ>/grad/share`` and ``/grad/norm`` averaged over
+  the steps that logged them (:data:`GRAD_STATS`);
 * per arm: the mean over seeds with a t 95 % interval (:mod:`g2rpo_verl.compare.stats`) of
   every final value, of the mean over tasks and of the worst task (per seed, the lowest final
   accuracy of any task), and of each validation curve point;
@@ -35,12 +36,14 @@ from g2rpo_verl.demo.metrics import (
     validation_value,
 )
 
-__all__ = ["Arm", "run_dir_name", "summarize", "write_report", "KINDS", "ADVANTAGE_STATS"]
+__all__ = ["Arm", "run_dir_name", "summarize", "write_report", "KINDS", "ADVANTAGE_STATS", "GRAD_STATS"]
 
 #: Validation quantities compared per data source.
 KINDS = ("accuracy", "reward")
 #: Per-task advantage statistics (from the trainer's ``task_<τ>/advantage/*`` metrics).
 ADVANTAGE_STATS = ("std", "max_abs", "skew")
+#: Per-task gradient diagnostics (``task_<τ>/grad/<name>``), present when the runs logged them.
+GRAD_STATS = ("share", "norm")
 #: Row names of the two aggregates over tasks in the final tables.
 MEAN_ROW, WORST_ROW = "mean over tasks", "worst task"
 
@@ -89,9 +92,10 @@ def run_summary(metrics: Metrics) -> dict:
             "skew": _mean(skew),
             "train_reward": _mean(reward),
         }
-        _, share = series(metrics, f"{prefix}/grad/share")
-        if share:
-            stats["grad_share"] = _mean(share)
+        for name in GRAD_STATS:
+            _, values = series(metrics, f"{prefix}/grad/{name}")
+            if values:
+                stats[f"grad_{name}"] = _mean(values)
         train[task] = stats
     return {
         "last_step": max(metrics, default=0),
@@ -179,7 +183,7 @@ def summarize(workdir: Path, arms: Sequence[Arm], seeds: Sequence[int], wall_tim
         advantage[arm.name] = {}
         for task in tasks:
             row = {}
-            for stat in (*ADVANTAGE_STATS, "train_reward", "grad_share"):
+            for stat in (*ADVANTAGE_STATS, "train_reward", *(f"grad_{n}" for n in GRAD_STATS)):
                 values = per_seed(arm.name, lambda r, t=task, k=stat: r["train"].get(t, {}).get(k))
                 if values:
                     row[stat] = t_interval(list(values.values())).to_dict()
@@ -266,15 +270,25 @@ def render_markdown(summary: Mapping, command: str | None = None) -> str:
         "",
     ]
     has_share = any("grad_share" in row for by_task in summary["advantage"].values() for row in by_task.values())
-    stats = [*ADVANTAGE_STATS, "train_reward"] + (["grad_share"] if has_share else [])
+    stats = [*ADVANTAGE_STATS, "train_reward"] + ([f"grad_{n}" for n in GRAD_STATS] if has_share else [])
     out += ["| task | arm | " + " | ".join(stats) + " |", "|---" * (2 + len(stats)) + "|"]
     for task in summary["tasks"]:
         for a in arms:
             row = summary["advantage"][a].get(task, {})
             out.append(f"| {task} | {a} | " + " | ".join(_cell(row.get(s)) for s in stats) + " |")
     out.append("")
-    if not has_share:
-        out += ["Per-task gradient share: not measured in these runs (gradient diagnostics were off).", ""]
+    if has_share:
+        out += [
+            "`grad_share`: the task's projection share g_τ·g/‖g‖² of the policy gradient g = Σ_τ g_τ (the shares "
+            "of a step sum to 1; negative = the task pulls against the update), `grad_norm`: ‖g_τ‖ before "
+            "clipping; both averaged over the steps that ran the gradient diagnostics.",
+            "",
+        ]
+    else:
+        out += [
+            "Per-task gradient share: not measured in these runs (add `+g2rpo.diagnostics.grad_every=K` to log it).",
+            "",
+        ]
     out += ["## Runs", "", "| run | last step | validations | wall time |", "|---|---|---|---|"]
     for name, r in summary["runs"].items():
         wall = f"{r['wall_s']:.0f} s" if "wall_s" in r else "—"

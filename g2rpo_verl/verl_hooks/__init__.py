@@ -13,6 +13,9 @@ touches the trainer (a rollout server, a reward worker) does not pay for importi
   itself to use gs_*;
 * ``verl.trainer.ppo.ray_trainer`` -> the deprecated V0 trainer gets the same config check
   (gs_* there stop before any worker starts);
+* ``verl.workers.engine.fsdp.transformer_impl`` -> the FSDP engine's ``train_batch`` runs the
+  per-task gradient diagnostics first when the actor update asks for them (a pass-through
+  otherwise; :mod:`~g2rpo_verl.verl_hooks.grad_diagnostics`);
 * with ``VERL_PLATFORM=cpu``: the CPU platform and ``hf`` rollout (``g2rpo_verl.cpu``).
 
 Before any of it, :func:`g2rpo_verl.verl_api.check_verl_version` refuses a verl outside the
@@ -31,7 +34,14 @@ import sys
 from collections.abc import Callable
 from types import ModuleType
 
-from g2rpo_verl.verl_api import MODULE_CORE_ALGOS, MODULE_TRAINER_V0, MODULE_TRAINERS_V1, check_verl_version, trainer_registry
+from g2rpo_verl.verl_api import (
+    MODULE_CORE_ALGOS,
+    MODULE_FSDP_ENGINE,
+    MODULE_TRAINER_V0,
+    MODULE_TRAINERS_V1,
+    check_verl_version,
+    trainer_registry,
+)
 
 logger = logging.getLogger("g2rpo_verl")
 
@@ -50,6 +60,18 @@ def _install_trainer_mixin(module: ModuleType) -> None:
     from g2rpo_verl.verl_hooks.trainer import install
 
     install(trainer_registry(module))
+
+
+def _install_engine_hook(module: ModuleType) -> None:
+    if _VERSION_ERROR is not None:
+        raise _VERSION_ERROR
+    from g2rpo_verl.verl_hooks.grad_diagnostics import install_engine_hook
+
+    try:
+        install_engine_hook(module)
+    except Exception:
+        logger.exception("g2rpo_verl: could not wrap %s's engine; refusing to run without the plugin", module.__name__)
+        raise
 
 
 def _install_v0_guard(module: ModuleType) -> None:
@@ -120,6 +142,11 @@ def register_all() -> None:
 
     if cpu.enabled():
         cpu.register()
+    # wrapt's post-import hook, as the CPU backend's fixes of the same module use: two import
+    # finders wrapping one module's loader would call each other
+    from wrapt import register_post_import_hook
+
+    register_post_import_hook(_install_engine_hook, MODULE_FSDP_ENGINE)
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
     for name in _AFTER_IMPORT:

@@ -170,6 +170,32 @@ def _shaping_problems(config: Any, g2rpo: G2RPOConfig, estimator: str) -> list[s
             )
         if int(_get(config, "actor_rollout_ref.actor.ppo_epochs", 1)) < 1:
             problems.append("g2rpo.entropy.enable=true but actor_rollout_ref.actor.ppo_epochs < 1: no actor update")
+    if g2rpo.diagnostics.grad_every > 0:
+        problems += _diagnostics_problems(config)
+    return problems
+
+
+#: verl policy losses that pick tokens across the batch (not a sum of per-row terms).
+NON_SEPARABLE_POLICY_LOSSES = ("clip_cov", "kl_cov")
+
+
+def _diagnostics_problems(config: Any) -> list[str]:
+    """What ``g2rpo.diagnostics.grad_every > 0`` cannot measure exactly (verl_hooks/grad_diagnostics.py)."""
+    problems = []
+    key = "g2rpo.diagnostics.grad_every"
+    strategy = str(_get(config, "actor_rollout_ref.actor.strategy", "fsdp"))
+    if strategy not in ("fsdp", "fsdp2"):
+        problems.append(
+            f"{key} needs verl's FSDP actor engine (actor_rollout_ref.actor.strategy fsdp or fsdp2), got {strategy!r}"
+        )
+    loss_mode = str(_get(config, "actor_rollout_ref.actor.policy_loss.loss_mode", "vanilla"))
+    if loss_mode in NON_SEPARABLE_POLICY_LOSSES:
+        problems.append(
+            f"{key} with actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode}: that loss picks tokens across "
+            "the whole batch, so one task's part of the gradient is not the loss restricted to its rows"
+        )
+    if (_get(config, "distillation.enabled", False)):
+        problems.append(f"{key} with distillation.enabled=true is not supported (the distillation loss is not split by task)")
     return problems
 
 

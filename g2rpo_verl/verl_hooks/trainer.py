@@ -12,7 +12,8 @@ stay verl's). Around it come length shaping (before) and the per-task metrics of
 which validates the config before verl builds anything.
 
 Layers (each imports only those below it): ``samples`` -> ``checks`` -> ``base`` ->
-``length`` / ``entropy`` / ``filtering`` / ``estimators`` / ``task_metrics`` -> this module.
+``length`` / ``entropy`` / ``filtering`` / ``estimators`` / ``task_metrics`` /
+``grad_diagnostics`` -> this module.
 
 It is mixed into every trainer in verl's ``TRAINER_REGISTRY`` when that module is imported,
 so ``algorithm.adv_estimator=gs_grpo`` works with the stock ``trainer.v1.trainer_mode``
@@ -31,6 +32,7 @@ from g2rpo_verl.verl_api import TQ
 from g2rpo_verl.verl_hooks.entropy import EntropyShapingMixin
 from g2rpo_verl.verl_hooks.estimators import build_task_batch, task_batch
 from g2rpo_verl.verl_hooks.filtering import GroupFilterMixin
+from g2rpo_verl.verl_hooks.grad_diagnostics import GradDiagnosticsMixin
 from g2rpo_verl.verl_hooks.length import LengthShapingMixin
 from g2rpo_verl.verl_hooks.samples import ResponseBatch
 from g2rpo_verl.verl_hooks.task_metrics import ema_metrics, task_entropy_metrics, task_step_metrics
@@ -40,7 +42,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["G2RPOTrainerMixin", "install"]
 
 
-class G2RPOTrainerMixin(EntropyShapingMixin, LengthShapingMixin, GroupFilterMixin):
+class G2RPOTrainerMixin(GradDiagnosticsMixin, EntropyShapingMixin, LengthShapingMixin, GroupFilterMixin):
     """Mixed in front of verl's V1 trainers; see the module docstring.
 
     With ``ema_grpo`` its per-task moments (:attr:`g2rpo_ema`) are a trainer-side state part,
