@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from g2rpo_verl.entropy_control import AdaptiveEntropyControl
 
+from g2rpo_verl.ema_grpo import DECAY, EPS, FLOOR, GUARD
 from g2rpo_verl.length_shaping import TaskLengthRule, builtin_profile
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "LengthShapingConfig",
     "FilterBand",
     "DiagnosticsConfig",
+    "EmaGrpoConfig",
     "PLUGIN_ESTIMATORS",
     "COMPONENT_ESTIMATORS",
     "DEFAULT_TASK_KEY",
@@ -181,6 +183,38 @@ class LengthShapingConfig:
 
 
 @dataclass
+class EmaGrpoConfig:
+    """``g2rpo.ema_grpo``: constants of ``algorithm.adv_estimator=ema_grpo`` (g2rpo_verl/ema_grpo.py).
+
+    Defaults are OneThinker's (EasyR1 ``core_algos``), defined once in :mod:`g2rpo_verl.ema_grpo`.
+
+    Attributes:
+        decay: EMA decay d of each task's reward moments, in [0, 1) (0.99).
+        floor: lower bound of the per-task std σ_τ, > 0 (1e-3).
+        guard: a group whose task-scaled advantages exceed ±guard is rescaled by its own std
+            instead, > 0 (5).
+        eps: added to every divisor, >= 0 (1e-6).
+    """
+
+    decay: float = DECAY
+    floor: float = FLOOR
+    guard: float = GUARD
+    eps: float = EPS
+
+    def __post_init__(self) -> None:
+        checks = {
+            "decay": 0.0 <= self.decay < 1.0,
+            "floor": math.isfinite(self.floor) and self.floor > 0,
+            "guard": math.isfinite(self.guard) and self.guard > 0,
+            "eps": math.isfinite(self.eps) and self.eps >= 0,
+        }
+        rules = {"decay": "in [0, 1)", "floor": "finite and > 0", "guard": "finite and > 0", "eps": "finite and >= 0"}
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"g2rpo.ema_grpo.{key} must be {rules[key]}, got {getattr(self, key)}")
+
+
+@dataclass
 class DiagnosticsConfig:
     """``g2rpo.diagnostics``: measurements that cost compute and leave training unchanged.
 
@@ -215,12 +249,14 @@ class G2RPOConfig:
         entropy: task-level entropy shaping, see :class:`EntropyShapingConfig`.
         length: task-level response-length shaping, see :class:`LengthShapingConfig`.
         diagnostics: per-task gradient diagnostics, see :class:`DiagnosticsConfig`.
+        ema_grpo: constants of the ``ema_grpo`` estimator, see :class:`EmaGrpoConfig`.
     """
 
     task_key: str = DEFAULT_TASK_KEY
     entropy: EntropyShapingConfig = field(default_factory=EntropyShapingConfig)
     length: LengthShapingConfig = field(default_factory=LengthShapingConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    ema_grpo: EmaGrpoConfig = field(default_factory=EmaGrpoConfig)
 
 
 def _unknown_keys(section: Any, schema: type, path: str) -> list[str]:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from g2rpo_verl.compare.cli import parse_arms, run_command, total_steps
 from g2rpo_verl.compare.report import Arm, summarize, write_report
@@ -103,6 +104,61 @@ def test_the_per_task_gradient_share_is_reported_when_the_runs_logged_it(tmp_pat
     write_report(tmp_path, s, plots=False)
     report = (tmp_path / "report.md").read_text()
     assert "| grad_share | grad_norm |" in report and "| OCR | gs_grpo |" in report and "g_τ·g/‖g‖²" in report
+
+
+def _v1_advantages(estimator: str, rewards: list[list[float]], **algorithm) -> torch.Tensor:
+    """verl's V1 advantage step (``compute_advantage_for_multi_trajectories``, as its trainer calls it)
+    on groups of sequence rewards; returns the per-row advantage (token 0)."""
+    import numpy as np
+    from omegaconf import OmegaConf
+    from verl import DataProto
+    from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
+
+    flat = [r for group in rewards for r in group]
+    uids = [f"p{g}" for g, group in enumerate(rewards) for _ in group]
+    keys = [f"{u}_{i}_0" for i, u in enumerate(uids)]  # {uid}_{session}_{index}: one session per rollout
+    mask = torch.ones(len(flat), 3)
+    token_rewards = torch.zeros(len(flat), 3)
+    token_rewards[:, -1] = torch.tensor(flat)
+    data = DataProto.from_dict(
+        tensors={"token_level_rewards": token_rewards, "response_mask": mask},
+        non_tensors={"uid": np.array(uids, dtype=object)},
+    )
+    config = OmegaConf.create({"adv_estimator": estimator, "gamma": 1.0, "lam": 1.0, **algorithm})
+    out = compute_advantage_for_multi_trajectories(
+        data, batch_keys=keys, adv_estimator=estimator, num_repeat=len(rewards[0]),
+        norm_adv_by_std_in_grpo=algorithm.get("norm_adv_by_std_in_grpo", True), config=config,
+    )
+    assert torch.equal(out.batch["advantages"], out.batch["advantages"][:, :1].expand(-1, 3))
+    return out.batch["advantages"][:, 0]
+
+
+@pytest.mark.parametrize(
+    "arm, estimator, algorithm, expected",
+    [
+        # verl's rloo: each reward minus the mean of the group's other rewards
+        ("rloo", "rloo", {}, [1.0, -1 / 3, -1 / 3, -1 / 3, 0.0, 0.0, 0.0, 0.0]),
+        # grpo without std normalisation: centred rewards, a near-tied group stays small
+        ("grpo_nostd", "grpo", {"norm_adv_by_std_in_grpo": False}, [0.75, -0.25, -0.25, -0.25, 0.0, 0.0, 0.0, 0.0]),
+        # grpo with it, for contrast
+        ("grpo", "grpo", {}, [1.5, -0.5, -0.5, -0.5, 0.0, 0.0, 0.0, 0.0]),
+    ],
+)
+def test_verls_rloo_and_grpo_without_std_run_in_the_harness(arm, estimator, algorithm, expected):
+    """The comparison arms of the issue's baselines: accepted by the plugin's config check, composed
+    by g2rpo-compare, and computed by verl's own V1 advantage step (worked example)."""
+    from omegaconf import OmegaConf
+
+    from g2rpo_verl.verl_api import adv_estimator_registry
+    from g2rpo_verl.verl_hooks.checks import validate_run_config
+
+    overrides = [f"algorithm.adv_estimator={estimator}", *(f"algorithm.{k}={str(v).lower()}" for k, v in algorithm.items())]
+    (spec,) = parse_arms([], [f"{arm}={' '.join(overrides)}"])
+    cmd = run_command(Path("/w") / f"{arm}_seed0", 0, ["trainer.total_training_steps=2"], spec)
+    assert cmd[-2 - len(overrides) : -2] == overrides  # then data.seed / rollout.seed
+    validate_run_config(OmegaConf.from_dotlist(overrides), trainer="v1", known_estimators=adv_estimator_registry())
+    adv = _v1_advantages(estimator, [[1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5]], **algorithm)
+    assert adv.tolist() == pytest.approx(expected, abs=1e-5)
 
 
 def test_arms_from_estimators_and_overrides():

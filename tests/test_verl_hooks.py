@@ -109,29 +109,54 @@ def test_registered_gs_grpo_reads_task_ids_from_the_trainer_context():
     assert torch.equal(adv[mask == 0], torch.zeros(int((mask == 0).sum())))
 
 
-def test_registered_ema_grpo_carries_the_trainers_task_moments():
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"decay": 0.5, "floor": 0.3, "guard": 1.0, "eps": 1e-3}],  # OneThinker's constants, and others
+)
+def test_registered_ema_grpo_carries_the_trainers_task_moments_and_its_configured_constants(overrides):
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
+    from g2rpo_verl.config import EmaGrpoConfig
     from g2rpo_verl.ema_grpo import EmaStdState, TaskMoments, ema_grpo_advantages
     from g2rpo_verl.verl_hooks.task_metrics import ema_metrics
 
+    cfg = EmaGrpoConfig(**overrides)
     uids, scores, mask, rewards, tasks, infos = verl_batch()
     prior = {"math": TaskMoments(0.4, 0.3), "ocr": TaskMoments(0.5, 0.5)}
-    side = build_task_batch(sample_info(uids, tasks, infos), ema=EmaStdState(dict(prior)))
+    side = build_task_batch(sample_info(uids, tasks, infos), ema=EmaStdState(dict(prior)), ema_config=cfg)
     with task_batch(side):
         adv, ret = get_adv_estimator_fn("ema_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids, config=None)
     groups = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
-    expected = ema_grpo_advantages(scores.double(), groups, side.task_ids, list(side.task_names), prior)
+    constants = {"decay": cfg.decay, "floor": cfg.floor, "guard": cfg.guard, "eps": cfg.eps}
+    expected = ema_grpo_advantages(scores.double(), groups, side.task_ids, list(side.task_names), prior, **constants)
     assert torch.allclose(adv, expected.advantages.float().unsqueeze(-1) * mask)
     assert torch.equal(adv, ret)
+    default = ema_grpo_advantages(scores.double(), groups, side.task_ids, list(side.task_names), prior)
+    assert torch.equal(expected.advantages, default.advantages) == (not overrides)
     # the trainer's state advanced by one step; a task absent here keeps its moments
     assert side.ema.moments == expected.moments and side.ema.moments["ocr"] == prior["ocr"]
     assert side.ema.moments["math"] != prior["math"]
-    metrics = ema_metrics(side.ema)
-    assert metrics["task_grounding/ema/std"] == pytest.approx(side.ema.moments["grounding"].std())
+    metrics = ema_metrics(side.ema, floor=cfg.floor)
+    assert metrics["task_grounding/ema/std"] == pytest.approx(side.ema.moments["grounding"].std(cfg.floor))
     assert set(metrics) >= {"task_math/ema/fallback_groups", "task_grounding/ema/fallback_groups"}
     with task_batch(build_task_batch(sample_info(uids, tasks, infos))), pytest.raises(RuntimeError, match="EMA state"):
         get_adv_estimator_fn("ema_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids, config=None)
+
+
+def test_ema_grpo_constants_are_config_keys_validated_at_load():
+    from omegaconf import OmegaConf
+
+    from g2rpo_verl.config import load_g2rpo_config
+    from g2rpo_verl.ema_grpo import DECAY, EPS, FLOOR, GUARD
+
+    cfg = load_g2rpo_config(OmegaConf.create({})).ema_grpo
+    assert (cfg.decay, cfg.floor, cfg.guard, cfg.eps) == (DECAY, FLOOR, GUARD, EPS) == (0.99, 1e-3, 5.0, 1e-6)
+    assert load_g2rpo_config(OmegaConf.create({"g2rpo": {"ema_grpo": {"guard": 3}}})).ema_grpo.guard == 3.0
+    for key, bad in (("decay", 1.0), ("decay", -0.1), ("floor", 0.0), ("guard", -5), ("eps", float("nan"))):
+        with pytest.raises(ValueError, match=f"g2rpo.ema_grpo.{key} must be"):
+            load_g2rpo_config(OmegaConf.create({"g2rpo": {"ema_grpo": {key: bad}}}))
+    with pytest.raises(ValueError, match="did you mean 'g2rpo.ema_grpo.decay'"):
+        load_g2rpo_config(OmegaConf.create({"g2rpo": {"ema_grpo": {"decy": 0.9}}}))
 
 
 def test_per_task_step_metrics():

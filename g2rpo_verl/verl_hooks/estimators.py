@@ -25,7 +25,7 @@ from verl.trainer.ppo.core_algos import register_adv_est
 
 from g2rpo_verl.advantages import gs_gdpo_advantages, gs_grpo_advantages
 from g2rpo_verl.ema_grpo import EmaStdState, ema_grpo_advantages
-from g2rpo_verl.config import PLUGIN_ESTIMATORS
+from g2rpo_verl.config import PLUGIN_ESTIMATORS, EmaGrpoConfig
 from g2rpo_verl.verl_hooks.samples import SampleInfo
 
 __all__ = [
@@ -56,6 +56,7 @@ class TaskBatch:
         ema: ema_grpo's state (``None`` for the other estimators): the trainer's own
             :class:`~g2rpo_verl.ema_grpo.EmaStdState`, which the estimator advances by one step
             (verl keeps the estimator's return value, so the new moments go back this way).
+        ema_config: ema_grpo's constants (``g2rpo.ema_grpo``; ``None`` for the other estimators).
     """
 
     uids: np.ndarray
@@ -66,6 +67,7 @@ class TaskBatch:
     component_names: tuple[str, ...] = field(default_factory=tuple)
     component_weights: tuple[float, ...] = field(default_factory=tuple)
     ema: EmaStdState | None = None
+    ema_config: EmaGrpoConfig | None = None
 
 
 def _component_matrix(
@@ -103,10 +105,17 @@ def build_task_batch(
     info: SampleInfo,
     components: tuple[Sequence[str], Sequence[float]] | None = None,
     ema: EmaStdState | None = None,
+    ema_config: EmaGrpoConfig | None = None,
 ) -> TaskBatch:
     """The :class:`TaskBatch` of one advantage step (``components`` = names and weights, for
-    gs_gdpo; ``ema`` = the trainer's state, for ema_grpo)."""
-    batch = TaskBatch(uids=np.asarray(info.uids, dtype=object), task_ids=info.task_ids, task_names=info.task_names, ema=ema)
+    gs_gdpo; ``ema`` = the trainer's state and ``ema_config`` its constants, for ema_grpo)."""
+    batch = TaskBatch(
+        uids=np.asarray(info.uids, dtype=object),
+        task_ids=info.task_ids,
+        task_names=info.task_names,
+        ema=ema,
+        ema_config=ema_config,
+    )
     if components is None:
         return batch
     names, weights = components
@@ -120,6 +129,7 @@ def build_task_batch(
         component_names=tuple(names),
         component_weights=tuple(float(w) for w in weights),
         ema=ema,
+        ema_config=ema_config,
     )
 
 
@@ -238,13 +248,15 @@ def compute_ema_grpo_outcome_advantage(
     Reads the trainer's per-task moments from the task batch and advances them by this step.
     """
     batch = _current("ema_grpo", index, token_level_rewards.shape[0])
-    if batch.ema is None:
-        raise RuntimeError("ema_grpo: the task batch carries no EMA state (the trainer's EmaStdState)")
+    if batch.ema is None or batch.ema_config is None:
+        raise RuntimeError("ema_grpo: the task batch carries no EMA state / constants (the trainer's g2rpo.ema_grpo)")
+    cfg = batch.ema_config
     device = token_level_rewards.device
     with torch.no_grad():
         scores = _scores(token_level_rewards)
         result = ema_grpo_advantages(
-            scores.cpu(), _group_ids(batch.uids, torch.device("cpu")), batch.task_ids, list(batch.task_names), batch.ema.moments
+            scores.cpu(), _group_ids(batch.uids, torch.device("cpu")), batch.task_ids, list(batch.task_names),
+            batch.ema.moments, decay=cfg.decay, floor=cfg.floor, guard=cfg.guard, eps=cfg.eps,
         )
     batch.ema.advance(result)
     return _broadcast(result.advantages.to(device=device, dtype=token_level_rewards.dtype), response_mask)

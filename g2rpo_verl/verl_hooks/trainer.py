@@ -77,10 +77,11 @@ class G2RPOTrainerMixin(GradDiagnosticsMixin, EntropyShapingMixin, LengthShaping
         if estimator in PLUGIN_ESTIMATORS:
             components = gdpo_components(self.config.algorithm) if estimator == "gs_gdpo" else None
             ema = self.g2rpo_ema if estimator == "ema_grpo" else None
-            with task_batch(build_task_batch(info, components, ema)):
+            ema_config = self.g2rpo_config.ema_grpo if ema is not None else None
+            with task_batch(build_task_batch(info, components, ema, ema_config)):
                 batch = super()._compute_advantage(batch, metrics)
             if ema is not None:
-                metrics.update(ema_metrics(ema))
+                metrics.update(ema_metrics(ema, floor=ema_config.floor))
         else:
             batch = super()._compute_advantage(batch, metrics)
         if length_cfg.enable and length_cfg.truncation == "mask":
