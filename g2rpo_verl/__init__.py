@@ -8,8 +8,8 @@ The verl wiring (:mod:`g2rpo_verl.verl_hooks`) loads itself through verl's ``ver
 entry point; ``algorithm.adv_estimator=gs_grpo`` (or ``gs_gdpo``) then selects it.
 """
 
-from g2rpo_verl.advantages import gs_gdpo_advantages, gs_grpo_advantages
-from g2rpo_verl.gaussian import gaussianize
+from g2rpo_verl.algorithms.advantages import gs_gdpo_advantages, gs_grpo_advantages
+from g2rpo_verl.algorithms.gaussian import gaussianize
 
 __all__ = ["gaussianize", "gs_grpo_advantages", "gs_gdpo_advantages"]
 __version__ = "0.1.0"

@@ -18,10 +18,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from g2rpo_verl.entropy_control import AdaptiveEntropyControl
+from g2rpo_verl.algorithms.entropy_control import AdaptiveEntropyControl
 
-from g2rpo_verl.ema_grpo import DECAY, EPS, FLOOR, GUARD
-from g2rpo_verl.length_shaping import TaskLengthRule, builtin_profile
+from g2rpo_verl.algorithms.ema_grpo import DECAY, EPS, FLOOR, GUARD
+from g2rpo_verl.algorithms.length import TaskLengthRule, builtin_profile
 
 __all__ = [
     "G2RPOConfig",
@@ -76,9 +76,9 @@ class EntropyShapingConfig:
         controller: ``fixed`` = the paper's penalty with coefficient ``beta`` for every task
             (default); ``adaptive`` = a per-task coefficient that rises while the task's entropy
             is outside its band and relaxes inside it, replacing ``beta``
-            (g2rpo_verl.entropy_control; needs ``estimator=exact``).
+            (g2rpo_verl.algorithms.entropy_control; needs ``estimator=exact``).
         adaptive: the adaptive controller's gains, see
-            :class:`g2rpo_verl.entropy_control.AdaptiveEntropyControl`.
+            :class:`g2rpo_verl.algorithms.entropy_control.AdaptiveEntropyControl`.
     """
 
     enable: bool = False
@@ -131,7 +131,7 @@ def _default_length_profiles() -> dict[str, dict[str, Any]]:
 
 @dataclass
 class LengthShapingConfig:
-    """``g2rpo.length``: per-task response-length envelope (rule: g2rpo_verl.length_shaping).
+    """``g2rpo.length``: per-task response-length envelope (rule: g2rpo_verl.algorithms.length).
 
     Attributes:
         enable: score response lengths (off by default in a plain verl config).
@@ -151,7 +151,7 @@ class LengthShapingConfig:
             width: ..., ramp: ...}``; unset keys come from the profile. Tasks not listed use
             the built-in profile of their problem type (math -> reasoning, spatial grounding
             and OCR -> perception, any alias the reward function accepts;
-            :data:`g2rpo_verl.length_shaping.DEFAULT_TASK_PROFILES`) or ``default_profile``.
+            :data:`g2rpo_verl.algorithms.length.DEFAULT_TASK_PROFILES`) or ``default_profile``.
         default_profile: profile of tasks neither listed nor known.
     """
 
@@ -184,9 +184,9 @@ class LengthShapingConfig:
 
 @dataclass
 class EmaGrpoConfig:
-    """``g2rpo.ema_grpo``: constants of ``algorithm.adv_estimator=ema_grpo`` (g2rpo_verl/ema_grpo.py).
+    """``g2rpo.ema_grpo``: constants of ``algorithm.adv_estimator=ema_grpo`` (g2rpo_verl/algorithms/ema_grpo.py).
 
-    Defaults are OneThinker's (EasyR1 ``core_algos``), defined once in :mod:`g2rpo_verl.ema_grpo`.
+    Defaults are OneThinker's (EasyR1 ``core_algos``), defined once in :mod:`g2rpo_verl.algorithms.ema_grpo`.
 
     Attributes:
         decay: EMA decay d of each task's reward moments, in [0, 1) (0.99).

@@ -5,7 +5,7 @@
    CPU results (float64 outputs compared element by element; tied scores must map to identical
    advantages on the device too) at 4k–65k samples, with the median time of each on both.
 2. The entropy-shaped loss (the plugin's per-task weights from
-   :mod:`g2rpo_verl.entropy_shaping`, plus a policy-gradient term) forward and backward on a
+   :mod:`g2rpo_verl.algorithms.entropy`, plus a policy-gradient term) forward and backward on a
    small random Qwen3-VL in bf16 with an image per sample: finite gradients in both towers, and
    the shaping gradient equals the autograd gradient of the penalty's definition over the
    whole batch whatever the micro-batch split (as the trainer relies on), to bf16 accuracy.
@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from g2rpo_verl import gaussianize, gs_gdpo_advantages, gs_grpo_advantages  # noqa: E402
-from g2rpo_verl.entropy_shaping import (  # noqa: E402
+from g2rpo_verl.algorithms.entropy import (  # noqa: E402
     penalty_weights,
     row_entropy_sums,
     shaping_surrogate,

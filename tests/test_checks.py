@@ -162,9 +162,9 @@ ray.exceptions.RayTaskError(MiniBatchMismatch): ray::TaskRunnerV1.run() (pid=424
   File "/venv/verl/trainer/main_ppo.py", line 155, in run
     self.trainer.fit(self.agent_loop_manager)
     ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
-  File "/src/g2rpo_verl/verl_hooks/entropy.py", line 300, in check
+  File "/src/g2rpo_verl/verl_hooks/minibatch.py", line 300, in check
     raise MiniBatchMismatch(
-g2rpo_verl.verl_hooks.entropy.MiniBatchMismatch: g2rpo.entropy: verl's mini-batch has 40 response tokens
+g2rpo_verl.verl_hooks.minibatch.MiniBatchMismatch: g2rpo.entropy: verl's mini-batch has 40 response tokens
   but the trainer predicted [42]
 
 Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.
@@ -175,7 +175,7 @@ def test_the_innermost_exception_is_what_the_user_sees():
     from g2rpo_verl.demo.trainer_process import last_exception
 
     assert last_exception(RAY_FAILURE.splitlines()) == [
-        "g2rpo_verl.verl_hooks.entropy.MiniBatchMismatch: g2rpo.entropy: verl's mini-batch has 40 response tokens",
+        "g2rpo_verl.verl_hooks.minibatch.MiniBatchMismatch: g2rpo.entropy: verl's mini-batch has 40 response tokens",
         "  but the trainer predicted [42]",
     ]
     assert last_exception(["step:1 - a:1", "done"]) == []

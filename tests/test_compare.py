@@ -149,7 +149,7 @@ def test_verls_rloo_and_grpo_without_std_run_in_the_harness(arm, estimator, algo
     by g2rpo-compare, and computed by verl's own V1 advantage step (worked example)."""
     from omegaconf import OmegaConf
 
-    from g2rpo_verl.verl_api import adv_estimator_registry
+    from g2rpo_verl.verl_compat.api import adv_estimator_registry
     from g2rpo_verl.verl_hooks.checks import validate_run_config
 
     overrides = [f"algorithm.adv_estimator={estimator}", *(f"algorithm.{k}={str(v).lower()}" for k, v in algorithm.items())]

@@ -952,7 +952,7 @@ def test_fast_poll_replay_buffer_is_verls_sync_buffer_with_a_short_poll():
 
 
 def test_request_seed_depends_on_the_request_identity_only():
-    from g2rpo_verl.rollout_seed import request_seed
+    from g2rpo_verl.verl_compat.request_seeds import request_seed
 
     base = request_seed(42, step=3, index=7, sample=0, prompt_ids=[1, 2, 3])
     assert base == request_seed(42, 3, 7, 0, [1, 2, 3])  # stable (no per-process hash salt)
@@ -966,8 +966,8 @@ def test_request_seed_depends_on_the_request_identity_only():
 
 
 def test_seeding_client_adds_the_request_seed_and_leaves_the_shared_params_alone():
-    from g2rpo_verl.rollout_seed import request_seed
-    from g2rpo_verl.verl_hooks.seeded_rollout import _SeedingClient
+    from g2rpo_verl.verl_compat.request_seeds import request_seed
+    from g2rpo_verl.verl_hooks.seeded_agent_loop import _SeedingClient
 
     class Recorder:
         name = "inner"

@@ -86,7 +86,7 @@ def _micro_batch(rows, weights, dp_size: int, batch_num_tokens: int, global_batc
     from tensordict import TensorDict
     from verl.utils import tensordict_utils as tu
 
-    from g2rpo_verl.verl_hooks.entropy import WEIGHT_FIELD
+    from g2rpo_verl.verl_hooks.actor_loss import WEIGHT_FIELD
     from g2rpo_verl.verl_hooks.grad_diagnostics import TASK_FIELD
 
     def jagged(xs):
@@ -117,7 +117,7 @@ def _rank_main(rank: int, world: int, init_file: str, model_dir: str, io_path: s
     from verl.utils.fsdp_utils import apply_fsdp2
     from verl.workers.utils.losses import ppo_loss
 
-    from g2rpo_verl.verl_hooks.entropy import EntropyShapedLoss
+    from g2rpo_verl.verl_hooks.actor_loss import EntropyShapedLoss
 
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -254,7 +254,7 @@ def _reference_gram(model_dir, rows, weights, actor_config) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
     from verl.workers.utils.losses import ppo_loss
 
-    from g2rpo_verl.verl_hooks.entropy import EntropyShapedLoss
+    from g2rpo_verl.verl_hooks.actor_loss import EntropyShapedLoss
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").double()
     n_tokens = sum(len(r["response"]) for r in rows)
@@ -302,8 +302,9 @@ def _actor_config(*extra: str):
 
 def _trainer_side(rows, entropy: list[torch.Tensor], dp_size: int):
     """What the trainer computes from the workers' old-policy entropy: weights and per-task metrics."""
-    from g2rpo_verl.entropy_shaping import penalty_weights, row_entropy_sums
-    from g2rpo_verl.verl_hooks.entropy import entropy_shaping_metrics, minibatch_groups
+    from g2rpo_verl.algorithms.entropy import penalty_weights, row_entropy_sums
+    from g2rpo_verl.verl_hooks.entropy import entropy_shaping_metrics
+    from g2rpo_verl.verl_hooks.minibatch import minibatch_groups
     from g2rpo_verl.verl_hooks.trainer import task_entropy_metrics
 
     width = max(len(e) for e in entropy)

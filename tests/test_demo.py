@@ -25,7 +25,7 @@ from g2rpo_verl.demo import tasks
 from g2rpo_verl.demo.metrics import load_metrics, merge_run_metrics, series, task_names, validation_summary
 from g2rpo_verl.demo.overrides import demo_overrides, flatten, format_value, load_config, override_value
 from g2rpo_verl.demo.trainer_process import parse_step_line
-from g2rpo_verl.entropy_control import AdaptiveEntropyControl
+from g2rpo_verl.algorithms.entropy_control import AdaptiveEntropyControl
 from g2rpo_verl.rewards import compute_score
 
 SOURCES = list(tasks.TASKS)

@@ -123,8 +123,8 @@ def test_length_shaping_runs_in_real_verl_and_its_state_survives_a_resume(tmp_pa
     from omegaconf import OmegaConf
 
     from g2rpo_verl.config import load_g2rpo_config
-    from g2rpo_verl.entropy_control import EntropyController
-    from g2rpo_verl.length_shaping import LengthShaper
+    from g2rpo_verl.algorithms.entropy_control import EntropyController
+    from g2rpo_verl.algorithms.length import LengthShaper
 
     shaping = LENGTH_OVERRIDES + ENTROPY_OVERRIDES
     common = ["algorithm.adv_estimator=gs_grpo", "trainer.save_freq=1", *("+" + o for o in shaping)]

@@ -1,4 +1,4 @@
-"""Specification of ``ema_grpo`` (OneThinker's per-task EMA-std GRPO, g2rpo_verl.ema_grpo)."""
+"""Specification of ``ema_grpo`` (OneThinker's per-task EMA-std GRPO, g2rpo_verl.algorithms.ema_grpo)."""
 
 import math
 import random
@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from g2rpo_verl.ema_grpo import TaskMoments, ema_grpo_advantages
+from g2rpo_verl.algorithms.ema_grpo import TaskMoments, ema_grpo_advantages
 
 from reference_impl import ema_grpo_loop
 
@@ -107,7 +107,7 @@ def test_bad_ids_are_refused():
 def test_state_round_trips_through_json():
     import json
 
-    from g2rpo_verl.ema_grpo import EmaStdState
+    from g2rpo_verl.algorithms.ema_grpo import EmaStdState
 
     (result,) = _run([([0.0, 1.0, 0.5, 0.5], [0, 0, 1, 1], ["a", "a", "b", "b"])])
     state = EmaStdState(result.moments)

@@ -1,4 +1,4 @@
-"""The adaptive per-task entropy controller (g2rpo_verl.entropy_control): its rule, and on a tiny
+"""The adaptive per-task entropy controller (g2rpo_verl.algorithms.entropy_control): its rule, and on a tiny
 policy that a competing policy gradient pushes out of the band, that it brings tasks into the band
 and holds them there, leaves tasks inside alone, and resumes with the same coefficients.
 
@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from g2rpo_verl.config import EntropyShapingConfig, load_g2rpo_config
-from g2rpo_verl.entropy_control import AdaptiveEntropyControl, EntropyController, in_band
+from g2rpo_verl.algorithms.entropy_control import AdaptiveEntropyControl, EntropyController, in_band
 
 LOW, HIGH = 0.2, 0.6
 

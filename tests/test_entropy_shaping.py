@@ -17,7 +17,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from g2rpo_verl.config import EntropyShapingConfig
-from g2rpo_verl.entropy_shaping import (
+from g2rpo_verl.algorithms.entropy import (
     band_slope,
     band_violation,
     coefficient_weights,
@@ -26,19 +26,17 @@ from g2rpo_verl.entropy_shaping import (
     shaping_surrogate,
     task_entropy_penalty,
 )
-from g2rpo_verl.verl_hooks import entropy as hooks
-from g2rpo_verl.verl_hooks.entropy import (
+from g2rpo_verl.verl_hooks import actor_loss as hooks
+from g2rpo_verl.verl_hooks.actor_loss import WEIGHT_FIELD, EntropyShapedLoss
+from g2rpo_verl.verl_hooks.entropy import EntropyShapingMixin, entropy_shaping_metrics, task_bands
+from g2rpo_verl.verl_hooks.minibatch import (
     PLAN_FIELDS,
     ROW_FIELD,
     STEP_FIELD,
-    WEIGHT_FIELD,
-    EntropyShapedLoss,
-    EntropyShapingMixin,
     MiniBatchMismatch,
-    entropy_shaping_metrics,
+    MiniBatchTracker,
     minibatch_groups,
     minibatch_plan,
-    task_bands,
 )
 from g2rpo_verl.verl_hooks.samples import SampleInfo
 from smoke_runs import run_smoke
@@ -624,7 +622,7 @@ def test_trainer_writes_weights_requests_entropy_and_installs_the_loss(monkeypat
 def test_adaptive_trainer_updates_each_tasks_coefficient_from_the_step_and_weights_rows_by_it(monkeypatch):
     import transfer_queue as tq
 
-    from g2rpo_verl.entropy_control import AdaptiveEntropyControl, EntropyController
+    from g2rpo_verl.algorithms.entropy_control import AdaptiveEntropyControl, EntropyController
 
     section, _ = actor_config(ppo_mini_batch_size=4, ppo_epochs=1, shuffle=False)
     config = OmegaConf.create({"actor_rollout_ref": {"actor": section, "rollout": {"n": 2}}, "algorithm": {}})
@@ -719,7 +717,7 @@ def test_the_loss_accepts_verls_split_when_it_is_the_predicted_one():
     tokens = torch.randint(1, 9, (24,), generator=torch.Generator().manual_seed(3))
     plan = minibatch_plan(tokens, seed=11, **SPLIT)
     for micro in (1, 2, 4):
-        _feed(hooks.MiniBatchTracker(), plan, _worker_micro_batches(tokens, seed=11, micro=micro, **SPLIT))
+        _feed(MiniBatchTracker(), plan, _worker_micro_batches(tokens, seed=11, micro=micro, **SPLIT))
 
 
 @pytest.mark.parametrize(
@@ -737,7 +735,7 @@ def test_the_loss_fails_loudly_when_verls_split_differs_from_the_prediction(work
     plan = minibatch_plan(tokens, seed=11, **SPLIT)
     actual = _worker_micro_batches(tokens, micro=2, **{**SPLIT, **worker})
     with pytest.raises(MiniBatchMismatch, match="g2rpo.entropy"):
-        _feed(hooks.MiniBatchTracker(), plan, actual)
+        _feed(MiniBatchTracker(), plan, actual)
 
 
 def test_the_check_catches_a_different_split_even_when_every_response_has_the_same_length():
@@ -745,7 +743,7 @@ def test_the_check_catches_a_different_split_even_when_every_response_has_the_sa
     tokens = torch.full((24,), 5)
     plan = minibatch_plan(tokens, seed=11, **SPLIT)
     with pytest.raises(MiniBatchMismatch):
-        _feed(hooks.MiniBatchTracker(), plan, _worker_micro_batches(tokens, seed=12, micro=2, **SPLIT))
+        _feed(MiniBatchTracker(), plan, _worker_micro_batches(tokens, seed=12, micro=2, **SPLIT))
 
 
 def test_the_loss_runs_the_check_on_the_plan_fields_the_trainer_writes():

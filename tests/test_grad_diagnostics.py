@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from g2rpo_verl.grad_diagnostics import TaskGradientGram, local_grads, mask_rows, task_gradient_gram
+from g2rpo_verl.algorithms.grad_diagnostics import TaskGradientGram, local_grads, mask_rows, task_gradient_gram
 from g2rpo_verl.verl_hooks.grad_diagnostics import (
     GRAM_METRIC,
     TASK_FIELD,

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from g2rpo_verl import gs_grpo_advantages
 from g2rpo_verl.config import LengthShapingConfig, load_g2rpo_config
-from g2rpo_verl.length_shaping import LengthShaper, TaskLengthRule, ties_within_groups, trapezoid
+from g2rpo_verl.algorithms.length import LengthShaper, TaskLengthRule, ties_within_groups, trapezoid
 from g2rpo_verl.verl_hooks.samples import response_stats
 
 

@@ -178,7 +178,7 @@ def test_two_node_cluster_trains_survives_a_lost_node_and_resumes(tmp_path, requ
     from omegaconf import OmegaConf
 
     from g2rpo_verl.config import load_g2rpo_config
-    from g2rpo_verl.length_shaping import LengthShaper
+    from g2rpo_verl.algorithms.length import LengthShaper
 
     standin = tmp_path / "standin"
     standin.mkdir()

@@ -1,4 +1,4 @@
-"""Every private verl name in g2rpo_verl.verl_api, checked against the installed verl; the version guard.
+"""Every private verl name in g2rpo_verl.verl_compat.api, checked against the installed verl; the version guard.
 
 When a verl upgrade renames, moves or reshapes one of these, a test here fails and names it,
 instead of a training run failing (or silently computing something else) hours in.
@@ -13,8 +13,8 @@ import textwrap
 
 import pytest
 
-from g2rpo_verl import verl_api
-from g2rpo_verl.verl_api import TQ
+from g2rpo_verl.verl_compat import api as verl_api
+from g2rpo_verl.verl_compat.api import TQ
 
 
 def _source(obj) -> str:
@@ -35,7 +35,7 @@ def test_a_verl_outside_the_tested_range_is_refused_naming_the_range(version):
 
 
 def test_the_environment_variable_turns_the_refusal_into_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="g2rpo_verl.verl_api"):
+    with caplog.at_level(logging.WARNING, logger="g2rpo_verl.verl_compat.api"):
         verl_api.check_verl_version("0.10.2", env={verl_api.ALLOW_UNTESTED_ENV: "1"})
     assert "verl 0.10.2 is installed" in caplog.text and "continuing" in caplog.text
 

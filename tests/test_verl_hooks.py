@@ -117,7 +117,7 @@ def test_registered_ema_grpo_carries_the_trainers_task_moments_and_its_configure
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
     from g2rpo_verl.config import EmaGrpoConfig
-    from g2rpo_verl.ema_grpo import EmaStdState, TaskMoments, ema_grpo_advantages
+    from g2rpo_verl.algorithms.ema_grpo import EmaStdState, TaskMoments, ema_grpo_advantages
     from g2rpo_verl.verl_hooks.task_metrics import ema_metrics
 
     cfg = EmaGrpoConfig(**overrides)
@@ -147,7 +147,7 @@ def test_ema_grpo_constants_are_config_keys_validated_at_load():
     from omegaconf import OmegaConf
 
     from g2rpo_verl.config import load_g2rpo_config
-    from g2rpo_verl.ema_grpo import DECAY, EPS, FLOOR, GUARD
+    from g2rpo_verl.algorithms.ema_grpo import DECAY, EPS, FLOOR, GUARD
 
     cfg = load_g2rpo_config(OmegaConf.create({})).ema_grpo
     assert (cfg.decay, cfg.floor, cfg.guard, cfg.eps) == (DECAY, FLOOR, GUARD, EPS) == (0.99, 1e-3, 5.0, 1e-6)

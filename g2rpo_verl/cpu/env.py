@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from g2rpo_verl.rollout_seed import SEEDED_LOOP_OVERRIDES
+from g2rpo_verl.verl_compat.request_seeds import SEEDED_LOOP_OVERRIDES
 
 __all__ = ["CPU_ENV", "PLATFORM_NAME", "ROLLOUT_NAME", "cpu_overrides", "enabled"]
 
@@ -111,7 +111,7 @@ def cpu_overrides(n_procs: int = 1, ray_num_cpus: int = 16, ray_cluster: bool = 
         "actor_rollout_ref.rollout.dtype=float32",
         # Per-request sampling seeds (seed, step, dataset row, sample number, prompt): the hf
         # server samples each request with its own generator, so a run is reproducible whatever
-        # requests share a batch (g2rpo_verl.verl_hooks.seeded_rollout).
+        # requests share a batch (g2rpo_verl.verl_hooks.seeded_agent_loop).
         *SEEDED_LOOP_OVERRIDES,
         # Return rollout log-probs: verl then logs training/rollout_probs_diff_*, a live check
         # that weight sync works.

@@ -121,7 +121,7 @@ class HFRolloutServer:
             rollout config's ``max_num_seqs`` (vLLM's knob for the same thing).
 
     A request whose ``sampling_params`` carry a ``seed`` (the plugin's seeded agent loop,
-    :mod:`g2rpo_verl.verl_hooks.seeded_rollout`, derives one per request) is sampled with its
+    :mod:`g2rpo_verl.verl_hooks.seeded_agent_loop`, derives one per request) is sampled with its
     own generator: its tokens do not depend on which requests share its batch.
     """
 

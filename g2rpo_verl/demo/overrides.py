@@ -161,7 +161,7 @@ def compose_config(overrides: Sequence[str]):
     """
     from hydra import compose, initialize_config_dir
 
-    from g2rpo_verl.verl_api import verl_config_dir
+    from g2rpo_verl.verl_compat.api import verl_config_dir
 
     job = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
     with initialize_config_dir(config_dir=verl_config_dir(), version_base=None):

@@ -270,9 +270,9 @@ def _finish(workdir: Path, logs: Path, g2rpo, estimator: str, no_plots: bool, st
 def last_checkpoint_step(checkpoints: Path) -> int | None:
     """The step of verl's latest checkpoint in ``checkpoints`` (its tracker file), else None.
 
-    The file name is verl's ``get_checkpoint_tracker_filename`` (:data:`g2rpo_verl.verl_api.TRACKER_FILE`).
+    The file name is verl's ``get_checkpoint_tracker_filename`` (:data:`g2rpo_verl.verl_compat.api.TRACKER_FILE`).
     """
-    from g2rpo_verl.verl_api import TRACKER_FILE
+    from g2rpo_verl.verl_compat.api import TRACKER_FILE
 
     try:
         return int((checkpoints / TRACKER_FILE).read_text().strip())

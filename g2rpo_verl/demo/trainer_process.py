@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from g2rpo_verl.verl_api import CONSOLE_SEPARATOR, CONSOLE_STEP_PREFIX
+from g2rpo_verl.verl_compat.api import CONSOLE_SEPARATOR, CONSOLE_STEP_PREFIX
 
 __all__ = ["StepLine", "parse_step_line", "last_exception", "run_trainer", "TrainerRun"]
 

@@ -33,7 +33,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from g2rpo_verl import verl_api
+from g2rpo_verl.verl_compat import api as verl_api
 
 __all__ = [
     "EXPORT_MARKER",
@@ -45,7 +45,7 @@ __all__ = [
     "resolve_model",
 ]
 
-#: verl's checkpoint tracker file name and folder layout (listed in :mod:`g2rpo_verl.verl_api`);
+#: verl's checkpoint tracker file name and folder layout (listed in :mod:`g2rpo_verl.verl_compat.api`);
 #: read as text so this module does not import verl.
 TRACKER_FILE = verl_api.TRACKER_FILE
 _STEP = verl_api.CHECKPOINT_STEP_PREFIX

@@ -18,8 +18,8 @@ touches the trainer (a rollout server, a reward worker) does not pay for importi
   otherwise; :mod:`~g2rpo_verl.verl_hooks.grad_diagnostics`);
 * with ``VERL_PLATFORM=cpu``: the CPU platform and ``hf`` rollout (``g2rpo_verl.cpu``).
 
-Before any of it, :func:`g2rpo_verl.verl_api.check_verl_version` refuses a verl outside the
-tested range. Every private verl name used is listed in :mod:`g2rpo_verl.verl_api`.
+Before any of it, :func:`g2rpo_verl.verl_compat.api.check_verl_version` refuses a verl outside the
+tested range. Every private verl name used is listed in :mod:`g2rpo_verl.verl_compat.api`.
 
 verl swallows exceptions from entry points (logged at DEBUG), so failures here are logged at
 ERROR and re-raised from the hooked import itself: a broken plugin stops the run.
@@ -34,7 +34,7 @@ import sys
 from collections.abc import Callable
 from types import ModuleType
 
-from g2rpo_verl.verl_api import (
+from g2rpo_verl.verl_compat.api import (
     MODULE_CORE_ALGOS,
     MODULE_FSDP_ENGINE,
     MODULE_TRAINER_V0,
@@ -161,7 +161,7 @@ def check_registered() -> None:
     Imports the hooked verl modules, so calling it from a test or a driver proves the whole
     chain (entry point -> hook -> registry) works in this process.
     """
-    from g2rpo_verl.verl_api import adv_estimator_registry
+    from g2rpo_verl.verl_compat.api import adv_estimator_registry
     from g2rpo_verl.verl_hooks import estimators
     from g2rpo_verl.verl_hooks.trainer import G2RPOTrainerMixin
 

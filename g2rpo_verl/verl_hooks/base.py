@@ -24,7 +24,7 @@ import os
 from typing import Any, Protocol
 
 from g2rpo_verl.config import G2RPOConfig
-from g2rpo_verl.verl_api import checkpoint_folder
+from g2rpo_verl.verl_compat.api import checkpoint_folder
 from g2rpo_verl.verl_hooks.checks import validate_run_config
 from g2rpo_verl.verl_hooks.samples import SampleInfo, read_sample_info
 

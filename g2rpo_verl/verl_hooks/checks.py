@@ -86,7 +86,7 @@ def config_problems(config: Any, trainer: str | None = None, known_estimators: I
     algorithm = config.get("algorithm", None) or {}
     estimator = str(algorithm.get("adv_estimator", "gae"))
     if known_estimators is None:
-        from g2rpo_verl.verl_api import adv_estimator_registry
+        from g2rpo_verl.verl_compat.api import adv_estimator_registry
 
         known_estimators = adv_estimator_registry()
     known = set(known_estimators) | set(PLUGIN_ESTIMATORS)

@@ -1,66 +1,10 @@
-"""Task-level entropy shaping in verl's actor update (``g2rpo.entropy``; math in :mod:`g2rpo_verl.entropy_shaping`).
+"""Trainer side of task-level entropy shaping (``g2rpo.entropy``).
 
-What is added to verl's actor loss, exactly
--------------------------------------------
-For every PPO mini-batch ``g`` (the rows one optimizer step is taken on) and task τ with
-response tokens in it::
-
-    P_g = Σ_τ β_τ · [ relu(Ĥ_{g,τ} − high_τ) + relu(low_τ − Ĥ_{g,τ}) ]
-    Ĥ_{g,τ} = Σ_{t∈g,τ} H_t / n_{g,τ}
-
-``H_t`` is the configured estimate: ``sampled`` = −log π(y_t) of the sampled token (the
-reference's), ``exact`` = entropy of the next-token distribution from the logits.
-
-* **Which policy picks the band side.** The slope of each task's term (+1 above the band, −1
-  below, 0 inside) and ``n_{g,τ}`` are fixed per step from the *old* policy, i.e. the per-token
-  estimate verl already stores in TransferQueue before the update (``entropy`` for ``exact``,
-  −``old_log_probs`` for ``sampled``; the same temperature-scaled distribution the actor
-  trains). The gradient added for mini-batch g is ``∇P_g`` evaluated with those slopes: on the
-  first mini-batch of the first epoch that is the exact gradient of ``P_g`` at the current
-  weights; later mini-batches/epochs keep the old policy's band side (as PPO keeps π_old), with
-  the current policy's per-token gradients.
-* **Per mini-batch.** ``Ĥ`` and ``n`` are taken over the whole global mini-batch (all
-  micro-batches, all data-parallel ranks), not per micro-batch: the trainer predicts verl's
-  own mini-batch split (contiguous data-parallel chunks, then ``tensordict_utils.make_iterator``
-  with the actor's ``ppo_mini_batch_size·n``, ``shuffle``, ``data_loader_seed + dp_rank``,
-  ``ppo_epochs``; :func:`minibatch_plan`) and writes per-row weights ``w = β_τ·slope/n_{g,τ}``
-  into TransferQueue. With one mini-batch per step (ppo_mini_batch_size = train_batch_size)
-  this is per step. With ``shuffle=True`` and ``ppo_epochs > 1`` rows change mini-batch
-  between epochs, so one weight column per epoch is written and the loss picks a row's column
-  by counting how often it has seen that row in this step (each row is trained once per epoch).
-* **The prediction is checked, row by row.** With the weights the trainer writes the plan
-  (:data:`PLAN_FIELDS`: each row's mini-batch per epoch, that mini-batch's response tokens over
-  all ranks, its rows on the row's rank). The loss (:class:`MiniBatchTracker`) fails with
-  :class:`MiniBatchMismatch` unless, in every micro-batch, all rows are in the same predicted
-  mini-batch of the same epoch, verl's ``batch_num_tokens`` (the tokens of the mini-batch it
-  actually formed) equals the predicted one, and each predicted mini-batch is complete on the
-  rank before the next begins. A verl that splits differently stops the run at the first
-  micro-batch; nothing falls back to another penalty. (The trainer always writes the plan with
-  the weights; the loss accepts weights without a plan only from direct calls, as in the unit
-  tests of the gradient, and never sees that in training.)
-* **Per-task coefficients.** ``β_τ`` comes from :meth:`EntropyShapingMixin.entropy_coefficients`
-  (``(T,)`` per task; ``g2rpo.entropy.beta`` for every task here), so a controller that adapts
-  each task's coefficient overrides that one method and keeps its state in the trainer.
-* **Micro-batches / dynamic batch size.** The loss adds ``dp_size · Σ_{t∈micro} w·H_t`` (the
-  scaling verl's ``agg_loss(..., "token-sum")`` uses, since FSDP averages gradients over
-  data-parallel ranks). It is linear in per-row terms, so the accumulated gradient is the
-  same for any micro-batch split, ``use_dynamic_bsz`` or not, and for any ``loss_agg_mode``
-  (the penalty has its own normalisation, independent of verl's).
-* **Everything else of verl's loss is verl's.** :class:`EntropyShapedLoss` calls verl's own
-  ``ppo_loss`` (or ``distillation_ppo_loss`` when distillation is on) with verl's config and adds
-  the term after it, so clip ratios, dual clip, loss modes, ``loss_agg_mode``, the KL loss and
-  ``entropy_coeff`` are untouched; the term is added whether or not the KL loss is on. With
-  ``enable: false`` nothing is installed; a micro-batch without the weight field gets verl's
-  loss unchanged.
-* ``exact`` needs the current policy's entropy, so the update requests ``calculate_entropy``
-  for the duration of :meth:`EntropyShapingMixin._update_actor` (memory: verl keeps the
-  per-token entropy graph).
-* **Caveat on ``sampled``** (kept because it is the reference's): for tokens sampled from the
-  policy, ``E_y[∇(−log π(y))] = 0``, so the term moves the policy only through the particular
-  tokens drawn. It can lower a task's entropy at most to the empirical entropy of those tokens,
-  and because the band side is chosen from the same tokens, the noise that pushed Ĥ out of
-  the band is reinforced rather than corrected (tests/test_entropy_shaping.py shows both).
-  ``exact`` differentiates the true entropy.
+Per step the trainer computes each task's old-policy entropy over every predicted actor
+mini-batch (:mod:`g2rpo_verl.verl_hooks.minibatch`), the band side, and per-row weights
+``w = β_τ·slope/n_{g,τ}``, and writes them with the plan into TransferQueue; the worker's loss
+(:mod:`g2rpo_verl.verl_hooks.actor_loss`, whose docstring says exactly what is added) turns
+them into the gradient. Math: :mod:`g2rpo_verl.algorithms.entropy`.
 
 Metrics (per task, ``task_<name>/...`` like the advantage statistics): ``entropy_estimate`` = the
 old policy's ``Ĥ_τ`` over the whole step, ``entropy_penalty`` = ``β_τ·(band violation)`` averaged
@@ -74,56 +18,36 @@ import contextlib
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import partial
 
 import torch
 
-from g2rpo_verl.config import ENTROPY_ESTIMATORS, EntropyShapingConfig
-from g2rpo_verl.entropy_control import EntropyController
-from g2rpo_verl.entropy_shaping import (
+from g2rpo_verl.algorithms.entropy import (
     band_slope,
     band_violation,
     coefficient_weights,
     group_task_stats,
     penalty_weights,
     row_entropy_sums,
-    shaping_surrogate,
 )
-from g2rpo_verl.verl_api import TQ, actor_dp_size
+from g2rpo_verl.algorithms.entropy_control import EntropyController
+from g2rpo_verl.config import EntropyShapingConfig
+from g2rpo_verl.verl_compat.api import TQ, actor_dp_size
+from g2rpo_verl.verl_hooks.actor_loss import WEIGHT_FIELD, build_actor_loss
 from g2rpo_verl.verl_hooks.base import G2RPOBase
+from g2rpo_verl.verl_hooks.minibatch import (
+    PLAN_GROUP_FIELD,
+    PLAN_ROWS_FIELD,
+    PLAN_TOKENS_FIELD,
+    ROW_FIELD,
+    STEP_FIELD,
+    MiniBatchPlan,
+    minibatch_plan,
+)
 from g2rpo_verl.verl_hooks.samples import metric_prefix
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "EntropyShapingMixin",
-    "EntropyShapedLoss",
-    "MiniBatchPlan",
-    "MiniBatchTracker",
-    "MiniBatchMismatch",
-    "WEIGHT_FIELD",
-    "ROW_FIELD",
-    "STEP_FIELD",
-    "PLAN_FIELDS",
-    "task_bands",
-    "minibatch_groups",
-    "minibatch_plan",
-    "entropy_shaping_metrics",
-    "build_actor_loss",
-]
-
-#: ``(N, E)`` float32 per-row weights, one column per epoch (E = 1 unless rows change mini-batch).
-WEIGHT_FIELD = "g2rpo_entropy_weight"
-#: ``(N,)`` int64 row index and per-step nonce (which epoch a row is in; steps told apart).
-ROW_FIELD = "g2rpo_entropy_row"
-STEP_FIELD = "g2rpo_entropy_step"
-#: ``(N, E)`` int64 each: the predicted mini-batch of each row per epoch, that mini-batch's
-#: response tokens over all ranks, and its rows on the row's data-parallel rank.
-PLAN_GROUP_FIELD = "g2rpo_entropy_minibatch"
-PLAN_TOKENS_FIELD = "g2rpo_entropy_minibatch_tokens"
-PLAN_ROWS_FIELD = "g2rpo_entropy_minibatch_rank_rows"
-PLAN_FIELDS = (PLAN_GROUP_FIELD, PLAN_TOKENS_FIELD, PLAN_ROWS_FIELD)
+__all__ = ["EntropyShapingMixin", "task_bands", "entropy_shaping_metrics"]
 
 
 def task_bands(cfg: EntropyShapingConfig, task_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,75 +57,6 @@ def task_bands(cfg: EntropyShapingConfig, task_names: Sequence[str]) -> tuple[to
         torch.tensor([b[0] for b in bands], dtype=torch.float64),
         torch.tensor([b[1] for b in bands], dtype=torch.float64),
     )
-
-
-def minibatch_groups(
-    num_rows: int, dp_size: int, mini_batch_size: int, epochs: int, seed: int | None, shuffle: bool
-) -> torch.Tensor:
-    """The global mini-batch of each row, per epoch, as verl's actor update will form them.
-
-    verl chunks the batch (in ``batch.keys`` order) into ``dp_size`` contiguous pieces and each
-    rank iterates ``make_iterator(piece, mini_batch_size // dp_size, epochs, seed + rank,
-    {"shuffle": shuffle})``; the k-th mini-batch of every rank is trained together. This calls
-    the same function on row indices.
-
-    Returns:
-        ``(E, num_rows)`` long: ``E = 1`` when every epoch groups the rows the same way (no
-        shuffle, or a single mini-batch), else ``epochs``.
-    """
-    from tensordict import TensorDict
-    from verl.utils import tensordict_utils as tu
-
-    if num_rows % dp_size or mini_batch_size % dp_size:
-        raise ValueError(f"{num_rows} rows / mini-batch {mini_batch_size} do not split over {dp_size} dp ranks")
-    per_rank, mb_per_rank = num_rows // dp_size, mini_batch_size // dp_size
-    per_epoch = per_rank // mb_per_rank
-    groups = torch.full((epochs, num_rows), -1, dtype=torch.long)
-    for rank in range(dp_size):
-        rows = TensorDict({"row": torch.arange(per_rank)}, batch_size=[per_rank])
-        it = tu.make_iterator(
-            rows,
-            mini_batch_size=mb_per_rank,
-            epochs=epochs,
-            seed=None if seed is None else seed + rank,
-            dataloader_kwargs={"shuffle": bool(shuffle)},
-        )
-        for k, mb in enumerate(it):
-            groups[k // per_epoch, rank * per_rank + mb["row"]] = k % per_epoch
-    if (groups < 0).any():
-        raise RuntimeError("verl's mini-batch iterator did not visit every row once per epoch")
-    if bool((groups == groups[:1]).all()):
-        groups = groups[:1]
-    return groups
-
-
-@dataclass(frozen=True)
-class MiniBatchPlan:
-    """The predicted actor mini-batches of one step (N rows, E epoch columns).
-
-    Attributes:
-        groups: ``(E, N)`` long, mini-batch index of each row per epoch (:func:`minibatch_groups`).
-        tokens: ``(E, N)`` long, response tokens of the row's global mini-batch (all ranks).
-        rank_rows: ``(E, N)`` long, rows of the row's mini-batch on the row's dp rank.
-    """
-
-    groups: torch.Tensor
-    tokens: torch.Tensor
-    rank_rows: torch.Tensor
-
-
-def minibatch_plan(
-    row_tokens: torch.Tensor, dp_size: int, mini_batch_size: int, epochs: int, seed: int | None, shuffle: bool
-) -> MiniBatchPlan:
-    """:class:`MiniBatchPlan` for rows with ``row_tokens`` ``(N,)`` response tokens each."""
-    num_rows = row_tokens.numel()
-    groups = minibatch_groups(num_rows, dp_size, mini_batch_size, epochs, seed, shuffle)
-    tokens = torch.zeros_like(groups)
-    for e, g in enumerate(groups):
-        per_group = torch.zeros(int(g.max()) + 1, dtype=torch.long).index_add(0, g, row_tokens.long())
-        tokens[e] = per_group[g]
-    rank_rows = torch.full_like(groups, mini_batch_size // dp_size)
-    return MiniBatchPlan(groups, tokens, rank_rows)
 
 
 def entropy_shaping_metrics(
@@ -251,183 +106,6 @@ def entropy_shaping_metrics(
         if coef is None:
             metrics[f"{prefix}/entropy_penalty"] = (pen_sum[t] / pen_n[t]).item()
     return metrics
-
-
-class MiniBatchMismatch(RuntimeError):
-    """verl's actor formed mini-batches other than the ones the entropy weights were computed for."""
-
-
-class MiniBatchTracker:
-    """Worker side: each row's epoch column, and the check that verl's split is the predicted one.
-
-    Fed every micro-batch of a step in the order the worker trains them (one instance per
-    worker process). See the module docstring for what is checked.
-    """
-
-    def __init__(self):
-        self.step: int | None = None
-        self.seen: dict[int, int] = {}
-        self.current: tuple[int, int] | None = None  # (epoch, mini-batch) being trained
-        self.current_rows = 0
-        self.expected_rows = 0
-
-    def epoch_columns(self, rows: torch.Tensor, step: torch.Tensor, num_epochs: int) -> torch.Tensor:
-        """``(B,)`` long: the epoch each row is in (how often this worker has trained it this step)."""
-        # Each row is trained exactly once per epoch; the nonce tells steps apart.
-        nonce = int(step.reshape(-1)[0].item())
-        if nonce != self.step:
-            self.step, self.seen = nonce, {}
-            self.current, self.current_rows, self.expected_rows = None, 0, 0
-        cols = []
-        for row in rows.reshape(-1).tolist():
-            seen = self.seen.get(row, 0)
-            self.seen[row] = seen + 1
-            cols.append(min(seen, num_epochs - 1))
-        return torch.tensor(cols, dtype=torch.long)
-
-    def check(self, rows, cols, groups, tokens, rank_rows, batch_num_tokens) -> None:
-        """Raise :class:`MiniBatchMismatch` unless this micro-batch fits the plan.
-
-        Args: per-row ``(B,)`` tensors — ``rows``, their epoch ``cols``, and the plan's
-        predicted mini-batch, its tokens and its rows on this rank for that epoch —
-        and ``batch_num_tokens``, the tokens of the mini-batch verl actually formed.
-        """
-        cells = {(int(c), int(g)) for c, g in zip(cols.tolist(), groups.tolist(), strict=True)}
-        where = f"rows {rows.reshape(-1).tolist()[:8]}"
-        if len(cells) != 1:
-            raise MiniBatchMismatch(
-                f"g2rpo.entropy: one micro-batch of verl's actor update holds rows the trainer placed in different "
-                f"(epoch, mini-batch) cells {sorted(cells)} ({where}): verl split the batch differently from the "
-                "prediction, so the per-mini-batch entropy penalty would be wrong. Turn g2rpo.entropy off or report "
-                "this verl version / config."
-            )
-        cell = cells.pop()
-        predicted = {int(t) for t in tokens.tolist()}
-        if batch_num_tokens is None or {int(batch_num_tokens)} != predicted:
-            raise MiniBatchMismatch(
-                f"g2rpo.entropy: verl's mini-batch has {batch_num_tokens} response tokens but the trainer predicted "
-                f"{sorted(predicted)} for (epoch, mini-batch) {cell} ({where}): verl split the batch differently"
-            )
-        if cell != self.current:
-            if self.current is not None and self.current_rows != self.expected_rows:
-                raise MiniBatchMismatch(
-                    f"g2rpo.entropy: (epoch, mini-batch) {self.current} ended after {self.current_rows} rows on this "
-                    f"rank, the trainer predicted {self.expected_rows}: verl split the batch differently"
-                )
-            self.current, self.current_rows, self.expected_rows = cell, 0, int(rank_rows[0])
-        self.current_rows += rows.numel()
-        if self.current_rows > self.expected_rows:
-            raise MiniBatchMismatch(
-                f"g2rpo.entropy: (epoch, mini-batch) {cell} has more than the {self.expected_rows} rows predicted "
-                "on this rank: verl split the batch differently"
-            )
-
-
-class EntropyShapedLoss:
-    """verl's actor loss plus ``dp_size · Σ w·H`` for rows carrying :data:`WEIGHT_FIELD`.
-
-    Sent to every actor worker by ``set_loss_fn`` (so it is pickled: plain attributes only).
-    ``inner`` is the loss verl itself would use, built from the same config.
-    """
-
-    def __init__(self, inner, estimator: str):
-        if estimator not in ENTROPY_ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ENTROPY_ESTIMATORS}, got {estimator!r}")
-        self.inner = inner
-        self.estimator = estimator
-        self.tracker = MiniBatchTracker()
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["tracker"] = MiniBatchTracker()
-        return state
-
-    def __call__(self, model_output=None, data=None, dp_group=None, **kwargs):
-        result = self.inner(model_output=model_output, data=data, dp_group=dp_group, **kwargs)
-        # distillation calls the loss as a logits processor too; that output is not a loss
-        if kwargs.get("student_logits") is not None or data is None or WEIGHT_FIELD not in data.keys():
-            return result
-        loss, metrics = result
-        term = self.shaping_term(model_output, data)
-        from verl.utils.metric import AggregationType, Metric
-
-        # same rule as verl's ppo_loss: partial sums of a global-batch quantity are summed
-        inner_config = getattr(self.inner, "keywords", {}).get("config")
-        global_norm = (
-            data["dp_size"] > 1
-            or data["batch_num_tokens"] is not None
-            or data["global_batch_size"] is not None
-            or getattr(inner_config, "loss_scale_factor", None) is not None
-        )
-        aggregation = AggregationType.SUM if global_norm else AggregationType.MEAN
-        metrics["actor/entropy_shaping_loss"] = Metric(value=term.detach().item(), aggregation=aggregation)
-        return loss + term, metrics
-
-    def shaping_term(self, model_output, data) -> torch.Tensor:
-        """``dp_size · Σ_{rows, tokens} w·H`` for this micro-batch (scalar with the graph)."""
-        from verl.workers.utils.padding import no_padding_2_padding
-
-        if self.estimator == "exact":
-            entropy = model_output.get("entropy")
-            if entropy is None:
-                raise RuntimeError(
-                    "g2rpo.entropy.estimator=exact needs the model's entropy, but the actor update did not "
-                    "compute it (calculate_entropy was not requested for this batch)"
-                )
-            entropy = no_padding_2_padding(entropy, data)
-        else:
-            log_probs = model_output.get("log_probs")
-            if log_probs is None:
-                raise RuntimeError("g2rpo.entropy.estimator=sampled needs the actor's log_probs (distillation_only?)")
-            entropy = -no_padding_2_padding(log_probs, data)
-        keys = set(data.keys())
-        planned = [f for f in PLAN_FIELDS if f in keys]
-        if planned and len(planned) != len(PLAN_FIELDS):
-            raise RuntimeError(f"g2rpo.entropy: the micro-batch carries only {planned} of the plan fields {PLAN_FIELDS}")
-        indexed = ROW_FIELD in keys
-        fields = [TQ.RESPONSE_MASK, WEIGHT_FIELD] + ([ROW_FIELD, STEP_FIELD] if indexed else []) + planned
-        sel = data.select(*fields).to_padded_tensor()
-        weights = sel[WEIGHT_FIELD]
-        if weights.dim() == 1:
-            weights = weights.unsqueeze(-1)
-        cols = torch.zeros(weights.shape[0], dtype=torch.long)
-        if indexed:
-            cols = self.tracker.epoch_columns(sel[ROW_FIELD], sel[STEP_FIELD], weights.shape[-1])
-            if planned:
-                pick = cols.unsqueeze(-1)
-                self.tracker.check(
-                    sel[ROW_FIELD].reshape(-1),
-                    cols,
-                    *(sel[f].reshape(len(cols), -1).cpu().gather(1, pick).squeeze(1) for f in PLAN_FIELDS),
-                    data["batch_num_tokens"],
-                )
-        elif weights.shape[-1] > 1:
-            raise RuntimeError("g2rpo.entropy: per-epoch weights without row indices")
-        weights = weights.gather(1, cols.to(weights.device).unsqueeze(-1))
-        local = shaping_surrogate(entropy, sel[TQ.RESPONSE_MASK].bool(), weights[:, 0])
-        # FSDP averages gradients over data-parallel ranks: scale as agg_loss's "token-sum"
-        # does so the reduced gradient is the sum over the global mini-batch.
-        return local * data["dp_size"]
-
-
-def build_actor_loss(actor_config, estimator: str, distillation_config=None) -> EntropyShapedLoss:
-    """Wrap the loss verl's actor worker builds in ``init_model`` (``ppo_loss`` or ``distillation_ppo_loss``).
-
-    ``actor_config`` is the ``actor_rollout_ref.actor`` section (DictConfig or ``ActorConfig``);
-    it is converted with verl's ``omega_conf_to_dataclass`` exactly as the worker does.
-    """
-    from verl.utils.config import omega_conf_to_dataclass
-    from verl.workers.utils.losses import ppo_loss
-
-    if not hasattr(actor_config, "global_batch_info"):
-        actor_config = omega_conf_to_dataclass(actor_config)
-    if distillation_config is not None and getattr(distillation_config, "enabled", False):
-        from verl.trainer.distillation.losses import distillation_ppo_loss
-
-        inner = partial(distillation_ppo_loss, config=actor_config, distillation_config=distillation_config)
-    else:
-        inner = partial(ppo_loss, config=actor_config)
-    return EntropyShapedLoss(inner, estimator)
 
 
 @contextlib.contextmanager

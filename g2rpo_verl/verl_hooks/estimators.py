@@ -23,8 +23,8 @@ import pandas as pd
 import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
-from g2rpo_verl.advantages import gs_gdpo_advantages, gs_grpo_advantages
-from g2rpo_verl.ema_grpo import EmaStdState, ema_grpo_advantages
+from g2rpo_verl.algorithms.advantages import gs_gdpo_advantages, gs_grpo_advantages
+from g2rpo_verl.algorithms.ema_grpo import EmaStdState, ema_grpo_advantages
 from g2rpo_verl.config import PLUGIN_ESTIMATORS, EmaGrpoConfig
 from g2rpo_verl.verl_hooks.samples import SampleInfo
 
@@ -54,7 +54,7 @@ class TaskBatch:
         present: ``(N, K)`` bool tensor, False where a component does not apply.
         component_names / component_weights: the K names and weights.
         ema: ema_grpo's state (``None`` for the other estimators): the trainer's own
-            :class:`~g2rpo_verl.ema_grpo.EmaStdState`, which the estimator advances by one step
+            :class:`~g2rpo_verl.algorithms.ema_grpo.EmaStdState`, which the estimator advances by one step
             (verl keeps the estimator's return value, so the new moments go back this way).
         ema_config: ema_grpo's constants (``g2rpo.ema_grpo``; ``None`` for the other estimators).
     """
@@ -243,7 +243,7 @@ def compute_ema_grpo_outcome_advantage(
     config=None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """verl adapter of :func:`g2rpo_verl.ema_grpo.ema_grpo_advantages`; shapes as for gs_grpo.
+    """verl adapter of :func:`g2rpo_verl.algorithms.ema_grpo.ema_grpo_advantages`; shapes as for gs_grpo.
 
     Reads the trainer's per-task moments from the task batch and advances them by this step.
     """

@@ -38,7 +38,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
 from g2rpo_verl.config import FilterBand, load_filter_band
-from g2rpo_verl.verl_api import FILTER_REWARD_METRIC, TQ, group_uid
+from g2rpo_verl.verl_compat.api import FILTER_REWARD_METRIC, TQ, group_uid
 from g2rpo_verl.verl_hooks.base import G2RPOBase
 from g2rpo_verl.verl_hooks.samples import metric_prefix, resolve_task_keys
 

@@ -1,5 +1,5 @@
 """Per-task gradient diagnostics in verl's actor worker (``g2rpo.diagnostics.grad_every``; math in
-:mod:`g2rpo_verl.grad_diagnostics`).
+:mod:`g2rpo_verl.algorithms.grad_diagnostics`).
 
 Every ``grad_every`` steps (``global_steps % grad_every == 0``), for every PPO mini-batch of the
 actor update, before verl's own forward/backward/optimizer step on it:
@@ -48,8 +48,8 @@ from collections.abc import Sequence
 
 import torch
 
-from g2rpo_verl.grad_diagnostics import TaskGradientGram, mask_rows, task_gradient_gram
-from g2rpo_verl.verl_api import ENGINE_TRAIN_BATCH, TQ, WORKER_METRIC_PREFIX
+from g2rpo_verl.algorithms.grad_diagnostics import TaskGradientGram, mask_rows, task_gradient_gram
+from g2rpo_verl.verl_compat.api import ENGINE_TRAIN_BATCH, TQ, WORKER_METRIC_PREFIX
 from g2rpo_verl.verl_hooks.base import G2RPOBase
 from g2rpo_verl.verl_hooks.samples import metric_prefix
 

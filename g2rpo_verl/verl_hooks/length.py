@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from g2rpo_verl.length_shaping import LengthShaper, ties_within_groups
-from g2rpo_verl.verl_api import TQ
+from g2rpo_verl.algorithms.length import LengthShaper, ties_within_groups
+from g2rpo_verl.verl_compat.api import TQ
 from g2rpo_verl.verl_hooks.base import G2RPOBase, Stateful
 from g2rpo_verl.verl_hooks.samples import ResponseBatch, SampleInfo, metric_prefix
 

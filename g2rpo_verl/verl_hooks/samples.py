@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from g2rpo_verl.verl_api import TQ
+from g2rpo_verl.verl_compat.api import TQ
 
 __all__ = [
     "metric_prefix",

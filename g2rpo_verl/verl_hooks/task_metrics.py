@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from g2rpo_verl.ema_grpo import FLOOR, EmaStdState
+from g2rpo_verl.algorithms.ema_grpo import FLOOR, EmaStdState
 from g2rpo_verl.verl_hooks.samples import metric_prefix
 
 __all__ = ["task_step_metrics", "task_entropy_metrics", "ema_metrics"]

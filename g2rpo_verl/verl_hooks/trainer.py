@@ -27,8 +27,8 @@ import logging
 import torch
 
 from g2rpo_verl.config import PLUGIN_ESTIMATORS, gdpo_components
-from g2rpo_verl.ema_grpo import EmaStdState
-from g2rpo_verl.verl_api import TQ
+from g2rpo_verl.algorithms.ema_grpo import EmaStdState
+from g2rpo_verl.verl_compat.api import TQ
 from g2rpo_verl.verl_hooks.entropy import EntropyShapingMixin
 from g2rpo_verl.verl_hooks.estimators import build_task_batch, task_batch
 from g2rpo_verl.verl_hooks.filtering import GroupFilterMixin

@@ -85,7 +85,7 @@ def check_verl_version(version: str | None = None, env: Mapping[str, str] | None
     env = os.environ if env is None else env
     message = (
         f"g2rpo_verl is tested with verl {TESTED_VERL}, but verl {version} is installed: the private verl "
-        f"names it relies on (g2rpo_verl.verl_api) may have changed. Install a verl in that range, or set "
+        f"names it relies on (g2rpo_verl.verl_compat.api) may have changed. Install a verl in that range, or set "
         f"{ALLOW_UNTESTED_ENV}=1 to try anyway (then run tests/test_verl_api.py first)."
     )
     if env.get(ALLOW_UNTESTED_ENV, "").strip().lower() in ("1", "true", "yes"):
@@ -222,7 +222,7 @@ CONSOLE_SEPARATOR = " - "
 
 
 # ------------------------------------------------------------------------------------------------
-# the actor's loss (g2rpo_verl.verl_hooks.entropy)
+# the actor's loss (g2rpo_verl.verl_hooks.actor_loss)
 # ------------------------------------------------------------------------------------------------
 #: Keys verl's engine puts on every micro-batch handed to the loss function (FSDP engine's
 #: ``forward_backward_batch``): ``dp_size``, ``batch_num_tokens`` (response tokens of the
@@ -296,7 +296,7 @@ PRIVATE_SYMBOLS = {
     "TransferQueue fields index, data_source, prompts": "CPU backend: the request-order sort key",
     "SingleTurnAgentLoop.run(sampling_params, priority, **sample) with sample fields global_steps, index, "
     "session_id; server_manager.generate(request_id, prompt_ids=, sampling_params=, ...)":
-        "the seeded agent loop (verl_hooks/seeded_rollout.py)",
+        "the seeded agent loop (verl_hooks/seeded_agent_loop.py)",
     "init_process_group backend string 'cpu:gloo,{device}:{backend}'": "CPU backend: duplicate-backend fix",
     "VERL_ENGINE_DEVICE environment variable": "CPU backend: FSDP engine looked up under cuda",
     "verl.workers.engine.fsdp.transformer_impl.CPUOffloadPolicy (forward-only engines pin)":

@@ -152,7 +152,7 @@ def coefficient_weights(
 ) -> torch.Tensor:
     """Per-row weights ``w_b = λ_τ / n_{g,τ}`` of the linear term ``Σ_τ λ_τ·Ĥ_{g,τ}`` per group g.
 
-    The adaptive controller's term (g2rpo_verl.entropy_control): its gradient is ``λ_τ·∇Ĥ_τ``
+    The adaptive controller's term (g2rpo_verl.algorithms.entropy_control): its gradient is ``λ_τ·∇Ĥ_τ``
     whatever side of the band Ĥ is on. Same additivity over row partitions as
     :func:`penalty_weights`.
 

@@ -1,7 +1,7 @@
 """Per-request rollout seeds: the seed function and the overrides selecting the seeded agent loop.
 
 Light on purpose (no verl import): the CPU backend and drivers build their overrides from it.
-The loop itself is :class:`g2rpo_verl.verl_hooks.seeded_rollout.SeededSingleTurnAgentLoop`,
+The loop itself is :class:`g2rpo_verl.verl_hooks.seeded_agent_loop.SeededSingleTurnAgentLoop`,
 registered with verl by ``verl_hooks/agent_loops.yaml``.
 """
 
@@ -17,7 +17,7 @@ __all__ = ["SEEDED_AGENT_LOOP", "AGENT_LOOP_CONFIG", "SEEDED_LOOP_OVERRIDES", "r
 #: Name of the seeded single-turn loop in verl's agent-loop registry.
 SEEDED_AGENT_LOOP = "g2rpo_seeded"
 #: verl agent-loop config listing the plugin's loops (``actor_rollout_ref.rollout.agent.agent_loop_config_path``).
-AGENT_LOOP_CONFIG = Path(__file__).parent / "verl_hooks" / "agent_loops.yaml"
+AGENT_LOOP_CONFIG = Path(__file__).parent.parent / "verl_hooks" / "agent_loops.yaml"
 #: Hydra overrides that make the seeded loop every sample's default agent loop.
 SEEDED_LOOP_OVERRIDES = [
     f"actor_rollout_ref.rollout.agent.agent_loop_config_path={AGENT_LOOP_CONFIG}",

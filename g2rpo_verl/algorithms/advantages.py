@@ -1,6 +1,6 @@
 """The G²RPO (``gs_grpo``) and GS-GDPO (``gs_gdpo``) advantage estimators, in pure torch.
 
-Both are two-stage rank transports onto N(0, 1) (see :mod:`g2rpo_verl.gaussian`):
+Both are two-stage rank transports onto N(0, 1) (see :mod:`g2rpo_verl.algorithms.gaussian`):
 
     gs_grpo:  a_i = gaussianize(R within prompt group g(i))
               A_i = gaussianize(a within task τ(i), whole batch)
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from g2rpo_verl.gaussian import gaussianize_float64
+from g2rpo_verl.algorithms.gaussian import gaussianize_float64
 
 __all__ = ["gs_grpo_advantages", "gs_gdpo_advantages"]
 

@@ -16,7 +16,7 @@ and is otherwise verl's ``SingleTurnAgentLoop``. The CPU backend's ``hf`` server
 seeded request with its own generator; vLLM takes the seed per request too (see
 ``docs/reproducibility.md`` for what that does and does not make reproducible on a GPU).
 
-Select it with :data:`g2rpo_verl.rollout_seed.SEEDED_LOOP_OVERRIDES` (the CPU backend adds them).
+Select it with :data:`g2rpo_verl.verl_compat.request_seeds.SEEDED_LOOP_OVERRIDES` (the CPU backend adds them).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
-from g2rpo_verl.rollout_seed import SEEDED_AGENT_LOOP, request_seed
+from g2rpo_verl.verl_compat.request_seeds import SEEDED_AGENT_LOOP, request_seed
 
 __all__ = ["SeededSingleTurnAgentLoop"]
 
