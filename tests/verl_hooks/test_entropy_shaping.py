@@ -39,7 +39,7 @@ from g2rpo_verl.verl_hooks.minibatch import (
     minibatch_plan,
 )
 from g2rpo_verl.verl_hooks.samples import SampleInfo
-from smoke_runs import run_smoke
+from support.smoke_runs import run_smoke
 
 LOW, HIGH, BETA = 0.2, 0.6, 0.02
 

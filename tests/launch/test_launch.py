@@ -17,7 +17,7 @@ import yaml
 from g2rpo_verl.launch.node_loss import describe_nodes, lost_node_report
 from g2rpo_verl.launch.ray_wait import HeadConnection, wait_for_cluster
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
 SHELL_SCRIPTS = sorted([*SCRIPTS.glob("*.sh"), *SCRIPTS.glob("*.sbatch")])
 

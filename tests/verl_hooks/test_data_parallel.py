@@ -397,7 +397,7 @@ def _demo_rows() -> int:
     """Rows of a demo step after refills: data.train_batch_size x rollout.n of configs/demo_cpu.yaml."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml")
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "demo_cpu.yaml")
     return cfg.data.train_batch_size * cfg.actor_rollout_ref.rollout.n
 
 

@@ -8,7 +8,7 @@ import torch
 
 from g2rpo_verl.algorithms.ema_grpo import TaskMoments, ema_grpo_advantages
 
-from reference_impl import ema_grpo_loop
+from support.reference_impl import ema_grpo_loop
 
 
 def _run(steps, **kw):

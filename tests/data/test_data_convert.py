@@ -14,7 +14,7 @@ from g2rpo_verl.data import ConvertOptions, RecordError, convert_record
 from g2rpo_verl.data.cli import main
 from g2rpo_verl.data.writer import split_per_task, task_file_name, write_outputs
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "onethinker_sample"
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "onethinker_sample"
 
 
 def record(**changes):

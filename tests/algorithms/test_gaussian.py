@@ -10,7 +10,7 @@ from scipy.stats import norm
 
 from g2rpo_verl import gaussianize
 
-from reference_impl import gaussianize_list
+from support.reference_impl import gaussianize_list
 
 
 @pytest.mark.parametrize(

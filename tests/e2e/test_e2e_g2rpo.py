@@ -11,7 +11,7 @@ import math
 import pytest
 
 from g2rpo_verl.demo.toy_reward import TOY_TASKS
-from smoke_runs import run_smoke
+from support.smoke_runs import run_smoke
 
 pytestmark = pytest.mark.e2e
 

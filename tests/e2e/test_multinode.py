@@ -37,7 +37,7 @@ from g2rpo_verl.demo.smoke import merge_overrides, prepare_workdir, smoke_overri
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STANDINS = Path(__file__).resolve().parent / "slurm_standins"
 NODES = ("node1", "node2")
 TOTAL_STEPS = 3

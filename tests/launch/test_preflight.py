@@ -22,7 +22,7 @@ from g2rpo_verl.launch.preflight import (
 )
 from g2rpo_verl.launch.vision import FAMILIES, detect_family, image_tokens, max_image_tokens
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "onethinker_sample"
 QWEN3, QWEN25 = FAMILIES["qwen3-vl"], FAMILIES["qwen2.5-vl"]
 

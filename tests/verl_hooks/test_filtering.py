@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from g2rpo_verl.config import FilterBand, load_filter_band
 from g2rpo_verl.verl_hooks import filtering
 from g2rpo_verl.verl_hooks.filtering import BUDGET_METRIC, BandFilter, classify_groups, group_means
-from smoke_runs import run_smoke
+from support.smoke_runs import run_smoke
 
 replay_buffer = pytest.importorskip("verl.trainer.ppo.v1.replay_buffer")
 

@@ -11,7 +11,7 @@ from scipy.stats import norm
 
 from g2rpo_verl import gs_gdpo_advantages, gs_grpo_advantages
 
-from reference_impl import gs_gdpo_loop, gs_grpo_loop
+from support.reference_impl import gs_gdpo_loop, gs_grpo_loop
 
 
 def random_batch(rng: random.Random, n_groups: int, n_tasks: int, max_group: int = 16):
