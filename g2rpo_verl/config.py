@@ -30,8 +30,6 @@ __all__ = [
     "FilterBand",
     "DiagnosticsConfig",
     "EmaGrpoConfig",
-    "PLUGIN_ESTIMATORS",
-    "COMPONENT_ESTIMATORS",
     "DEFAULT_TASK_KEY",
     "DEFAULT_GDPO_COMPONENTS",
     "ENTROPY_ESTIMATORS",
@@ -41,10 +39,6 @@ __all__ = [
     "gdpo_components",
 ]
 
-#: ``algorithm.adv_estimator`` values this plugin registers with verl (all need per-sample task keys).
-PLUGIN_ESTIMATORS = ("gs_grpo", "gs_gdpo", "ema_grpo")
-#: Estimators that rank reward components, never the summed reward (verl's ``gdpo`` and ours).
-COMPONENT_ESTIMATORS = ("gs_gdpo", "gdpo")
 #: ``g2rpo.task_key`` default: the reference normalises per problem type.
 DEFAULT_TASK_KEY = "problem_type"
 DEFAULT_GDPO_COMPONENTS = ("accuracy", "format", "structure")

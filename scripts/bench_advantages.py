@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference_impl import gs_grpo_loop  # noqa: E402
+from support.reference_impl import gs_grpo_loop  # noqa: E402
 
-from g2rpo_verl.verl_hooks.trainer import build_task_batch  # noqa: E402
-from g2rpo_verl.verl_hooks.estimators import task_batch  # noqa: E402
+from g2rpo_verl.verl_hooks.advantages import build_task_batch, task_batch  # noqa: E402
+from g2rpo_verl.verl_hooks.samples import SampleInfo  # noqa: E402
 from verl.trainer.ppo import core_algos  # noqa: E402
 
 N_TASKS, N_ROLLOUTS, RESPONSE_LEN = 6, 8, 32
@@ -110,8 +110,9 @@ def bench_size(n_prompts: int, device: str, repeat: int) -> dict[str, float]:
     gs_grpo = core_algos.get_adv_estimator_fn("gs_grpo")
     gs_gdpo = core_algos.get_adv_estimator_fn("gs_gdpo")
     grpo_vec = core_algos.get_adv_estimator_fn("grpo_vectorized")
-    ctx_grpo = build_task_batch(uids, task_names, components)
-    ctx_gdpo = build_task_batch(uids, task_names, components, (["accuracy", "format", "structure"], [1.0, 1.0, 1.0]))
+    info = SampleInfo.build(list(uids), [None] * len(uids), task_names, components)
+    ctx_grpo = build_task_batch(info)
+    ctx_gdpo = build_task_batch(info, (["accuracy", "format", "structure"], [1.0, 1.0, 1.0]))
 
     def run_gs(fn, ctx):
         with task_batch(ctx):

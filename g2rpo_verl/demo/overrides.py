@@ -21,10 +21,10 @@ from typing import Any
 from g2rpo_verl.cpu.env import cpu_overrides
 from g2rpo_verl.demo.smoke import merge_overrides
 from g2rpo_verl.demo.data import DemoData
+from g2rpo_verl.estimators import estimator_spec
 
 __all__ = [
     "DEFAULT_CONFIG",
-    "GS_GDPO_LENGTH",
     "demo_overrides",
     "estimator_overrides",
     "flatten",
@@ -107,23 +107,15 @@ def path_overrides(workdir: Path, model_dir: Path, data: DemoData) -> list[str]:
     ]
 
 
-#: GS-GDPO ranks reward components, never the summed reward, so the length score must be one of
-#: them; weights mirror the scalar reward's (0.9 accuracy, 0.1 format, 1 structure, 0.1 length).
-GS_GDPO_LENGTH = [
-    "++g2rpo.length.mode=component",
-    "++algorithm.gdpo_reward_keys=[accuracy,format,structure,length]",
-    "++algorithm.gdpo_reward_weights=[0.9,0.1,1.0,0.1]",
-]
-
-
 def estimator_overrides(estimator: str | None) -> list[str]:
     """What the estimator needs on top of the YAML so that length shaping keeps working.
 
-    ``gs_gdpo``: length as a GS-GDPO component (:data:`GS_GDPO_LENGTH`). verl's ``gdpo``: its
-    components are fixed by verl, so length shaping is switched off. Others: nothing.
+    The plugin's estimators: their declared ``demo_overrides`` (:mod:`g2rpo_verl.estimators`;
+    ``gs_gdpo``: length as a component). verl's ``gdpo``: its components are fixed by verl, so
+    length shaping is switched off. Others: nothing.
     """
-    if estimator == "gs_gdpo":
-        return list(GS_GDPO_LENGTH)
+    if (spec := estimator_spec(str(estimator))) is not None:
+        return list(spec.demo_overrides)
     if estimator == "gdpo":
         return ["++g2rpo.length.enable=false"]
     return []

@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from g2rpo_verl.config import DEFAULT_TASK_KEY, PLUGIN_ESTIMATORS
+from g2rpo_verl.config import DEFAULT_TASK_KEY
+from g2rpo_verl.estimators import PLUGIN_ESTIMATORS
 from g2rpo_verl.launch.vision import VisionFamily, detect_family, image_tokens, max_image_tokens
 from g2rpo_verl.verl_hooks.checks import config_problems, uses_project_reward
 

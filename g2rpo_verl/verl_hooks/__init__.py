@@ -5,7 +5,7 @@ point group ``verl.plugins``), which calls :func:`register_all`. Registration is
 the verl modules it extends and runs the moment each is imported, so a process that never
 touches the trainer (a rollout server, a reward worker) does not pay for importing it:
 
-* ``verl.trainer.ppo.core_algos`` -> ``gs_grpo`` and ``gs_gdpo`` estimators registered;
+* ``verl.trainer.ppo.core_algos`` -> the plugin's estimators (:mod:`g2rpo_verl.estimators`) registered;
 * ``verl.trainer.ppo.v1`` (whose ``__init__`` registers verl's V1 trainers) -> every
   registered V1 trainer gets the plugin's mixin (the config check before anything starts,
   per-sample task keys for the estimators, shaping, per-task metrics). A trainer registered
@@ -53,7 +53,9 @@ TRAINER_V0 = MODULE_TRAINER_V0
 
 
 def _register_estimators(_module: ModuleType) -> None:
-    from g2rpo_verl.verl_hooks import estimators  # noqa: F401  (registers on import)
+    from g2rpo_verl.verl_hooks.advantages import register_estimators
+
+    register_estimators()
 
 
 def _install_trainer_mixin(module: ModuleType) -> None:
@@ -161,15 +163,15 @@ def check_registered() -> None:
     Imports the hooked verl modules, so calling it from a test or a driver proves the whole
     chain (entry point -> hook -> registry) works in this process.
     """
+    from g2rpo_verl.estimators import ESTIMATORS
     from g2rpo_verl.verl_compat.api import adv_estimator_registry
-    from g2rpo_verl.verl_hooks import estimators
     from g2rpo_verl.verl_hooks.trainer import G2RPOTrainerMixin
 
     registry = adv_estimator_registry()
-    for name in estimators.ESTIMATORS:
-        fn = registry.get(name)
-        if fn is None or fn.__module__ != estimators.__name__:
-            raise RuntimeError(f"g2rpo_verl: advantage estimator '{name}' is not registered with verl (got {fn!r})")
+    for spec in ESTIMATORS:
+        fn = registry.get(spec.name)
+        if getattr(fn, "g2rpo_spec", None) is not spec:
+            raise RuntimeError(f"g2rpo_verl: advantage estimator '{spec.name}' is not registered with verl (got {fn!r})")
     unwrapped = [n for n, c in trainer_registry().items() if not issubclass(c, G2RPOTrainerMixin)]
     if unwrapped:
         raise RuntimeError(f"g2rpo_verl: verl trainers {unwrapped} are missing the plugin's mixin")

@@ -17,14 +17,8 @@ import difflib
 from collections.abc import Iterable
 from typing import Any
 
-from g2rpo_verl.config import (
-    COMPONENT_ESTIMATORS,
-    PLUGIN_ESTIMATORS,
-    G2RPOConfig,
-    gdpo_components,
-    load_filter_band,
-    load_g2rpo_config,
-)
+from g2rpo_verl.config import G2RPOConfig, load_filter_band, load_g2rpo_config
+from g2rpo_verl.estimators import COMPONENT_ESTIMATORS, PLUGIN_ESTIMATORS, estimator_spec
 
 __all__ = ["G2RPOConfigError", "validate_run_config", "config_problems", "estimator_problem", "uses_project_reward"]
 
@@ -100,18 +94,9 @@ def config_problems(config: Any, trainer: str | None = None, known_estimators: I
             "it reads each sample's task key from TransferQueue, which the deprecated V0 trainer does not use"
         )
 
-    if estimator == "gs_gdpo":
-        try:
-            gdpo_components(algorithm)
-        except ValueError as err:
-            problems.append(str(err))
-        if algorithm.get("use_kl_in_reward", False):
-            problems.append(
-                "algorithm.use_kl_in_reward=true with algorithm.adv_estimator=gs_gdpo: gs_gdpo ranks the reward "
-                "components (algorithm.gdpo_reward_keys), so the KL penalty verl subtracts from the summed reward "
-                "would be silently dropped. Use the KL loss instead (actor_rollout_ref.actor.use_kl_loss=true) "
-                "and set algorithm.use_kl_in_reward=false, or use gs_grpo"
-            )
+    spec = estimator_spec(estimator)
+    if spec is not None and spec.config_problems is not None:
+        problems += spec.config_problems(config)
 
     try:
         load_filter_band(config)

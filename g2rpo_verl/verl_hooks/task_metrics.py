@@ -8,10 +8,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from g2rpo_verl.algorithms.ema_grpo import FLOOR, EmaStdState
 from g2rpo_verl.verl_hooks.samples import metric_prefix
 
-__all__ = ["task_step_metrics", "task_entropy_metrics", "ema_metrics"]
+__all__ = ["task_step_metrics", "task_entropy_metrics", "estimator_metrics"]
 
 
 def task_step_metrics(
@@ -73,9 +72,6 @@ def task_entropy_metrics(tasks: Sequence[str], entropy: torch.Tensor, response_m
     return metrics
 
 
-def ema_metrics(state: EmaStdState, floor: float = FLOOR) -> dict[str, float]:
-    """``task_<τ>/ema/std`` (σ_τ after this step, floored at ``g2rpo.ema_grpo.floor``) and
-    ``task_<τ>/ema/fallback_groups`` for ema_grpo."""
-    metrics = {f"{metric_prefix(t)}/ema/std": m.std(floor) for t, m in state.moments.items()}
-    metrics.update({f"{metric_prefix(t)}/ema/fallback_groups": float(k) for t, k in state.last_fallback_groups.items()})
-    return metrics
+def estimator_metrics(per_task: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """``task_<τ>/<name>`` for an estimator's own per-task metrics (``{task: {name: value}}``)."""
+    return {f"{metric_prefix(t)}/{name}": float(v) for t, values in per_task.items() for name, v in values.items()}

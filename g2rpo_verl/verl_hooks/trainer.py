@@ -4,7 +4,7 @@ verl's V1 trainer stores every dataset column (``data_source``, ``extra_info``, 
 reward function's dict (``extra_fields["reward_extra_info"]``) per sample in TransferQueue,
 but its advantage step reads only uids, masks and rewards. The mixin reads the rest for the
 same rows once per step (:class:`~g2rpo_verl.verl_hooks.samples.SampleInfo`); for gs_* it
-hands the estimator a :class:`~g2rpo_verl.verl_hooks.estimators.TaskBatch` and lets verl's
+hands the estimator a :class:`~g2rpo_verl.estimators.TaskBatch` and lets verl's
 own ``_compute_advantage`` run unchanged (KL-in-reward, rollout correction and the write-back
 stay verl's). Around it come length shaping (before) and the per-task metrics of the step
 (after), for every estimator. Entropy shaping and group filtering live in their own mixins
@@ -26,16 +26,16 @@ import logging
 
 import torch
 
-from g2rpo_verl.config import PLUGIN_ESTIMATORS, gdpo_components
-from g2rpo_verl.algorithms.ema_grpo import EmaStdState
+from g2rpo_verl.config import gdpo_components
+from g2rpo_verl.estimators import EstimatorSpec, estimator_spec
 from g2rpo_verl.verl_compat.api import TQ
+from g2rpo_verl.verl_hooks.advantages import build_task_batch, task_batch
 from g2rpo_verl.verl_hooks.entropy import EntropyShapingMixin
-from g2rpo_verl.verl_hooks.estimators import build_task_batch, task_batch
 from g2rpo_verl.verl_hooks.filtering import GroupFilterMixin
 from g2rpo_verl.verl_hooks.grad_diagnostics import GradDiagnosticsMixin
 from g2rpo_verl.verl_hooks.length import LengthShapingMixin
 from g2rpo_verl.verl_hooks.samples import ResponseBatch
-from g2rpo_verl.verl_hooks.task_metrics import ema_metrics, task_entropy_metrics, task_step_metrics
+from g2rpo_verl.verl_hooks.task_metrics import estimator_metrics, task_entropy_metrics, task_step_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -45,27 +45,35 @@ __all__ = ["G2RPOTrainerMixin", "install"]
 class G2RPOTrainerMixin(GradDiagnosticsMixin, EntropyShapingMixin, LengthShapingMixin, GroupFilterMixin):
     """Mixed in front of verl's V1 trainers; see the module docstring.
 
-    With ``ema_grpo`` its per-task moments (:attr:`g2rpo_ema`) are a trainer-side state part,
-    ``ema_std`` in the step's ``g2rpo_state.json``, restored on resume.
+    An estimator with a state (:attr:`~g2rpo_verl.estimators.EstimatorSpec.state`, e.g.
+    ``ema_grpo``'s per-task moments) keeps it here, a trainer-side state part named
+    ``spec.state_name`` in the step's ``g2rpo_state.json``, restored on resume.
     """
 
     @property
-    def g2rpo_ema(self) -> EmaStdState:
-        """ema_grpo's per-task moments (empty before the first step)."""
-        if getattr(self, "_g2rpo_ema", None) is None:
-            self._g2rpo_ema = EmaStdState()
-        return self._g2rpo_ema
+    def g2rpo_estimator(self) -> EstimatorSpec | None:
+        """The declaration of ``algorithm.adv_estimator`` if it is one of the plugin's, else ``None``."""
+        return estimator_spec(str(self.config.algorithm.adv_estimator))
+
+    def g2rpo_estimator_state(self):
+        """The estimator's state (created on first use), or ``None`` for a stateless estimator."""
+        spec = self.g2rpo_estimator
+        if spec is None or spec.state is None:
+            return None
+        if getattr(self, "_g2rpo_estimator_state", None) is None:
+            self._g2rpo_estimator_state = spec.state()
+        return self._g2rpo_estimator_state
 
     def g2rpo_state_parts(self) -> dict:
         parts = super().g2rpo_state_parts()
-        if self.config.algorithm.adv_estimator == "ema_grpo":
-            parts["ema_std"] = self.g2rpo_ema
+        if (state := self.g2rpo_estimator_state()) is not None:
+            parts[self.g2rpo_estimator.state_name] = state
         return parts
 
     def _compute_advantage(self, batch, metrics: dict):
-        estimator = self.config.algorithm.adv_estimator
+        spec = self.g2rpo_estimator
         length_cfg = self.g2rpo_config.length
-        needs_tasks = estimator in PLUGIN_ESTIMATORS or length_cfg.enable
+        needs_tasks = spec is not None or length_cfg.enable
         info = self.sample_info(batch, fallback_to_data_source=not needs_tasks)
         responses = ResponseBatch.fetch(batch, self.eos_token_ids)
         bonus = torch.zeros(len(info), dtype=torch.float64)
@@ -74,14 +82,13 @@ class G2RPOTrainerMixin(GradDiagnosticsMixin, EntropyShapingMixin, LengthShaping
             bonus = shaped.bonus
             if length_cfg.mode == "component":
                 info = info.with_component("length", shaped.scores)
-        if estimator in PLUGIN_ESTIMATORS:
-            components = gdpo_components(self.config.algorithm) if estimator == "gs_gdpo" else None
-            ema = self.g2rpo_ema if estimator == "ema_grpo" else None
-            ema_config = self.g2rpo_config.ema_grpo if ema is not None else None
-            with task_batch(build_task_batch(info, components, ema, ema_config)):
+        if spec is not None:
+            components = gdpo_components(self.config.algorithm) if spec.ranks_components else None
+            state = self.g2rpo_estimator_state()
+            with task_batch(build_task_batch(info, components, state, self.g2rpo_config)):
                 batch = super()._compute_advantage(batch, metrics)
-            if ema is not None:
-                metrics.update(ema_metrics(ema, floor=ema_config.floor))
+            if spec.step_metrics is not None:
+                metrics.update(estimator_metrics(spec.step_metrics(state, self.g2rpo_config)))
         else:
             batch = super()._compute_advantage(batch, metrics)
         if length_cfg.enable and length_cfg.truncation == "mask":

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from g2rpo_verl import gs_gdpo_advantages, gs_grpo_advantages
 from g2rpo_verl.config import DEFAULT_GDPO_COMPONENTS, gdpo_components, load_g2rpo_config
-from g2rpo_verl.verl_hooks.estimators import build_task_batch, task_batch
+from g2rpo_verl.verl_hooks.advantages import build_task_batch, task_batch
 from g2rpo_verl.verl_hooks.samples import SampleInfo, resolve_task_keys
 from g2rpo_verl.verl_hooks.task_metrics import task_entropy_metrics, task_step_metrics
 
@@ -34,7 +34,7 @@ def test_import_verl_registers_estimators_and_trainer_mixin_in_a_fresh_process()
         import verl
         assert "g2rpo_verl.verl_hooks.autoload" in sys.modules, "entry point not loaded by import verl"
         from verl.trainer.ppo.core_algos import get_adv_estimator_fn
-        for name in ("gs_grpo", "gs_gdpo"):
+        for name in ("gs_grpo", "gs_gdpo", "ema_grpo"):
             print(name, get_adv_estimator_fn(name).__module__)
         from verl.trainer.ppo.v1 import get_trainer_cls
         from g2rpo_verl.verl_hooks.trainer import G2RPOTrainerMixin
@@ -45,8 +45,8 @@ def test_import_verl_registers_estimators_and_trainer_mixin_in_a_fresh_process()
         """
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "gs_grpo g2rpo_verl.verl_hooks.estimators" in proc.stdout
-    assert "gs_gdpo g2rpo_verl.verl_hooks.estimators" in proc.stdout
+    for name in ("gs_grpo", "gs_gdpo", "ema_grpo"):
+        assert f"{name} g2rpo_verl.verl_hooks.advantages" in proc.stdout
     assert "sync-mixin True" in proc.stdout
     assert "checked" in proc.stdout
 
@@ -116,14 +116,16 @@ def test_registered_gs_grpo_reads_task_ids_from_the_trainer_context():
 def test_registered_ema_grpo_carries_the_trainers_task_moments_and_its_configured_constants(overrides):
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
-    from g2rpo_verl.config import EmaGrpoConfig
     from g2rpo_verl.algorithms.ema_grpo import EmaStdState, TaskMoments, ema_grpo_advantages
-    from g2rpo_verl.verl_hooks.task_metrics import ema_metrics
+    from g2rpo_verl.config import EmaGrpoConfig, G2RPOConfig
+    from g2rpo_verl.estimators import EMA_GRPO
+    from g2rpo_verl.verl_hooks.task_metrics import estimator_metrics
 
     cfg = EmaGrpoConfig(**overrides)
     uids, scores, mask, rewards, tasks, infos = verl_batch()
     prior = {"math": TaskMoments(0.4, 0.3), "ocr": TaskMoments(0.5, 0.5)}
-    side = build_task_batch(sample_info(uids, tasks, infos), ema=EmaStdState(dict(prior)), ema_config=cfg)
+    g2rpo = G2RPOConfig(ema_grpo=cfg)
+    side = build_task_batch(sample_info(uids, tasks, infos), state=EmaStdState(dict(prior)), g2rpo=g2rpo)
     with task_batch(side):
         adv, ret = get_adv_estimator_fn("ema_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids, config=None)
     groups = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
@@ -134,10 +136,10 @@ def test_registered_ema_grpo_carries_the_trainers_task_moments_and_its_configure
     default = ema_grpo_advantages(scores.double(), groups, side.task_ids, list(side.task_names), prior)
     assert torch.equal(expected.advantages, default.advantages) == (not overrides)
     # the trainer's state advanced by one step; a task absent here keeps its moments
-    assert side.ema.moments == expected.moments and side.ema.moments["ocr"] == prior["ocr"]
-    assert side.ema.moments["math"] != prior["math"]
-    metrics = ema_metrics(side.ema, floor=cfg.floor)
-    assert metrics["task_grounding/ema/std"] == pytest.approx(side.ema.moments["grounding"].std(cfg.floor))
+    assert side.state.moments == expected.moments and side.state.moments["ocr"] == prior["ocr"]
+    assert side.state.moments["math"] != prior["math"]
+    metrics = estimator_metrics(EMA_GRPO.step_metrics(side.state, g2rpo))
+    assert metrics["task_grounding/ema/std"] == pytest.approx(side.state.moments["grounding"].std(cfg.floor))
     assert set(metrics) >= {"task_math/ema/fallback_groups", "task_grounding/ema/fallback_groups"}
     with task_batch(build_task_batch(sample_info(uids, tasks, infos))), pytest.raises(RuntimeError, match="EMA state"):
         get_adv_estimator_fn("ema_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids, config=None)
