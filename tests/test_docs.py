@@ -25,6 +25,8 @@ PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 _FENCE = re.compile(r"^```.*?^```[ \t]*$", re.S | re.M)
 _INLINE_CODE = re.compile(r"`[^`\n]*`")
 _LINK = re.compile(r"!?\[[^\]\n]*\]\(([^()\s]+)(?:\s+\"[^\"]*\")?\)")
+#: Unicode categories GitHub keeps in a heading id: letters, marks, numbers, connector punctuation (``_``).
+_ID_CATEGORIES = {"Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl", "No", "Pc"}
 _HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.M)
 
 
@@ -43,7 +45,7 @@ def heading_ids(text: str) -> set[str]:
     ids: set[str] = set()
     for title in _HEADING.findall(_FENCE.sub("", text)):
         title = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", title)  # a link in a heading: its text
-        keep = (c for c in title.lower() if c in " -" or unicodedata.category(c)[0] in "LMN" or unicodedata.category(c) == "Pc")
+        keep = (c for c in title.lower() if c in " -" or unicodedata.category(c) in _ID_CATEGORIES)
         slug, n = "".join(keep).replace(" ", "-"), 0
         while (candidate := slug if n == 0 else f"{slug}-{n}") in ids:
             n += 1
@@ -65,7 +67,8 @@ def broken_links(page: Path) -> list[str]:
 
 
 def test_the_link_checker_sees_dead_links_and_missing_anchors_but_not_code(tmp_path):
-    (tmp_path / "other.md").write_text("# Other page\n\n## Config keys (`g2rpo.length`)\n\n## Config keys (`g2rpo.length`)\n")
+    heading = "## Config keys (`g2rpo.length`)\n\n"
+    (tmp_path / "other.md").write_text("# Other page\n\n" + heading + heading)
     page = tmp_path / "page.md"
     page.write_text(
         "[ok](other.md) [ok](other.md#config-keys-g2rpolength) [ok](other.md#config-keys-g2rpolength-1)\n"
@@ -112,7 +115,8 @@ def layout_entries(readme: str) -> list[tuple[str, str]]:
 def _package_parts() -> dict[str, str]:
     """README path -> dotted name, for every subpackage and top-level module of g2rpo_verl."""
     root = REPO / "g2rpo_verl"
-    parts = {f"g2rpo_verl/{d.name}/": f"g2rpo_verl.{d.name}" for d in root.iterdir() if (d / "__init__.py").exists()}
+    packages = [d for d in root.iterdir() if (d / "__init__.py").exists()]
+    parts = {f"g2rpo_verl/{d.name}/": f"g2rpo_verl.{d.name}" for d in packages}
     parts.update({f"g2rpo_verl/{m.name}": f"g2rpo_verl.{m.stem}" for m in root.glob("*.py") if m.name != "__init__.py"})
     parts["g2rpo_verl/__init__.py"] = "g2rpo_verl"
     return parts
@@ -126,7 +130,7 @@ def test_the_layout_names_only_paths_and_modules_that_exist():
         assert role, f"Layout gives {path} no role"
         if path.endswith("/"):
             for module in re.findall(r"\b([a-z_][a-z0-9_]*\.py)\b", role):
-                assert (REPO / path / module).exists(), f"Layout names {module} under {path}, which has no such file"
+                assert (REPO / path / module).exists(), f"Layout names {module} under {path}: no such file"
 
 
 def test_the_layout_lists_every_part_of_the_package():
