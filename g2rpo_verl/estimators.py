@@ -29,8 +29,8 @@ __all__ = [
     "EstimatorSpec",
     "TaskBatch",
     "ESTIMATORS",
-    "PLUGIN_ESTIMATORS",
-    "COMPONENT_ESTIMATORS",
+    "plugin_estimators",
+    "component_estimators",
     "estimator_spec",
     "group_ids",
 ]
@@ -195,14 +195,22 @@ EMA_GRPO = EstimatorSpec(
 )
 
 
-#: Every estimator the plugin registers with verl (all need per-sample task keys).
+#: Every estimator the plugin registers with verl (all need per-sample task keys). The names,
+#: the checks, the trainer and the demo read it when they run (through the functions below), so
+#: a line added here is all the wiring a new estimator needs.
 ESTIMATORS: tuple[EstimatorSpec, ...] = (GS_GRPO, GS_GDPO, EMA_GRPO)
-#: Their names (``algorithm.adv_estimator`` values).
-PLUGIN_ESTIMATORS: tuple[str, ...] = tuple(spec.name for spec in ESTIMATORS)
-#: Estimators that rank reward components, never the summed reward: ours and verl's ``gdpo``.
-COMPONENT_ESTIMATORS: tuple[str, ...] = tuple(s.name for s in ESTIMATORS if s.ranks_components) + ("gdpo",)
 
 
-def estimator_spec(name: str, specs: Sequence[EstimatorSpec] = ESTIMATORS) -> EstimatorSpec | None:
-    """The declaration of ``name`` among ``specs``, or ``None`` for an estimator that is not the plugin's."""
-    return next((spec for spec in specs if spec.name == name), None)
+def plugin_estimators() -> tuple[str, ...]:
+    """The ``algorithm.adv_estimator`` values the plugin registers."""
+    return tuple(spec.name for spec in ESTIMATORS)
+
+
+def component_estimators() -> tuple[str, ...]:
+    """Estimators that rank reward components, never the summed reward: the plugin's and verl's ``gdpo``."""
+    return tuple(spec.name for spec in ESTIMATORS if spec.ranks_components) + ("gdpo",)
+
+
+def estimator_spec(name: str) -> EstimatorSpec | None:
+    """The declaration of ``name``, or ``None`` for an estimator that is not the plugin's."""
+    return next((spec for spec in ESTIMATORS if spec.name == name), None)

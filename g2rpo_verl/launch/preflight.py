@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from g2rpo_verl.config import DEFAULT_TASK_KEY
-from g2rpo_verl.estimators import PLUGIN_ESTIMATORS
+from g2rpo_verl.estimators import plugin_estimators
 from g2rpo_verl.launch.vision import VisionFamily, detect_family, image_tokens, max_image_tokens
 from g2rpo_verl.verl_hooks.checks import config_problems, uses_project_reward
 
@@ -227,7 +227,7 @@ def scan_data(config, max_rows: int | None = None) -> tuple[list[Finding], DataS
     image_key = config.data.get("image_key", "images")
     prompt_key = config.data.get("prompt_key", "prompt")
     task_key = str((config.get("g2rpo") or {}).get("task_key", DEFAULT_TASK_KEY))
-    needs_task = config.algorithm.adv_estimator in PLUGIN_ESTIMATORS
+    needs_task = config.algorithm.adv_estimator in plugin_estimators()
     problems: list[str] = []
     for split, key in (("train", "train_files"), ("val", "val_files")):
         files = _files(config.data.get(key))

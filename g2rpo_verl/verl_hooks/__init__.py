@@ -163,12 +163,12 @@ def check_registered() -> None:
     Imports the hooked verl modules, so calling it from a test or a driver proves the whole
     chain (entry point -> hook -> registry) works in this process.
     """
-    from g2rpo_verl.estimators import ESTIMATORS
+    from g2rpo_verl import estimators
     from g2rpo_verl.verl_compat.api import adv_estimator_registry
     from g2rpo_verl.verl_hooks.trainer import G2RPOTrainerMixin
 
     registry = adv_estimator_registry()
-    for spec in ESTIMATORS:
+    for spec in estimators.ESTIMATORS:
         fn = registry.get(spec.name)
         if getattr(fn, "g2rpo_spec", None) is not spec:
             raise RuntimeError(f"g2rpo_verl: advantage estimator '{spec.name}' is not registered with verl (got {fn!r})")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from g2rpo_verl.config import G2RPOConfig
-from g2rpo_verl.estimators import ESTIMATORS, EstimatorSpec, TaskBatch
+from g2rpo_verl.estimators import EstimatorSpec, TaskBatch
 from g2rpo_verl.verl_hooks.samples import SampleInfo
 
 __all__ = ["build_task_batch", "task_batch", "verl_adapter", "register_estimators"]
@@ -165,7 +165,7 @@ def verl_adapter(spec: EstimatorSpec):
     return compute
 
 
-def register_estimators(specs: Sequence[EstimatorSpec] = ESTIMATORS) -> None:
+def register_estimators(specs: Sequence[EstimatorSpec] | None = None) -> None:
     """Put every spec's adapter in verl's advantage-estimator registry under ``spec.name``.
 
     Idempotent for the same spec; verl itself refuses a second, different function for a name.
@@ -174,7 +174,9 @@ def register_estimators(specs: Sequence[EstimatorSpec] = ESTIMATORS) -> None:
 
     from g2rpo_verl.verl_compat.api import adv_estimator_registry
 
+    from g2rpo_verl import estimators
+
     registry = adv_estimator_registry()
-    for spec in specs:
+    for spec in estimators.ESTIMATORS if specs is None else specs:
         if getattr(registry.get(spec.name), "g2rpo_spec", None) is not spec:
             register_adv_est(spec.name)(verl_adapter(spec))

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from g2rpo_verl.config import G2RPOConfig, load_filter_band, load_g2rpo_config
-from g2rpo_verl.estimators import COMPONENT_ESTIMATORS, PLUGIN_ESTIMATORS, estimator_spec
+from g2rpo_verl.estimators import component_estimators, estimator_spec, plugin_estimators
 
 __all__ = ["G2RPOConfigError", "validate_run_config", "config_problems", "estimator_problem", "uses_project_reward"]
 
@@ -83,12 +83,12 @@ def config_problems(config: Any, trainer: str | None = None, known_estimators: I
         from g2rpo_verl.verl_compat.api import adv_estimator_registry
 
         known_estimators = adv_estimator_registry()
-    known = set(known_estimators) | set(PLUGIN_ESTIMATORS)
+    known = set(known_estimators) | set(plugin_estimators())
     if (problem := estimator_problem(estimator, known)) is not None:
         problems.append(problem)
 
     use_v1 = bool(_get(config, "trainer.use_v1", True)) if trainer is None else trainer == "v1"
-    if estimator in PLUGIN_ESTIMATORS and not use_v1:
+    if estimator in plugin_estimators() and not use_v1:
         problems.append(
             f"algorithm.adv_estimator={estimator} needs verl's V1 trainer (trainer.use_v1=true, the default): "
             "it reads each sample's task key from TransferQueue, which the deprecated V0 trainer does not use"
@@ -129,7 +129,7 @@ def _shaping_problems(config: Any, g2rpo: G2RPOConfig, estimator: str) -> list[s
                 "g2rpo.length.mode=component needs algorithm.adv_estimator=gs_gdpo with 'length' in "
                 f"algorithm.gdpo_reward_keys (got adv_estimator={estimator}, gdpo_reward_keys={keys or None})"
             )
-    if length.enable and length.mode == "reward" and estimator in COMPONENT_ESTIMATORS:
+    if length.enable and length.mode == "reward" and estimator in component_estimators():
         problems.append(
             f"algorithm.adv_estimator={estimator} ignores the summed reward, so g2rpo.length.mode=reward would "
             "have no effect: use g2rpo.length.mode=component and add 'length' to algorithm.gdpo_reward_keys"
