@@ -14,7 +14,7 @@ No verl import here: the checks, the preflight and the demo read the declaration
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Wall time of ``g2rpo-eval`` on CPU, per 100 prompts, for a few batch sizes side by side.
 
-Runs the evaluation loop (:func:`g2rpo_verl.evaluation.evaluate.evaluate`: prompts built as
+Runs the evaluation loop (:func:`g2rpo_verl.evaluation.eval_loop.evaluate`: prompts built as
 training builds them, HF ``generate``, the run's reward, ``predictions.jsonl``, metrics) on the
 given model and parquet files, greedy, once per ``--batch-sizes`` value into fresh output
 directories, and prints the seconds per 100 prompts of each (whole invocation: model load,
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from g2rpo_verl.evaluation.evaluate import EvalSettings, evaluate
+from g2rpo_verl.evaluation.eval_loop import EvalSettings, evaluate
 from g2rpo_verl.evaluation.generation import Decoding
 from g2rpo_verl.evaluation.run_config import load_run_config
 

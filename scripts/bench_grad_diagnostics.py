@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from g2rpo_verl.demo.metrics import load_metrics
+from g2rpo_verl.demo.run_metrics import load_metrics
 
 TIMINGS = ("timing_s/update_actor", "timing_s/step")
 

@@ -1,5 +1,5 @@
 import sys
 
-from g2rpo_verl.compare.cli import main
+from g2rpo_verl.compare.compare_cli import main
 
 sys.exit(main())

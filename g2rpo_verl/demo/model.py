@@ -1,7 +1,7 @@
 """The demo's model: a tiny Qwen3-VL, its tokenizer and processor, warm-started on the demo tasks.
 
 Built once per work directory (``DIR/model``), in about a minute on 2 CPU cores, from the
-seed alone (:mod:`g2rpo_verl.demo.tiny_vl` does the generic work):
+seed alone (:mod:`g2rpo_verl.demo.fixtures.tiny_vl` does the generic work):
 
 1. a BPE tokenizer trained on chat-formatted prompts and responses of the tasks
    (:mod:`g2rpo_verl.demo.tasks`), so answers such as ``{"boxes": [250, 500, 750, 1000]}`` are
@@ -45,8 +45,8 @@ import os
 import random
 from pathlib import Path
 
-from g2rpo_verl.demo.tiny import IM_END, IM_START
-from g2rpo_verl.demo.tiny_vl import (
+from g2rpo_verl.demo.fixtures.tiny import IM_END, IM_START
+from g2rpo_verl.demo.fixtures.tiny_vl import (
     VLExample,
     build_tiny_qwen3_vl,
     build_vl_processor,

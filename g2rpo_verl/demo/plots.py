@@ -9,7 +9,7 @@
   token entropy (``task_<τ>/entropy``, with each task's band from ``entropy/band_low..high``,
   one grey band when all tasks share it) and the share of structured answers
   (``task_<τ>/reward/structure`` / 0.5). Legends carry each task's share of the last 20 steps in
-  band and its length change (:func:`g2rpo_verl.demo.metrics.task_shaping`).
+  band and its length change (:func:`g2rpo_verl.demo.run_metrics.task_shaping`).
 * :func:`plot_advantages` -> ``advantages.png``, one histogram panel per task: the advantages
   verl's ``grpo`` (``compute_grpo_outcome_advantage``) and G²RPO (``gs_grpo_advantages``) give
   the same rewards, every dumped training batch (``DIR/rollouts/<step>.jsonl``) computed on its
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from g2rpo_verl.demo.metrics import IN_BAND_WINDOW, Metrics, series, task_names, task_shaping, validation_sources
+from g2rpo_verl.demo.run_metrics import IN_BAND_WINDOW, Metrics, series, task_names, task_shaping, validation_sources
 
 __all__ = [
     "RolloutBatch",

@@ -14,7 +14,7 @@
    ``configs/demo_cpu.yaml`` and the user's overrides (which win), showing a progress bar;
 3. merges the run's metrics into ``DIR/metrics.jsonl`` and draws ``DIR/plots/*.png``;
 4. exports the trained policy to ``DIR/hf`` and prints a greedy base-vs-trained table
-   (:mod:`g2rpo_verl.demo.evaluate`).
+   (:mod:`g2rpo_verl.demo.base_vs_trained`).
 
 Re-running the same command continues from verl's last checkpoint in ``DIR/checkpoints``
 (``trainer.resume_mode=auto``); the metrics of every run are merged per step. A run that has
@@ -162,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from g2rpo_verl.demo.data import data_paths
     from g2rpo_verl.demo.smoke import trainer_command
-    from g2rpo_verl.demo.metrics import merge_run_metrics
+    from g2rpo_verl.demo.run_metrics import merge_run_metrics
     from g2rpo_verl.demo.overrides import DEFAULT_CONFIG, demo_overrides
     from g2rpo_verl.demo.trainer_process import run_trainer
 
@@ -248,7 +248,7 @@ def _finish(workdir: Path, logs: Path, g2rpo, estimator: str, no_plots: bool, st
     ``g2rpo`` is the run's validated :class:`~g2rpo_verl.config.G2RPOConfig` (the entropy band
     drawn on the plots when the metrics carry none is its default band).
     """
-    from g2rpo_verl.demo.metrics import merge_run_metrics, shaping_summary, validation_summary
+    from g2rpo_verl.demo.run_metrics import merge_run_metrics, shaping_summary, validation_summary
 
     merged = merge_run_metrics(sorted(logs.glob("metrics_*.jsonl")), workdir / "metrics.jsonl")
     if not no_plots:
@@ -259,7 +259,7 @@ def _finish(workdir: Path, logs: Path, g2rpo, estimator: str, no_plots: bool, st
             logger.info("plot: %s", path)
     for line in validation_summary(merged) + shaping_summary(merged):
         logger.info(line)
-    from g2rpo_verl.demo.evaluate import export_and_evaluate
+    from g2rpo_verl.demo.base_vs_trained import export_and_evaluate
 
     for line in export_and_evaluate(workdir, log=logger.info):
         logger.info(line)

@@ -4,7 +4,7 @@ Usage::
 
     python -m g2rpo_verl.demo.smoke --workdir DIR [hydra overrides ...]
 
-1. builds (or reuses) ``DIR/model`` (tiny Qwen2 + tokenizer, :mod:`g2rpo_verl.demo.tiny`) and
+1. builds (or reuses) ``DIR/model`` (tiny Qwen2 + tokenizer, :mod:`g2rpo_verl.demo.fixtures.tiny`) and
    ``DIR/data/{train,val}.parquet`` (toy tasks);
 2. runs ``python -m verl.trainer.main_ppo`` as a subprocess with :data:`g2rpo_verl.cpu.CPU_ENV`,
    :func:`g2rpo_verl.cpu.cpu_overrides`, the smoke defaults of :func:`smoke_overrides`, and
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from g2rpo_verl.cpu.env import CPU_ENV, cpu_overrides
-from g2rpo_verl.demo.tiny import build_tiny_qwen2, dataset_paths, is_model_dir, write_toy_dataset
+from g2rpo_verl.demo.fixtures.tiny import build_tiny_qwen2, dataset_paths, is_model_dir, write_toy_dataset
 
 __all__ = ["main", "prepare_workdir", "smoke_overrides", "merge_overrides", "trainer_command"]
 
@@ -74,7 +74,7 @@ def smoke_overrides(workdir: Path, model_dir: Path, train: Path, val: Path) -> l
         "critic.model.enable_gradient_checkpointing=False",
         "critic.optim.lr=1e-4",
         "critic.ppo_micro_batch_size_per_gpu=4",
-        "reward.custom_reward_function.path=pkg://g2rpo_verl.demo.toy_reward",
+        "reward.custom_reward_function.path=pkg://g2rpo_verl.demo.fixtures.toy_reward",
         "reward.custom_reward_function.name=compute_score",
         "trainer.logger=[console,file]",
         "trainer.project_name=g2rpo_cpu_smoke",

@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from g2rpo_verl.evaluation.records import EvalPrompt
+from g2rpo_verl.evaluation.predictions import EvalPrompt
 
 __all__ = ["BACKENDS", "Decoding", "GeneratedResponse", "HFBackend", "VLLMBackend", "make_backend", "select_backend"]
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from g2rpo_verl.evaluation.records import EvalPrompt
+from g2rpo_verl.evaluation.predictions import EvalPrompt
 from g2rpo_verl.evaluation.run_config import RunConfig
 
 __all__ = ["PromptBuilder", "read_rows"]

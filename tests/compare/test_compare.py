@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from g2rpo_verl.compare.cli import parse_arms, run_command, total_steps
-from g2rpo_verl.compare.report import Arm, summarize, write_report
+from g2rpo_verl.compare.compare_cli import parse_arms, run_command, total_steps
+from g2rpo_verl.compare.comparison_report import Arm, summarize, write_report
 from g2rpo_verl.compare.stats import paired_difference, t_interval
 
 
@@ -187,7 +187,7 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-from g2rpo_verl.demo.metrics import load_metrics  # noqa: E402
+from g2rpo_verl.demo.run_metrics import load_metrics  # noqa: E402
 from g2rpo_verl.demo.tasks import TASKS  # noqa: E402
 
 E2E_RUN = ["--warm-start-steps", "30", "trainer.total_training_steps=2", "trainer.test_freq=2", "trainer.save_freq=2"]

@@ -23,10 +23,10 @@ import torch
 import torch.distributed
 
 from g2rpo_verl import cpu
-from g2rpo_verl.demo import tiny
+from g2rpo_verl.demo.fixtures import tiny
 from g2rpo_verl.cpu.hf_generation import HFGenerator, SamplingSpec, load_hf_model, vision_token_ids
 from g2rpo_verl.cpu.platform import PlatformCPU, collapse_duplicate_backends, install_backend_string_fix
-from g2rpo_verl.demo.toy_reward import ADDITION, CHOICE, compute_score
+from g2rpo_verl.demo.fixtures.toy_reward import ADDITION, CHOICE, compute_score
 
 MAX_NEW = 12
 
@@ -697,7 +697,7 @@ def _vl_messages(image, question: str = "What is in the image?") -> list[dict]:
 
 @pytest.fixture(scope="module")
 def vl_model_dir(tmp_path_factory) -> Path:
-    from g2rpo_verl.demo import tiny_vl
+    from g2rpo_verl.demo.fixtures import tiny_vl
 
     corpus = [f"<|im_start|>user\nWhat is in the image? {i}<|im_end|>\n<answer>{i}</answer>" for i in range(200)]
     tokenizer = tiny_vl.build_vl_tokenizer(corpus, vocab_size=300)
@@ -722,7 +722,7 @@ def _vl_prompt(processor, image, question: str = "What is in the image?") -> lis
 def test_vl_processor_loads_through_verl_without_torchvision(vl_model_dir, vl_processor):
     from verl.utils.tokenizer import hf_processor
 
-    from g2rpo_verl.demo import tiny_vl
+    from g2rpo_verl.demo.fixtures import tiny_vl
 
     assert type(vl_processor).__name__ == "Qwen3VLProcessor"  # verl binds get_rope_index by this name
     assert hasattr(vl_processor, "get_rope_index") and not hasattr(vl_processor, "video_processor")

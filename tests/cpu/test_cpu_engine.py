@@ -15,7 +15,7 @@ import torch.distributed
 from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 
 from g2rpo_verl.cpu import engine_fixes
-from g2rpo_verl.demo import tiny
+from g2rpo_verl.demo.fixtures import tiny
 from g2rpo_verl.cpu.engine_fixes import UnpinnedCPUOffloadPolicy
 
 
@@ -121,7 +121,7 @@ def test_a_qwen3_vl_critic_loads_the_actors_weights_under_a_value_head(tmp_path)
     from transformers import AutoConfig, AutoModelForImageTextToText
     from verl.utils.model import load_valuehead_model
 
-    from g2rpo_verl.demo import tiny_vl
+    from g2rpo_verl.demo.fixtures import tiny_vl
 
     corpus = [f"<|im_start|>user\nWhat is in the image? {i}<|im_end|>\n<answer>{i}</answer>" for i in range(100)]
     tokenizer = tiny_vl.build_vl_tokenizer(corpus, vocab_size=300)

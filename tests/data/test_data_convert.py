@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from g2rpo_verl.data import ConvertOptions, RecordError, convert_record
-from g2rpo_verl.data.cli import main
+from g2rpo_verl.data.data_cli import main
 from g2rpo_verl.data.writer import split_per_task, task_file_name, write_outputs
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "onethinker_sample"
@@ -92,7 +92,7 @@ def test_default_prompts_ask_for_each_problem_types_answer_with_the_presets_tag(
 
 
 def test_the_grounding_example_is_what_the_reference_reward_reads():
-    from g2rpo_verl.data.records import ANSWER_FORMS
+    from g2rpo_verl.data.onethinker import ANSWER_FORMS
     from g2rpo_verl.rewards import compute_score
 
     for problem_type, (_, example) in ANSWER_FORMS.items():

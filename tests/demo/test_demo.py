@@ -22,7 +22,7 @@ import pytest
 
 from g2rpo_verl.demo import data as demo_data
 from g2rpo_verl.demo import tasks
-from g2rpo_verl.demo.metrics import load_metrics, merge_run_metrics, series, task_names, validation_summary
+from g2rpo_verl.demo.run_metrics import load_metrics, merge_run_metrics, series, task_names, validation_summary
 from g2rpo_verl.demo.overrides import demo_overrides, flatten, format_value, load_config, override_value
 from g2rpo_verl.demo.trainer_process import parse_step_line
 from g2rpo_verl.algorithms.entropy_control import AdaptiveEntropyControl
@@ -243,7 +243,7 @@ def test_plots_are_written_from_metrics_and_rollout_dumps(tmp_path):
 
 
 def test_shaping_summary_reports_each_tasks_share_in_band_and_length_change():
-    from g2rpo_verl.demo.metrics import shaping_summary, task_shaping
+    from g2rpo_verl.demo.run_metrics import shaping_summary, task_shaping
 
     metrics = {}
     for step in range(1, 31):

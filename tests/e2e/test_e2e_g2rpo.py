@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from g2rpo_verl.demo.toy_reward import TOY_TASKS
+from g2rpo_verl.demo.fixtures.toy_reward import TOY_TASKS
 from support.smoke_runs import run_smoke
 
 pytestmark = pytest.mark.e2e

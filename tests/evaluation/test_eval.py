@@ -20,13 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from g2rpo_verl.demo.tasks import TASKS as DEMO_TASKS
-from g2rpo_verl.evaluation import cli
-from g2rpo_verl.evaluation.compare import compare_records, paired_delta
-from g2rpo_verl.evaluation.evaluate import EvalSettings, evaluate
+from g2rpo_verl.evaluation import eval_cli as cli
+from g2rpo_verl.evaluation.paired import compare_records, paired_delta
+from g2rpo_verl.evaluation.eval_loop import EvalSettings, evaluate
 from g2rpo_verl.evaluation.generation import Decoding, select_backend
 from g2rpo_verl.evaluation.handoff import LMMS_EVAL_TASKS, VLMEVALKIT_DATA, lmms_eval_commands, write_handoff
-from g2rpo_verl.evaluation.metrics import IOU_THRESHOLDS, compute_metrics, group_metrics
-from g2rpo_verl.evaluation.records import PredictionStore
+from g2rpo_verl.evaluation.aggregates import IOU_THRESHOLDS, compute_metrics, group_metrics
+from g2rpo_verl.evaluation.predictions import PredictionStore
 from g2rpo_verl.evaluation.run_config import load_run_config
 
 N_VAL = 4  # validation prompts per demo task in the fixture
@@ -168,7 +168,7 @@ def test_handoff_configs_point_at_the_exported_model(tmp_path):
         assert cmd[cmd.index("--tasks") + 1] == task
         assert " ".join(cmd) in script
     assert {"mathvista_testmini", "mmmu_val", "refcoco_bbox_rec_val"} == set(LMMS_EVAL_TASKS)
-    from test_launch import shellcheck_binary
+    from support.tools import shellcheck_binary
 
     lint = subprocess.run([shellcheck_binary(), str(paths["lmms_eval"])], capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout

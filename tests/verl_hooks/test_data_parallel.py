@@ -28,7 +28,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from g2rpo_verl.demo import tiny
+from g2rpo_verl.demo.fixtures import tiny
 
 TASKS = ["numerical", "OCR", "math"]
 ROW_TASKS = [0, 1, 2, 0, 1, 2, 0, 1]  # 8 rows: dp = 2 gives each rank 4 contiguous rows
@@ -403,7 +403,7 @@ def _demo_rows() -> int:
 
 @pytest.mark.e2e
 def test_demo_pipeline_trains_with_two_data_parallel_ranks(tmp_path):
-    from g2rpo_verl.demo.metrics import load_metrics
+    from g2rpo_verl.demo.run_metrics import load_metrics
 
     cmd = [
         sys.executable, "-m", "g2rpo_verl.demo", "--workdir", str(tmp_path), "--warm-start-steps", "30", "--no-plots",

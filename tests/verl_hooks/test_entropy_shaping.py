@@ -772,7 +772,7 @@ def test_the_loss_runs_the_check_on_the_plan_fields_the_trainer_writes():
 
 @pytest.mark.e2e
 def test_real_verl_run_adds_the_entropy_penalty_per_task(tmp_path):
-    from g2rpo_verl.demo.toy_reward import TOY_TASKS
+    from g2rpo_verl.demo.fixtures.toy_reward import TOY_TASKS
 
     overrides = [
         "algorithm.adv_estimator=gs_grpo",

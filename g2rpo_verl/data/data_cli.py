@@ -12,7 +12,7 @@ writes ``OUT/train.parquet``, ``OUT/val.parquet`` (every task), ``OUT/val_<task>
 is reported (index, ``problem_id``, field; the first 20 printed) and then nothing is written;
 exit status 2.
 
-Each question gets the instruction of its problem type (:func:`~g2rpo_verl.data.records.format_prompt`):
+Each question gets the instruction of its problem type (:func:`~g2rpo_verl.data.onethinker.format_prompt`):
 reason inside the preset's think tag (``reference``: ``<thinking>``), answer inside ``<answer>``
 in the shape the reward scores (grounding: ``{"boxes": [x1, y1, x2, y2]}``).
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from g2rpo_verl.config import DEFAULT_TASK_KEY
-from g2rpo_verl.data.records import DEFAULT_PRESET, ConvertOptions, RecordError, convert_record
+from g2rpo_verl.data.onethinker import DEFAULT_PRESET, ConvertOptions, RecordError, convert_record
 from g2rpo_verl.rewards.settings import CHOICES
 from g2rpo_verl.data.writer import split_per_task, task_file_name, write_outputs
 

@@ -34,11 +34,11 @@ def export_and_evaluate(workdir: Path, log=print) -> list[str]:
     """
     from g2rpo_verl.demo.data import find_demo_data
     from g2rpo_verl.evaluation.checkpoint import TRACKER_FILE, export_checkpoint, find_run_config, resolve_model
-    from g2rpo_verl.evaluation.compare import compare_dirs
-    from g2rpo_verl.evaluation.evaluate import EvalSettings, evaluate
+    from g2rpo_verl.evaluation.paired import compare_dirs
+    from g2rpo_verl.evaluation.eval_loop import EvalSettings, evaluate
     from g2rpo_verl.evaluation.generation import Decoding
     from g2rpo_verl.evaluation.handoff import write_handoff
-    from g2rpo_verl.evaluation.report import comparison_table
+    from g2rpo_verl.evaluation.tables import comparison_table
     from g2rpo_verl.evaluation.run_config import load_run_config
 
     from transformers.utils import logging as hf_logging

@@ -72,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _compare(args) -> int:
-    from g2rpo_verl.evaluation.compare import compare_dirs
-    from g2rpo_verl.evaluation.report import comparison_table
+    from g2rpo_verl.evaluation.paired import compare_dirs
+    from g2rpo_verl.evaluation.tables import comparison_table
 
     a, b = args.compare
     rows = compare_dirs(a, b)
@@ -94,7 +94,7 @@ def _handoff(args) -> int:
 
 def _evaluate(args) -> int:
     from g2rpo_verl.evaluation.checkpoint import export_checkpoint, find_run_config, resolve_model
-    from g2rpo_verl.evaluation.evaluate import EvalSettings, evaluate
+    from g2rpo_verl.evaluation.eval_loop import EvalSettings, evaluate
     from g2rpo_verl.evaluation.generation import Decoding, select_backend
     from g2rpo_verl.evaluation.prompts import read_rows
     from g2rpo_verl.evaluation.run_config import load_run_config

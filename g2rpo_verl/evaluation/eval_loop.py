@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from g2rpo_verl.evaluation.generation import Decoding, make_backend, select_backend
-from g2rpo_verl.evaluation.metrics import compute_metrics
-from g2rpo_verl.evaluation.records import Prediction, PredictionStore, json_safe, prediction_key
-from g2rpo_verl.evaluation.report import render_report
+from g2rpo_verl.evaluation.aggregates import compute_metrics
+from g2rpo_verl.evaluation.predictions import Prediction, PredictionStore, json_safe, prediction_key
+from g2rpo_verl.evaluation.tables import render_report
 from g2rpo_verl.evaluation.run_config import RunConfig
 
 __all__ = ["EvalSettings", "evaluate", "score_response"]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from g2rpo_verl.compare.stats import LEVEL, Interval, paired_difference, t_interval
-from g2rpo_verl.demo.metrics import (
+from g2rpo_verl.demo.run_metrics import (
     Metrics,
     load_metrics,
     series,

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from g2rpo_verl.evaluation.records import group_by
+from g2rpo_verl.evaluation.predictions import group_by
 from g2rpo_verl.rewards.accuracy import GROUNDING, canonical_problem_type
 
 __all__ = ["IOU_THRESHOLDS", "accuracy_of", "compute_metrics", "group_metrics", "is_grounding"]

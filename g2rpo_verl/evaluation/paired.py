@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from g2rpo_verl.evaluation.metrics import accuracy_of
-from g2rpo_verl.evaluation.records import PredictionStore
+from g2rpo_verl.evaluation.aggregates import accuracy_of
+from g2rpo_verl.evaluation.predictions import PredictionStore
 
 __all__ = ["CONFIDENCE", "Delta", "TaskComparison", "compare_records", "compare_dirs", "paired_delta"]
 

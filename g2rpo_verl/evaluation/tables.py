@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from g2rpo_verl.evaluation.compare import CONFIDENCE, TaskComparison
+from g2rpo_verl.evaluation.paired import CONFIDENCE, TaskComparison
 
 __all__ = ["comparison_table", "metrics_table", "render_report"]
 
@@ -90,7 +90,7 @@ def render_report(metrics: Mapping[str, Any], settings: Mapping[str, Any], wall_
         "",
         *metrics_table(metrics["by_data_source"], "data source", n),
         "",
-        "Column definitions: `g2rpo_verl/evaluation/metrics.py` (docs/evaluation.md).",
+        "Column definitions: `g2rpo_verl/evaluation/aggregates.py` (docs/evaluation.md).",
         "",
     ]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ and warm start, the generated data, the data order and every rollout's sampling 
 of one seed start from the same model and data (built once in ``W/_base_seed<s>`` and copied),
 so their differences are paired. A run that reached its last step is skipped; an interrupted
 one resumes from its checkpoint. Then ``W/summary.json``, ``W/report.md`` and ``W/plots/`` are
-written (:mod:`g2rpo_verl.compare.report`).
+written (:mod:`g2rpo_verl.compare.comparison_report`).
 
 ``--only RUN`` (repeatable) runs just those runs (e.g. one per shared-machine lock), and
 ``--report-only`` writes the report from whatever runs exist.
@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from g2rpo_verl.compare.report import Arm, run_dir_name, summarize, write_report
+from g2rpo_verl.compare.comparison_report import Arm, run_dir_name, summarize, write_report
 
 __all__ = ["main", "parse_arms", "run_command", "total_steps"]
 
