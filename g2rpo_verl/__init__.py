@@ -5,7 +5,8 @@ The algorithm code is pure torch and importable without verl's trainer::
     from g2rpo_verl import gaussianize, gs_grpo_advantages, gs_gdpo_advantages
 
 The verl wiring (:mod:`g2rpo_verl.verl_hooks`) loads itself through verl's ``verl.plugins``
-entry point; ``algorithm.adv_estimator=gs_grpo`` (or ``gs_gdpo``) then selects it.
+entry point; ``algorithm.adv_estimator=gs_grpo`` (or ``gs_gdpo``, ``ema_grpo``: every estimator declared
+in :mod:`g2rpo_verl.estimators`) then selects it.
 """
 
 from g2rpo_verl.algorithms.advantages import gs_gdpo_advantages, gs_grpo_advantages

@@ -13,6 +13,6 @@ try:
     register_all()
 except Exception:
     logging.getLogger("g2rpo_verl").exception(
-        "g2rpo_verl: the verl plugin failed to load; gs_grpo / gs_gdpo will be unknown to verl"
+        "g2rpo_verl: the verl plugin failed to load; its estimators (gs_grpo, gs_gdpo, ema_grpo) will be unknown to verl"
     )
     raise

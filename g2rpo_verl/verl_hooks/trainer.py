@@ -1,9 +1,9 @@
-"""The V1-trainer mixin: per-sample task keys for gs_*, task-level shaping, per-task metrics.
+"""The V1-trainer mixin: per-sample task keys for the plugin's estimators, task-level shaping, per-task metrics.
 
 verl's V1 trainer stores every dataset column (``data_source``, ``extra_info``, ...) and the
 reward function's dict (``extra_fields["reward_extra_info"]``) per sample in TransferQueue,
 but its advantage step reads only uids, masks and rewards. The mixin reads the rest for the
-same rows once per step (:class:`~g2rpo_verl.verl_hooks.samples.SampleInfo`); for gs_* it
+same rows once per step (:class:`~g2rpo_verl.verl_hooks.samples.SampleInfo`); for the plugin's estimators it
 hands the estimator a :class:`~g2rpo_verl.estimators.TaskBatch` and lets verl's
 own ``_compute_advantage`` run unchanged (KL-in-reward, rollout correction and the write-back
 stay verl's). Around it come length shaping (before) and the per-task metrics of the step
@@ -12,7 +12,7 @@ stay verl's). Around it come length shaping (before) and the per-task metrics of
 which validates the config before verl builds anything.
 
 Layers (each imports only those below it): ``samples`` -> ``checks`` -> ``base`` ->
-``length`` / ``entropy`` / ``filtering`` / ``estimators`` / ``task_metrics`` /
+``length`` / ``entropy`` / ``filtering`` / ``advantages`` / ``task_metrics`` /
 ``grad_diagnostics`` -> this module.
 
 It is mixed into every trainer in verl's ``TRAINER_REGISTRY`` when that module is imported,
