@@ -245,10 +245,13 @@ def _double_superscript(tokens: list[str]) -> bool:
     return False
 
 
-def precheck_math(answer: str, truth: str, max_depth: int = 8, max_digits: float = 100_000) -> bool | None:
-    """``True``: the answer is the ground truth verbatim; ``False``: junk (accuracy 0, not
-    parsed); ``None``: ask math-verify. Microseconds for answers of a few thousand chars."""
-    if same_text(answer, truth):
+def precheck_math(
+    answer: str, truth: str, max_depth: int = 8, max_digits: float = 100_000, verbatim: bool = True
+) -> bool | None:
+    """``True``: the answer is the ground truth verbatim (only with ``verbatim``); ``False``:
+    junk (accuracy 0, not parsed); ``None``: ask math-verify. Microseconds for answers of a
+    few thousand chars."""
+    if verbatim and same_text(answer, truth):
         return True
     if not any(ch.isalnum() or ord(ch) > 127 for ch in answer):
         return False
