@@ -152,3 +152,115 @@ EXCEPTIONS = {
     "E4": "unknown problem types are scored as free-form (theirs: 0)",
     "E5": "regression thresholds are exact decimals, not float32 (0.1 < 1 - 0.9 is false)",
 }
+
+
+# ---------------------------------------------------------------------------------------
+# The wide table: model-like answers of every problem type, each in several response shapes.
+# Expected values come from tests/reference_rules.py (the written statement of the rules).
+
+
+@dataclass(frozen=True)
+class Wide:
+    problem_type: str
+    response: str
+    truth: str
+    note: str
+
+
+def _shapes(answer: str) -> list[tuple[str, str]]:
+    """The response shapes each answer is written in: (response, shape name)."""
+    return [
+        (T(answer), "tagged"),
+        (f"< thinking >I look.</ thinking >\n< answer > {answer} </ answer >\n", "spaced tags"),
+        (answer, "bare"),
+        (f"<think>I look.</think><answer>{answer}</answer>", "<think> tag"),
+        (f"<thinking>I look.</thinking> {answer}", "no answer block"),
+    ]
+
+
+# problem type -> (truths, answers): every answer is scored against every truth of its type
+_WIDE_ANSWERS: dict[str, tuple[list[str], list[str]]] = {
+    "multiple choice": (
+        ["B", "<answer>B</answer>", " b "],
+        ["B", "b", "(B)", "$B$", "\\boxed{B}", "$\\boxed{B}$", "**B**", "B.", "B)", "B: a dog", "(B) a dog",
+         "Option B", "The answer is B", "a dog", "C", "A", "[B]", "{B}", "\\text{B}", "B, C", "BB", "B and C"],
+    ),
+    "numerical": (
+        ["15", "15.0", "$15$", "<answer>15</answer>"],
+        ["15", "15.0", "15.001", "14.996", "15.01", "16", "-15", "+15", "1e1", "1.5e1", "15 objects", "$15$",
+         "\\boxed{15}", "15%", "fifteen", "15.", "15 or 16", "about 15", "**15**", "1_5", "1,5", "0015", "15/1"],
+    ),
+    "regression": (
+        ["10", "0", "1,000", "-4"],
+        ["10", "11", "9", "10.4", "9.4", "10.5", "11.5", "12", "12.5", "13", "14.5", "15", "5", "0", "1e-9",
+         "abc", "10 m", "$10$", "1e1", "1,000", "1000", "-4.4", "-4", "4", "inf", "nan", "1e40"],
+    ),
+    "OCR": (
+        ["Hello World", "A / B", "x < y", "Total: $12.50", "line one\nline two"],
+        ["Hello World", "hello world", "Hello  World", "Hello there World", "Hello", "Goodbye",
+         "Hello World Hello World Hello", "A / B", "A/B", "x < y", "x<y", "Total: $12.50", "**Hello World**",
+         '"Hello World"', "Hello World.", "line one\nline two", "line one line two", "LINE ONE LINE TWO"],
+    ),
+    "math": (
+        ["\\frac{1}{2}", "$$x^2+1$$", "$3$", "2\\sqrt{2}", "x = 5"],
+        ["\\frac{1}{2}", "0.5", "1/2", "1 / 2", "$\\frac{1}{2}$", "\\boxed{\\frac12}", "\\boxed{1/2}", "1/3", "x",
+         "x^2+1", "$x^2+1$", "$$x^2+1$$", "1+x^2", "3", "$3$", "2\\sqrt{2}", "\\sqrt{8}", "5", "x=5", "$x = 5$",
+         "The answer is $\\frac{1}{2}$.", "\\boxed{1} and \\boxed{0.5}", "!!!!!!!!"],
+    ),
+    "spatial grounding": (
+        ['{"boxes": [0, 0, 100, 100]}', '{"boxes": ["0", "0", "100", "100"]}',
+         '<answer>{"boxes": [0, 0, 100, 100]}</answer>', "[0, 0, 100, 100]", '{"boxes": [[0, 0, 100, 100]]}'],
+        ['{"boxes": [0, 0, 100, 100]}', '{"boxes":[0,0,100,100]}', '{ "boxes" : [ 0 , 0 , 100.0 , 1e2 ] }',
+         '{"boxes": [50, 50, 150, 150]}', '{"boxes": [0, 0, 50, 50]}', '{"boxes": [-10, -10, 50, 50]}',
+         '{"boxes": [200, 200, 300, 300]}', '{"boxes": ["0", "0", "100", "100"]}', '{"boxes": [true, 0, 100, 100]}',
+         '{"boxes": [0, 0, 100, 100], "label": "dog"}', "[0, 0, 100, 100]", '```json\n{"boxes": [0, 0, 100, 100]}\n```',
+         '[{"bbox_2d": [0, 0, 100, 100], "label": "dog"}]', '{"boxes": [[0, 0, 100, 100]]}', '{"boxes": [100, 100, 0, 0]}',
+         "The dog is at [0, 0, 100, 100].", '{"boxes": [0, 0, 100]}', '{"bbox": [0, 0, 100, 100]}',
+         '{"boxes": [0, 0, 100, 100]} {"boxes": [0, 0, 10, 10]}', "{'boxes': [0, 0, 100, 100]}"],
+    ),
+    "open-ended": (["Paris"], ["Paris", "paris", "It is Paris."]),
+    "free-form": (["Paris"], ["Paris", "London"]),
+}
+
+#: odd response shapes, per type: (problem type, response, truth, note)
+_WIDE_ODD = [
+    (t, resp, truth, note)
+    for t, ok, truth in [
+        ("multiple choice", "B", "B"), ("numerical", "15", "15"), ("regression", "10", "10"), ("OCR", "Hello World", "Hello World"),
+        ("math", "\\frac{1}{2}", "\\frac{1}{2}"), ("spatial grounding", '{"boxes": [0, 0, 100, 100]}', '{"boxes": [0, 0, 100, 100]}'),
+    ]
+    for resp, note in [
+        (T(""), "empty answer block"),
+        (T(" "), "blank answer block"),
+        ("<thinking></thinking><answer></answer>", "empty blocks"),
+        ("", "empty response"),
+        (T(ok) + "<answer>wrong</answer>", "two answer blocks, the first right"),
+        (T("wrong") + f"<answer>{ok}</answer>", "two answer blocks, the second right"),
+        (T(ok) + " done", "text after the answer block"),
+        ("x " + T(ok), "text before the think block"),
+        (f"<thinking>a</thinking>b<thinking>c</thinking><answer>{ok}</answer>", "two think blocks"),
+        (f"<thinking>r</thinking><answer>{ok}", "unclosed answer"),
+        (f"<thinking>r</thinking><answer><answer>{ok}</answer>", "nested answer tag"),
+        (f"<thinking>r<answer>{ok}</answer></thinking><answer>x</answer>", "an answer quoted in the reasoning"),
+        (f"<answer>{ok}</answer>", "no think block"),
+        (f"<thinking>r</thinking>\n\n<answer>\n{ok}\n</answer>\n\n", "newlines around"),
+        (f"<THINKING>r</THINKING><ANSWER>{ok}</ANSWER>", "upper-case tags"),
+        (f"<thinking>r</thinking><answer>{ok}</answer>" * 2, "the whole response twice"),
+        (f"<thinking>r</thinking><answer>{ok} {ok}</answer>", "the answer twice"),
+    ]
+]
+
+
+def _wide_cases() -> list[Wide]:
+    out = []
+    for problem_type, (truths, answers) in _WIDE_ANSWERS.items():
+        for truth in truths:
+            for answer in answers:
+                shapes = _shapes(answer) if truth == truths[0] else _shapes(answer)[:1]
+                for response, shape in shapes:
+                    out.append(Wide(problem_type, response, truth, f"{answer!r} {shape} vs {truth!r}"))
+    out.extend(Wide(t, r, truth, note) for t, r, truth, note in _WIDE_ODD)
+    return out
+
+
+WIDE_CASES = _wide_cases()
