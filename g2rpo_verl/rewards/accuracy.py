@@ -161,6 +161,12 @@ def _multiple_choice(answer: str | None, truth: Any, extra_info: Mapping[str, An
         # "(B)" and "$B$" match; "B.", "**B**", "B: dog" do not)
         if not answer:
             return Scored(0.0, 0.0)
+        if answer == truth_s:  # equal texts normalize equal: grade_answer's first test
+            return Scored(1.0, STRUCTURE_BONUS)
+        # junk (unbalanced brackets, power towers, 1000000!, 65-letter runs) cannot equal an
+        # option and would cost grade_answer's sympy the time limit: 0 without the worker
+        if precheck_math(answer, truth_s, settings.max_math_depth, settings.max_math_digits, verbatim=False) is False:
+            return Scored(0.0, STRUCTURE_BONUS)
         return Scored(float(_guarded_grade_answer(answer, truth_s, settings)), STRUCTURE_BONUS)
     options = parse_options(extra_info.get("options"))
     true_letter = parse_choice_letter(truth_s) or match_option_text(truth_s, options)

@@ -245,6 +245,10 @@ def _double_superscript(tokens: list[str]) -> bool:
     return False
 
 
+_LETTER_RUN_RE = re.compile(r"[A-Za-z]{65}")
+_PY_POWER_RE = re.compile(r"(?<=[\w)}\]])\s*\*\*\s*(?=[\w({\[])")
+
+
 def precheck_math(
     answer: str, truth: str, max_depth: int = 8, max_digits: float = 100_000, verbatim: bool = True
 ) -> bool | None:
@@ -253,6 +257,9 @@ def precheck_math(
     few thousand chars."""
     if verbatim and same_text(answer, truth):
         return True
+    if _LETTER_RUN_RE.search(answer):  # no math answer holds a 65-letter word; sympy splits it
+        return False
+    answer = _PY_POWER_RE.sub("^", answer)  # 9**9**9 is a power tower too (sympy and mathruler read **)
     if not any(ch.isalnum() or ord(ch) > 127 for ch in answer):
         return False
     if "!!!" in answer.replace(" ", ""):
