@@ -353,6 +353,12 @@ def test_precheck_rules_on_known_values():
     assert precheck_math("x^2^3", "1") is False and precheck_math("a^{b}^{c}", "1") is False
     assert precheck_math("10^{100000}", "1", max_digits=100_000) is None
     assert precheck_math("10^{100001}", "1", max_digits=100_000) is False
+    assert precheck_math("x", "x") is True and precheck_math("x", "x", verbatim=False) is None
+    assert precheck_math("x" * 64, "1") is None and precheck_math("x" * 65, "1") is False  # a 65-letter run
+    assert precheck_math("a b " * 200, "1") is None and precheck_math("a b " * 201, "1") is False  # > 400 letters
+    assert precheck_math("\\frac{a}{b} " * 150, "1") is None  # command names are not letters here
+    assert precheck_math("9**9**9**9", "1") is False and precheck_math("2**10", "1024") is None  # ** is ^
+    assert precheck_math("**5**", "5") is None  # bold, not a power
 
 
 def test_magnitude_estimate_is_an_upper_bound():
