@@ -259,6 +259,12 @@ class G2RPOActorLoss:
             part, metrics = self.inner(model_output=model_output, data=restricted, dp_group=dp_group, **kwargs)
             loss = loss + w_t * part
             parts.append((w_t, tokens, metrics))
+        if not parts:
+            # no response token here: verl's own call gives the metric keys every rank must report
+            # (verl aggregates a metric over ranks only when each has the same number of values)
+            empty, metrics = self.inner(model_output=model_output, data=data, dp_group=dp_group, **kwargs)
+            parts.append((0.0, 1, metrics))
+            loss = loss + 0.0 * empty
         total_tokens = sum(p[1] for p in parts)
         combined = {}
         for key in dict.fromkeys(k for p in parts for k in p[2]):
