@@ -313,3 +313,20 @@ def test_same_command_and_seed_give_identical_metrics(comparison, tmp_path):
                 assert second[step][key] == value, (step, key, value, second[step][key])
                 compared += 1
     assert compared > 900
+
+
+def test_the_cheap_profile_sets_its_seeds_and_overrides_and_the_command_line_wins(tmp_path):
+    from g2rpo_verl.compare.cli import main
+    from g2rpo_verl.compare.profiles import PROFILES
+
+    cheap = PROFILES["cheap"]
+    assert total_steps(list(cheap.overrides)) == 16 and len(cheap.seeds) >= 6
+    # the profile keeps the demo's rows per step (prompts x rollouts), so its cost per step
+    values = dict(o.split("=", 1) for o in cheap.overrides)
+    assert int(values["data.train_batch_size"]) * int(values["actor_rollout_ref.rollout.n"]) == 12 * 8
+    assert main(["--profile", "cheap", "--estimators", "grpo", "--workdir", str(tmp_path), "--report-only",
+                 "--no-plots"]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["seeds"] == list(cheap.seeds)
+    assert main(["--profile", "cheap", "--seeds", "3", "--estimators", "grpo", "--workdir", str(tmp_path),
+                 "--report-only", "--no-plots", "trainer.total_training_steps=2"]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["seeds"] == [3]
