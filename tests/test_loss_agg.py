@@ -317,3 +317,39 @@ def test_task_mean_without_the_trainers_fields_fails_naming_them():
     loss = G2RPOActorLoss(partial(ppo_loss, config=_actor_config()), None, task_mean=True)
     with pytest.raises(RuntimeError, match="task_mean: the micro-batch lacks the trainer's fields"):
         loss(model_output=_output(theta, [0, 1]), data=_micro(rows, [0, 1], 1, 10, 12))
+
+
+def test_gradient_diagnostics_split_the_task_mean_loss_into_parts_that_sum_to_its_gradient():
+    """The diagnostics restrict whatever loss is installed to one task's rows (TaskRestrictedLoss);
+    under task_mean each part is that task's w·A term and the parts sum to the real gradient."""
+    from verl.workers.utils.losses import ppo_loss
+
+    from g2rpo_verl.verl_hooks.grad_diagnostics import TASK_FIELD, TaskRestrictedLoss
+
+    rows = _rows()
+    row_tokens = torch.tensor([len(r["response"]) for r in rows])
+    plan = minibatch_plan(row_tokens, 1, 12, 1, seed=None, shuffle=False)
+    fields = {ROW_FIELD: torch.arange(12), STEP_FIELD: torch.full((12,), 9), **plan_fields(plan),
+              **task_plan_fields(plan, row_tokens, torch.tensor(TASKS), torch.ones(3)),
+              TASK_FIELD: torch.tensor(TASKS)}
+    theta = _params(rows)
+    n_tok = int(row_tokens.sum())
+    loss_fn = G2RPOActorLoss(partial(ppo_loss, config=_actor_config()), None, task_mean=True)
+    chunks = [[0, 1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11]]
+
+    def grad_of(fn):
+        total = torch.zeros(sum(t.numel() for t in theta), dtype=torch.float64)
+        for idx in chunks:
+            loss, _ = fn(model_output=_output(theta, idx), data=_micro(rows, idx, 1, n_tok, 12, fields))
+            total += _grad(loss, theta)
+        return total
+
+    full = grad_of(copy.deepcopy(loss_fn))
+    parts = [grad_of(TaskRestrictedLoss(copy.deepcopy(loss_fn), t)) for t in range(3)]
+    torch.testing.assert_close(sum(parts), full, rtol=1e-12, atol=1e-15)
+    # each part is nonzero only on its task's rows: task 1's rows carry no gradient of task 0's part
+    offsets = torch.tensor([0] + [t.numel() for t in theta]).cumsum(0)
+    for i, t in enumerate(TASKS):
+        for k in range(3):
+            seg = parts[k][offsets[i] : offsets[i + 1]]
+            assert (seg.abs().max() > 0) == (k == t and LENGTHS[i] > 0)
