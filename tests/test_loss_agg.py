@@ -353,3 +353,45 @@ def test_gradient_diagnostics_split_the_task_mean_loss_into_parts_that_sum_to_it
         for k in range(3):
             seg = parts[k][offsets[i] : offsets[i + 1]]
             assert (seg.abs().max() > 0) == (k == t and LENGTHS[i] > 0)
+
+
+def test_trainer_with_task_mean_only_writes_the_plan_and_counts_and_installs_the_loss(monkeypatch):
+    import pickle
+    from types import SimpleNamespace
+
+    import transfer_queue as tq
+    from test_entropy_shaping import _Trainer, actor_config
+
+    from g2rpo_verl.config import EntropyShapingConfig
+    from g2rpo_verl.verl_hooks.minibatch import PLAN_FIELDS, TASK_PLAN_FIELDS
+
+    section, _ = actor_config(ppo_mini_batch_size=2, ppo_epochs=1, shuffle=False)
+    config = OmegaConf.create({"actor_rollout_ref": {"actor": section, "rollout": {"n": 2}}, "algorithm": {}})
+    tasks = ["a", "b", "a", "b", "b", "b", "a", "a"]
+    lengths = [2, 3, 1, 2, 0, 4, 2, 2]
+    store = {"response_mask": _jagged([torch.ones(n, dtype=torch.long) for n in lengths])}
+    put = {}
+
+    def kv_get(keys, partition_id, select_fields):
+        assert select_fields == ["response_mask"]  # no entropy fetched without the shaping
+        return TensorDict({f: store[f] for f in select_fields}, batch_size=[len(keys)])
+
+    monkeypatch.setattr(tq, "kv_batch_get", kv_get)
+    monkeypatch.setattr(tq, "kv_batch_put", lambda keys, partition_id, fields: put.update(fields.to_dict()))
+    trainer = _Trainer(config, EntropyShapingConfig(enable=False), tasks,
+                       loss_agg=LossAggConfig(mode="task_mean", weights={"b": 3.0}))
+    trainer.on_init_end()
+    assert isinstance(trainer.loss_fn, G2RPOActorLoss) and trainer.loss_fn.task_mean
+    assert trainer.loss_fn.estimator is None and pickle.loads(pickle.dumps(trainer.loss_fn)).task_mean
+    batch = SimpleNamespace(keys=[f"k{i}" for i in range(8)], partition_id="train", fields=["input_ids"])
+    metrics = {}
+    trainer._update_actor(batch, metrics)
+    assert trainer.update_saw["calculate_entropy"] is False
+    assert set(trainer.update_saw["fields"]) >= {*PLAN_FIELDS, *TASK_PLAN_FIELDS} and WEIGHT_FIELD not in put
+    # mini-batch 0 = rows 0-3 (a: 3 tokens in 2 rows, b: 5 in 2), mini-batch 1 = rows 4-7 (a: 4 in 2, b: 4 in 1 row)
+    assert put["g2rpo_plan_task_tokens"][:, 0].tolist() == [3, 5, 3, 5, 4, 4, 4, 4]
+    assert put["g2rpo_plan_task_seqs"][:, 0].tolist() == [2, 2, 2, 2, 1, 1, 2, 2]
+    torch.testing.assert_close(put["g2rpo_plan_task_weight"][:, 0],
+                               torch.tensor([0.25, 0.75, 0.25, 0.75, 0.75, 0.75, 0.25, 0.25], dtype=torch.float64))
+    assert metrics["task_a/loss_agg/weight"] == pytest.approx(0.25)
+    assert metrics["task_a/loss_agg/token_share"] == pytest.approx((3 / 8 + 4 / 8) / 2)
