@@ -29,6 +29,9 @@ __all__ = [
     "LengthShapingConfig",
     "FilterBand",
     "DiagnosticsConfig",
+    "LossAggConfig",
+    "LOSS_AGG_MODES",
+    "TASK_MEAN_INNER_MODES",
     "EmaGrpoConfig",
     "DEFAULT_TASK_KEY",
     "DEFAULT_GDPO_COMPONENTS",
@@ -46,6 +49,10 @@ ENTROPY_ESTIMATORS = ("exact", "sampled")
 #: Key of the group-filter band in ``trainer.v1.sampler.sampler_kwargs``.
 FILTER_BAND_KEY = "filter_band"
 ENTROPY_CONTROLLERS = ("fixed", "adaptive")
+#: ``g2rpo.loss_agg.mode``: ``verl`` = verl's ``actor.loss_agg_mode`` untouched (off); ``task_mean``.
+LOSS_AGG_MODES = ("verl", "task_mean")
+#: verl ``actor.loss_agg_mode`` values ``task_mean`` applies inside each task.
+TASK_MEAN_INNER_MODES = ("token-mean", "seq-mean-token-mean")
 
 
 @dataclass
@@ -230,6 +237,42 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class LossAggConfig:
+    """``g2rpo.loss_agg``: how the actor's per-token loss is aggregated (docs/method.md, "Loss aggregation").
+
+    Attributes:
+        mode: ``verl`` (default, off): verl's ``actor_rollout_ref.actor.loss_agg_mode`` as configured,
+            the plugin does not touch the aggregation. ``task_mean``: for each global PPO
+            mini-batch g, ``L_g = Σ_τ w_{g,τ} · A_τ``, where ``A_τ`` is verl's
+            ``actor.loss_agg_mode`` (``token-mean`` or ``seq-mean-token-mean``) applied to τ's rows
+            of g alone, normalised by τ's token (sequence) count over the whole mini-batch, all
+            micro-batches and data-parallel ranks; applies to verl's whole ``ppo_loss`` (policy
+            loss, ``entropy_coeff`` term, KL loss). See g2rpo_verl/algorithms/loss_agg.py.
+        weights: task name -> weight ω_τ > 0 (absent tasks 1.0); ``w_{g,τ} = ω_τ / Σ_{τ' in g} ω_τ'``
+            over the tasks with a response token in g, so the weights of a mini-batch sum to 1.
+    """
+
+    mode: str = "verl"
+    weights: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def task_mean(self) -> bool:
+        return self.mode == "task_mean"
+
+    def __post_init__(self) -> None:
+        if self.mode not in LOSS_AGG_MODES:
+            raise ValueError(f"g2rpo.loss_agg.mode must be one of {LOSS_AGG_MODES}, got {self.mode!r}")
+        for task, weight in dict(self.weights).items():
+            if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
+                raise ValueError(f"g2rpo.loss_agg.weights.{task} must be a finite number > 0, got {weight!r}")
+        if self.weights and not self.task_mean:
+            raise ValueError("g2rpo.loss_agg.weights is set but g2rpo.loss_agg.mode is not task_mean: set mode=task_mean")
+
+    def weight(self, task: str) -> float:
+        return float(self.weights.get(str(task), 1.0))
+
+
+@dataclass
 class G2RPOConfig:
     """Keys of the ``g2rpo`` config section.
 
@@ -244,6 +287,7 @@ class G2RPOConfig:
         length: task-level response-length shaping, see :class:`LengthShapingConfig`.
         diagnostics: per-task gradient diagnostics, see :class:`DiagnosticsConfig`.
         ema_grpo: constants of the ``ema_grpo`` estimator, see :class:`EmaGrpoConfig`.
+        loss_agg: the actor loss aggregation (``task_mean``), see :class:`LossAggConfig`.
     """
 
     task_key: str = DEFAULT_TASK_KEY
@@ -251,6 +295,7 @@ class G2RPOConfig:
     length: LengthShapingConfig = field(default_factory=LengthShapingConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     ema_grpo: EmaGrpoConfig = field(default_factory=EmaGrpoConfig)
+    loss_agg: LossAggConfig = field(default_factory=LossAggConfig)
 
 
 def _unknown_keys(section: Any, schema: type, path: str) -> list[str]:

@@ -18,6 +18,9 @@ so their differences are paired. A run that reached its last step is skipped; an
 one resumes from its checkpoint. Then ``W/summary.json``, ``W/report.md`` and ``W/plots/`` are
 written (:mod:`g2rpo_verl.compare.comparison_report`).
 
+``--profile NAME`` (:mod:`g2rpo_verl.compare.profiles`) adds a profile's overrides before the
+command line's and its seeds unless ``--seeds`` is given; ``cheap`` is the grid's.
+
 ``--only RUN`` (repeatable) runs just those runs (e.g. one per shared-machine lock), and
 ``--report-only`` writes the report from whatever runs exist.
 """
@@ -35,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from g2rpo_verl.compare.comparison_report import Arm, run_dir_name, summarize, write_report
+from g2rpo_verl.compare.profiles import PROFILES
 
 __all__ = ["main", "parse_arms", "run_command", "total_steps"]
 
@@ -124,7 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--estimators", nargs="*", default=[], help="estimators to compare (algorithm.adv_estimator values)")
     p.add_argument("--arm", action="append", default=[], metavar="NAME=OVERRIDES", help="an arm defined by Hydra overrides (repeatable)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default 0 1 2)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 0 1 2, or the profile's)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                   help="a comparison profile: its overrides and seeds (g2rpo_verl/compare/profiles.py)")
     p.add_argument("--workdir", type=Path, required=True, help="runs go to WORKDIR/<arm>_seed<s>/, the report to WORKDIR")
     p.add_argument("--config", type=Path, default=None, help="demo config YAML (default configs/demo_cpu.yaml)")
     p.add_argument("--warm-start-steps", type=int, default=None, help="supervised warm-start steps of each seed's model")
@@ -144,7 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     workdir = args.workdir.expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    seeds = list(dict.fromkeys(args.seeds))
+    profile = PROFILES[args.profile] if args.profile else None
+    if profile is not None:
+        args.overrides = [*profile.overrides, *args.overrides]
+    seeds = list(dict.fromkeys(args.seeds if args.seeds is not None else (profile.seeds if profile else (0, 1, 2))))
     plan = [(arm, seed, workdir / run_dir_name(arm.name, seed)) for seed in seeds for arm in arms]
     known = {run_dir_name(a.name, s) for a, s, _ in plan}
     unknown = [r for r in args.only if r not in known]

@@ -14,7 +14,13 @@ Every number in the summary is read from those files:
 * per arm: the mean over seeds with a t 95 % interval (:mod:`g2rpo_verl.compare.stats`) of
   every final value, of the mean over tasks and of the worst task (per seed, the lowest final
   accuracy of any task), and of each validation curve point;
-* per arm after the first: paired differences against the first arm, seed by seed.
+* per run and data source: the area under the validation curve (:func:`curve_area`, the
+  trapezoid mean over the validated steps — every validation counts, so it is less noisy
+  than the last one alone), summarised like the final values;
+* per arm after the first: paired differences against the first arm, seed by seed;
+* per metric (final and area, per task and the two aggregates): the minimum detectable
+  difference at 80 % power for the seeds run (:func:`~g2rpo_verl.compare.stats.minimum_detectable_difference`):
+  paired against the baseline for every other arm, unpaired (two arms of this spread) for the baseline.
 """
 
 from __future__ import annotations
@@ -25,7 +31,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from g2rpo_verl.compare.stats import LEVEL, Interval, paired_difference, t_interval
+from g2rpo_verl.compare.stats import (
+    LEVEL,
+    POWER,
+    Interval,
+    minimum_detectable_difference,
+    paired_difference,
+    t_interval,
+)
 from g2rpo_verl.demo.run_metrics import (
     Metrics,
     load_metrics,
@@ -36,7 +49,7 @@ from g2rpo_verl.demo.run_metrics import (
     validation_value,
 )
 
-__all__ = ["Arm", "run_dir_name", "summarize", "write_report", "KINDS", "ADVANTAGE_STATS", "GRAD_STATS"]
+__all__ = ["Arm", "run_dir_name", "summarize", "write_report", "curve_area", "KINDS", "ADVANTAGE_STATS", "GRAD_STATS"]
 
 #: Validation quantities compared per data source.
 KINDS = ("accuracy", "reward")
@@ -62,6 +75,19 @@ def run_dir_name(arm: str, seed: int) -> str:
 
 def _mean(xs: Sequence[float]) -> float:
     return math.fsum(xs) / len(xs) if xs else math.nan
+
+
+def curve_area(points: Mapping[str, float]) -> float | None:
+    """Normalised area under a validation curve ``{step: value}``: the trapezoid integral over the
+    validated steps divided by their span (a mean over training in the curve's units); the value
+    itself for one point, ``None`` for none."""
+    xy = sorted((int(k), float(v)) for k, v in points.items())
+    if not xy:
+        return None
+    if len(xy) == 1:
+        return xy[0][1]
+    area = math.fsum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(xy, xy[1:]))
+    return area / (xy[-1][0] - xy[0][0])
 
 
 def run_summary(metrics: Metrics) -> dict:
@@ -97,11 +123,16 @@ def run_summary(metrics: Metrics) -> dict:
             if values:
                 stats[f"grad_{name}"] = _mean(values)
         train[task] = stats
+    auc = {
+        source: {kind: a for kind in KINDS if (a := curve_area(by_kind[kind])) is not None}
+        for source, by_kind in validation.items()
+    }
     return {
         "last_step": max(metrics, default=0),
         "validation_steps": steps,
         "validation": validation,
         "final": final,
+        "auc": auc,
         "train": train,
     }
 
@@ -132,31 +163,46 @@ def summarize(workdir: Path, arms: Sequence[Arm], seeds: Sequence[int], wall_tim
                     out[r["seed"]] = v
         return out
 
-    def final_pick(source: str, kind: str):
-        return lambda r: r["final"].get(source, {}).get(kind)
+    def picks_of(table: str) -> dict:
+        """(row, kind) -> per-run value of ``r[table]`` (per source, the mean over tasks, the worst task)."""
 
-    def mean_pick(kind: str):
-        return lambda r: _mean([r["final"][s][kind] for s in sources if kind in r["final"].get(s, {})])
+        def one(source, kind):
+            return lambda r: r[table].get(source, {}).get(kind)
 
-    def worst_pick(kind: str):
-        return lambda r: min((r["final"][s][kind] for s in sources if kind in r["final"].get(s, {})), default=None)
+        def mean(kind):
+            return lambda r: _mean([r[table][s][kind] for s in sources if kind in r[table].get(s, {})])
 
-    picks = {(source, kind): final_pick(source, kind) for source in sources for kind in KINDS}
-    picks.update({(MEAN_ROW, kind): mean_pick(kind) for kind in KINDS})
-    picks.update({(WORST_ROW, kind): worst_pick(kind) for kind in KINDS})
+        def worst(kind):
+            return lambda r: min((r[table][s][kind] for s in sources if kind in r[table].get(s, {})), default=None)
 
-    final: dict[str, dict] = {}
-    paired: dict[str, dict] = {}
+        picks = {(source, kind): one(source, kind) for source in sources for kind in KINDS}
+        picks.update({(MEAN_ROW, kind): mean(kind) for kind in KINDS})
+        picks.update({(WORST_ROW, kind): worst(kind) for kind in KINDS})
+        return picks
+
     baseline = arms[0].name if arms else None
-    for arm in arms:
-        final[arm.name] = {}
-        for (row, kind), pick in picks.items():
-            final[arm.name].setdefault(row, {})[kind] = t_interval(list(per_seed(arm.name, pick).values())).to_dict()
-        if arm.name != baseline:
-            paired[arm.name] = {}
-            for (row, kind), pick in picks.items():
-                diff = paired_difference(per_seed(arm.name, pick), per_seed(baseline, pick))
-                paired[arm.name].setdefault(row, {})[kind] = diff.to_dict()
+    tables: dict[str, dict] = {}
+    for table in ("final", "auc"):
+        values: dict[str, dict] = {}
+        paired_t: dict[str, dict] = {}
+        mde: dict[str, dict] = {}
+        for arm in arms:
+            values[arm.name], mde[arm.name] = {}, {}
+            for (row, kind), pick in picks_of(table).items():
+                mine = per_seed(arm.name, pick)
+                values[arm.name].setdefault(row, {})[kind] = t_interval(list(mine.values())).to_dict()
+                if arm.name == baseline:
+                    mde[arm.name].setdefault(row, {})[kind] = minimum_detectable_difference(
+                        list(mine.values()), paired=False
+                    )
+                    continue
+                base = per_seed(baseline, pick)
+                diff = paired_difference(mine, base)
+                paired_t.setdefault(arm.name, {}).setdefault(row, {})[kind] = diff.to_dict()
+                mde[arm.name].setdefault(row, {})[kind] = minimum_detectable_difference(list(diff.values))
+        tables[table] = {"values": values, "paired": paired_t, "mde": mde}
+    final = tables["final"]["values"]
+    paired = tables["final"]["paired"]
 
     worst_task = {}
     for arm in arms:
@@ -199,8 +245,12 @@ def summarize(workdir: Path, arms: Sequence[Arm], seeds: Sequence[int], wall_tim
         "tasks": tasks,
         "missing_runs": missing,
         "runs": runs,
+        "power": POWER,
         "final": final,
         "paired_vs_baseline": paired,
+        "auc": tables["auc"]["values"],
+        "paired_auc_vs_baseline": tables["auc"]["paired"],
+        "mde": {"final": tables["final"]["mde"], "auc": tables["auc"]["mde"]},
         "worst_task": worst_task,
         "curves": curves,
         "advantage": advantage,
@@ -257,6 +307,49 @@ def render_markdown(summary: Mapping, command: str | None = None) -> str:
         out += [f"| task | {header} |", "|---" * (1 + len(paired_arms) * len(KINDS)) + "|"]
         for row in rows:
             cells = [_cell(summary["paired_vs_baseline"][a].get(row, {}).get(kind), mark_zero=True) for a in paired_arms for kind in KINDS]
+            out.append(f"| {row} | " + " | ".join(cells) + " |")
+        out.append("")
+    if summary.get("auc"):
+        out += [
+            "## Area under the validation curve",
+            "",
+            "Per run and task: the trapezoid area under the validation curve divided by the validated span "
+            "(the curve's mean over training, every validation counted), then mean over seeds [interval].",
+            "",
+        ]
+        for kind in KINDS:
+            out += [f"### {kind}", "", "| task | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+            for row in rows:
+                out.append(f"| {row} | " + " | ".join(_cell(summary["auc"][a].get(row, {}).get(kind)) for a in arms) + " |")
+            out.append("")
+        if paired_arms:
+            out += [f"### Paired differences of the area against `{summary['baseline']}`", ""]
+            header = " | ".join(f"{a} − {summary['baseline']}: {kind}" for a in paired_arms for kind in KINDS)
+            out += [f"| task | {header} |", "|---" * (1 + len(paired_arms) * len(KINDS)) + "|"]
+            for row in rows:
+                cells = [_cell(summary["paired_auc_vs_baseline"][a].get(row, {}).get(kind), mark_zero=True)
+                         for a in paired_arms for kind in KINDS]
+                out.append(f"| {row} | " + " | ".join(cells) + " |")
+            out.append("")
+    if summary.get("mde"):
+        power = round(summary.get("power", 0.8) * 100)
+        out += [
+            f"## Minimum detectable difference ({power} % power, {pct} % two-sided, {len(summary['seeds'])} seeds)",
+            "",
+            "The smallest true accuracy difference these seeds would detect with that power: for each arm "
+            f"after `{summary['baseline']}` from the spread of its paired differences, for `{summary['baseline']}` "
+            "itself for two independent arms of its spread (`(t_{1−α/2} + t_{power}) · s · √(k/n)`, "
+            "g2rpo_verl/compare/stats.py). A difference smaller than this is not evidence either way.",
+            "",
+        ]
+        header = " | ".join(f"{a}: {t}" for a in arms for t in ("final", "area"))
+        out += [f"| task | {header} |", "|---" * (1 + 2 * len(arms)) + "|"]
+        for row in rows:
+            cells = []
+            for a in arms:
+                for table in ("final", "auc"):
+                    v = summary["mde"].get(table, {}).get(a, {}).get(row, {}).get("accuracy")
+                    cells.append("—" if v is None or not math.isfinite(v) else f"{v:.3f}")
             out.append(f"| {row} | " + " | ".join(cells) + " |")
         out.append("")
     out += ["## Worst task (lowest mean final accuracy)", ""]

@@ -6,6 +6,15 @@ exact for normal per-seed values and the usual choice for few replicates. Paired
 compare two arms *seed by seed* (same model, data and prompts per seed), which removes the
 between-seed variance both arms share; their interval is the t interval of the differences.
 Nothing is reported for ``n < 2`` beyond the value itself (no interval exists).
+
+Minimum detectable difference (MDE) at power ``1 − β`` and two-sided level α for ``n`` seeds:
+the true difference a t test of these seeds would detect with probability ``1 − β``,
+
+    MDE = (t_{1−α/2, ν} + t_{1−β, ν}) · s · √(k / n)
+
+paired (``s`` = SD of the seed-by-seed differences, ``k = 1``, ν = n − 1) or, for an arm without
+a partner, two independent arms of ``n`` seeds with this arm's SD (``k = 2``, ν = 2(n − 1)).
+It uses the observed SD as if it were the true one (the usual planning approximation).
 """
 
 from __future__ import annotations
@@ -16,10 +25,12 @@ from dataclasses import asdict, dataclass
 
 from scipy import stats
 
-__all__ = ["LEVEL", "Interval", "t_interval", "paired_difference"]
+__all__ = ["LEVEL", "POWER", "Interval", "t_interval", "paired_difference", "minimum_detectable_difference"]
 
 #: Confidence level of every interval in the comparison report.
 LEVEL = 0.95
+#: Power of the minimum detectable differences in the report.
+POWER = 0.8
 
 
 @dataclass(frozen=True)
@@ -68,3 +79,19 @@ def paired_difference(arm: Mapping[int, float], baseline: Mapping[int, float], l
     """t interval of ``arm[s] − baseline[s]`` over the seeds ``s`` both have."""
     seeds = sorted(set(arm) & set(baseline))
     return t_interval([arm[s] - baseline[s] for s in seeds], level)
+
+
+def minimum_detectable_difference(
+    values: Sequence[float], paired: bool = True, level: float = LEVEL, power: float = POWER
+) -> float:
+    """MDE (module docstring) from per-seed ``values``: paired differences, or one arm's values
+    (``paired=False``: two independent arms of that size and spread). NaN for fewer than 2 values."""
+    xs = [float(v) for v in values]
+    n = len(xs)
+    if n < 2:
+        return math.nan
+    mean = math.fsum(xs) / n
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    df, k = (n - 1, 1.0) if paired else (2 * (n - 1), 2.0)
+    t_sum = float(stats.t.ppf(0.5 + level / 2, df=df)) + float(stats.t.ppf(power, df=df))
+    return t_sum * sd * math.sqrt(k / n)

@@ -272,8 +272,13 @@ PRIVATE_SYMBOLS = {
     "PPOTrainer.global_steps / tokenizer / actor_rollout_wg / distillation_config": "attributes read by the mixins",
     "RayWorkerGroup._dispatch_info / _query_dispatch_info('actor')": "actor data-parallel size (entropy shaping)",
     "engine worker train_mini_batch: contiguous dp chunks, make_iterator(seed=data_loader_seed+rank)":
-        "the actor mini-batch split entropy shaping predicts (checked per row in the loss)",
-    "loss micro-batch keys dp_size / batch_num_tokens / global_batch_size": "entropy-shaping loss",
+        "the actor mini-batch split entropy shaping and task_mean predict (checked per row in the loss)",
+    "loss micro-batch keys dp_size / batch_num_tokens / global_batch_size": "entropy-shaping loss; task_mean loss",
+    "ppo_loss(config, model_output, data) reads batch_num_tokens / global_batch_size from the micro-batch on "
+    "every call and every policy loss aggregates with agg_loss(**config.global_batch_info)":
+        "task_mean (verl_hooks/actor_loss.py): verl's ppo_loss called per task with that task's normalisers",
+    "verl.utils.metric.Metric(value, aggregation).values / .aggregation (SUM, MEAN)":
+        "task_mean recombines the per-task ppo_loss metrics",
     "verl.workers.engine.fsdp.transformer_impl.FSDPEngine.train_batch(data, loss_function) / "
     "forward_backward_batch(data, loss_function, forward_only) / optimizer_zero_grad() / "
     "is_mp_src_rank_with_outputs() / module":

@@ -1,4 +1,29 @@
-"""The plugin's actor loss: verl's own loss plus the task-level entropy term (``g2rpo.entropy``).
+"""The plugin's actor loss: verl's own loss, aggregated by task (``g2rpo.loss_agg.mode=task_mean``)
+or as verl aggregates it, plus the task-level entropy term (``g2rpo.entropy``).
+
+``task_mean`` (math: :mod:`g2rpo_verl.algorithms.loss_agg`)
+------------------------------------------------------------
+For each task τ in the micro-batch, :class:`G2RPOActorLoss` calls verl's own ``ppo_loss`` once on
+the micro-batch with ``response_mask`` zeroed outside τ's rows and the global normalisers
+replaced by τ's: ``batch_num_tokens = n_{g,τ}`` and ``global_batch_size = S_{g,τ}``, τ's response
+tokens and non-empty rows in the whole global mini-batch g (all micro-batches, all dp ranks;
+trainer-side, :data:`~g2rpo_verl.verl_hooks.minibatch.TASK_PLAN_FIELDS`). verl's ``agg_loss``
+then gives ``dp_size · Σ_{t∈micro,τ} ℓ_t / n_{g,τ}`` (``token-mean``; ``seq-mean-token-mean``
+likewise with ``S``) for the policy loss, the ``entropy_coeff`` term and the KL loss, and the
+micro-batch's loss is ``Σ_τ w_{g,τ} · ppo_loss_τ``. Each piece is a sum of per-row terms with
+mini-batch constants, so the micro-batch losses of all ranks, accumulated and averaged by FSDP,
+give the gradient of ``L_g`` exactly, for any micro-batch split (``use_dynamic_bsz`` included),
+any dp size and any number of mini-batches/epochs (each row reads its epoch's column; the plan
+is checked row by row, below). Refused early (verl_hooks/checks.py): a ``loss_agg_mode`` other
+than ``token-mean``/``seq-mean-token-mean``, the cross-batch policy losses ``clip_cov``/``kl_cov``,
+distillation, and engines other than FSDP (the ``dp_size`` scaling is FSDP's gradient average).
+Metrics: ``actor/pg_loss``, ``actor/entropy_loss``, ``kl_loss`` are the task-weighted sums (the
+value of ``L``'s parts); verl's per-token means (``actor/pg_clipfrac``, ``actor/ppo_kl``, ...)
+are recombined token-weighted over the micro-batch's tasks, i.e. the micro-batch means verl logs.
+With ``mode: verl`` (the default) none of this runs: the loss is verl's, bit for bit.
+
+Entropy shaping
+---------------
 
 The trainer side (weights, plan, metrics) is :mod:`g2rpo_verl.verl_hooks.entropy`; the math is
 :mod:`g2rpo_verl.algorithms.entropy`.
@@ -49,7 +74,7 @@ reference's), ``exact`` = entropy of the next-token distribution from the logits
   data-parallel ranks). It is linear in per-row terms, so the accumulated gradient is the
   same for any micro-batch split, ``use_dynamic_bsz`` or not, and for any ``loss_agg_mode``
   (the penalty has its own normalisation, independent of verl's).
-* **Everything else of verl's loss is verl's.** :class:`EntropyShapedLoss` calls verl's own
+* **Everything else of verl's loss is verl's.** :class:`G2RPOActorLoss` calls verl's own
   ``ppo_loss`` (or ``distillation_ppo_loss`` when distillation is on) with verl's config and adds
   the term after it, so clip ratios, dual clip, loss modes, ``loss_agg_mode``, the KL loss and
   ``entropy_coeff`` are untouched; the term is added whether or not the KL loss is on. With
@@ -79,58 +104,191 @@ from functools import partial
 import torch
 
 from g2rpo_verl.algorithms.entropy import shaping_surrogate
+from g2rpo_verl.algorithms.grad_diagnostics import mask_rows
 from g2rpo_verl.config import ENTROPY_ESTIMATORS
 from g2rpo_verl.verl_compat.api import TQ
-from g2rpo_verl.verl_hooks.minibatch import PLAN_FIELDS, ROW_FIELD, STEP_FIELD, MiniBatchTracker
+from g2rpo_verl.verl_hooks.minibatch import (
+    PLAN_FIELDS,
+    PLAN_TASK_FIELD,
+    PLAN_TASK_SEQS_FIELD,
+    PLAN_TASK_TOKENS_FIELD,
+    PLAN_TASK_WEIGHT_FIELD,
+    ROW_FIELD,
+    STEP_FIELD,
+    TASK_PLAN_FIELDS,
+    MiniBatchTracker,
+)
 
-__all__ = ["EntropyShapedLoss", "WEIGHT_FIELD", "build_actor_loss"]
+__all__ = ["G2RPOActorLoss", "WEIGHT_FIELD", "build_actor_loss"]
 
 #: ``(N, E)`` float32 per-row weights, one column per epoch (E = 1 unless rows change mini-batch).
 WEIGHT_FIELD = "g2rpo_entropy_weight"
 
 
-class EntropyShapedLoss:
-    """verl's actor loss plus ``dp_size · Σ w·H`` for rows carrying :data:`WEIGHT_FIELD`.
+class G2RPOActorLoss:
+    """verl's actor loss, ``task_mean``-aggregated when asked, plus ``dp_size · Σ w·H`` for rows
+    carrying :data:`WEIGHT_FIELD`.
 
     Sent to every actor worker by ``set_loss_fn`` (so it is pickled: plain attributes only).
-    ``inner`` is the loss verl itself would use, built from the same config.
+    ``inner`` is the loss verl itself would use, built from the same config; ``estimator`` the
+    entropy estimate of the shaping (``None``: no shaping); ``task_mean``: aggregate by task.
     """
 
-    def __init__(self, inner, estimator: str):
-        if estimator not in ENTROPY_ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ENTROPY_ESTIMATORS}, got {estimator!r}")
+    def __init__(self, inner, estimator: str | None = None, task_mean: bool = False):
+        if estimator is not None and estimator not in ENTROPY_ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ENTROPY_ESTIMATORS} or None, got {estimator!r}")
         self.inner = inner
         self.estimator = estimator
-        self.tracker = MiniBatchTracker()
+        self.task_mean = bool(task_mean)
+        self.label = " / ".join(
+            ([] if estimator is None else ["g2rpo.entropy"]) + (["g2rpo.loss_agg"] if task_mean else [])
+        ) or "g2rpo"
+        self.tracker = MiniBatchTracker(self.label)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["tracker"] = MiniBatchTracker()
+        state["tracker"] = MiniBatchTracker(self.label)
         return state
 
     def __call__(self, model_output=None, data=None, dp_group=None, **kwargs):
-        result = self.inner(model_output=model_output, data=data, dp_group=dp_group, **kwargs)
         # distillation calls the loss as a logits processor too; that output is not a loss
-        if kwargs.get("student_logits") is not None or data is None or WEIGHT_FIELD not in data.keys():
-            return result
-        loss, metrics = result
-        term = self.shaping_term(model_output, data)
+        if kwargs.get("student_logits") is not None or data is None:
+            return self.inner(model_output=model_output, data=data, dp_group=dp_group, **kwargs)
+        keys = set(data.keys())
+        shaped = self.estimator is not None and WEIGHT_FIELD in keys
+        if not self.task_mean and not shaped:
+            return self.inner(model_output=model_output, data=data, dp_group=dp_group, **kwargs)
+        sel, cols = self._plan_columns(data, shaped)
+        if self.task_mean:
+            loss, metrics = self._task_mean(model_output, data, dp_group, sel, cols, **kwargs)
+        else:
+            loss, metrics = self.inner(model_output=model_output, data=data, dp_group=dp_group, **kwargs)
+        if not shaped:
+            return loss, metrics
+        term = self._shaping_term(model_output, data, sel, cols)
         from verl.utils.metric import AggregationType, Metric
 
-        # same rule as verl's ppo_loss: partial sums of a global-batch quantity are summed
+        aggregation = AggregationType.SUM if self._global_norm(data) else AggregationType.MEAN
+        metrics["actor/entropy_shaping_loss"] = Metric(value=term.detach().item(), aggregation=aggregation)
+        return loss + term, metrics
+
+    def _global_norm(self, data) -> bool:
+        """verl's ppo_loss rule: partial sums of a global-batch quantity are summed as metrics."""
         inner_config = getattr(self.inner, "keywords", {}).get("config")
-        global_norm = (
+        return (
             data["dp_size"] > 1
             or data["batch_num_tokens"] is not None
             or data["global_batch_size"] is not None
             or getattr(inner_config, "loss_scale_factor", None) is not None
         )
-        aggregation = AggregationType.SUM if global_norm else AggregationType.MEAN
-        metrics["actor/entropy_shaping_loss"] = Metric(value=term.detach().item(), aggregation=aggregation)
-        return loss + term, metrics
+
+    def _plan_columns(self, data, shaped: bool):
+        """The plan fields of this micro-batch (padded) and each row's epoch column ``(B,)``;
+        checks the micro-batch against the trainer's predicted mini-batches (once per call)."""
+        keys = set(data.keys())
+        planned = [f for f in PLAN_FIELDS if f in keys]
+        if planned and len(planned) != len(PLAN_FIELDS):
+            raise RuntimeError(f"{self.label}: the micro-batch carries only {planned} of the plan fields {PLAN_FIELDS}")
+        indexed = ROW_FIELD in keys
+        fields = [TQ.RESPONSE_MASK] + ([WEIGHT_FIELD] if shaped else [])
+        if self.task_mean:
+            missing = [f for f in (ROW_FIELD, STEP_FIELD, *PLAN_FIELDS, *TASK_PLAN_FIELDS) if f not in keys]
+            if missing:
+                raise RuntimeError(
+                    f"g2rpo.loss_agg.mode=task_mean: the micro-batch lacks the trainer's fields {missing}; the "
+                    "per-task normalisers of the global mini-batch cannot be computed in the worker (the trainer "
+                    "writes them with every actor update; was the trainer class the plugin's?)"
+                )
+            fields += list(TASK_PLAN_FIELDS)
+        fields += ([ROW_FIELD, STEP_FIELD] if indexed else []) + planned
+        sel = data.select(*fields).to_padded_tensor()
+        num_rows = sel[TQ.RESPONSE_MASK].shape[0]
+        num_cols = max(
+            (sel[f].reshape(num_rows, -1).shape[-1] for f in [WEIGHT_FIELD, *planned] if f in sel.keys()), default=1
+        )
+        cols = torch.zeros(num_rows, dtype=torch.long)
+        if indexed:
+            cols = self.tracker.epoch_columns(sel[ROW_FIELD], sel[STEP_FIELD], num_cols)
+            if planned:
+                pick = cols.unsqueeze(-1)
+                self.tracker.check(
+                    sel[ROW_FIELD].reshape(-1),
+                    cols,
+                    *(sel[f].reshape(len(cols), -1).cpu().gather(1, pick).squeeze(1) for f in PLAN_FIELDS),
+                    data["batch_num_tokens"],
+                )
+        elif num_cols > 1:
+            raise RuntimeError(f"{self.label}: per-epoch weights without row indices")
+        return sel, cols
+
+    def _task_mean(self, model_output, data, dp_group, sel, cols, **kwargs):
+        """``Σ_τ w_{g,τ} · ppo_loss_τ`` over the tasks of this micro-batch (see the module docstring)."""
+        from verl.utils import tensordict_utils as tu
+        from verl.utils.metric import AggregationType, Metric
+
+        num_rows = len(cols)
+        pick = cols.unsqueeze(-1)
+
+        def column(field):
+            return sel[field].reshape(num_rows, -1).cpu().gather(1, pick).squeeze(1)
+
+        task = sel[PLAN_TASK_FIELD].reshape(-1).cpu()
+        n, s, w = column(PLAN_TASK_TOKENS_FIELD), column(PLAN_TASK_SEQS_FIELD), column(PLAN_TASK_WEIGHT_FIELD)
+        local_tokens = sel[TQ.RESPONSE_MASK].reshape(num_rows, -1).sum(-1).cpu()
+        log_probs = model_output["log_probs"]
+        # a micro-batch whose tasks have no token contributes exactly 0 and keeps the graph
+        loss = (log_probs.values() if log_probs.is_nested else log_probs).sum() * 0.0
+        parts = []  # (weight, micro-batch tokens, metrics) per task
+        for t in sorted(set(task.tolist())):
+            rows = task == t
+            tokens = int(local_tokens[rows].sum())
+            if tokens == 0:
+                continue
+            cell = {(int(a), int(b), float(c)) for a, b, c in zip(n[rows], s[rows], w[rows], strict=True)}
+            if len(cell) != 1:
+                raise RuntimeError(f"g2rpo.loss_agg: rows of task {t} in one micro-batch carry different counts {cell}")
+            n_t, s_t, w_t = cell.pop()
+            if n_t < tokens:
+                raise RuntimeError(
+                    f"g2rpo.loss_agg: task {t} has {tokens} response tokens in this micro-batch but the trainer counted "
+                    f"{n_t} in the whole mini-batch: the plan does not describe this batch"
+                )
+            restricted = data.copy()  # shallow: the mask and the normalisers are replaced
+            restricted[TQ.RESPONSE_MASK] = mask_rows(data[TQ.RESPONSE_MASK], rows)
+            tu.assign_non_tensor(restricted, batch_num_tokens=n_t, global_batch_size=s_t)
+            part, metrics = self.inner(model_output=model_output, data=restricted, dp_group=dp_group, **kwargs)
+            loss = loss + w_t * part
+            parts.append((w_t, tokens, metrics))
+        if not parts:
+            # no response token here: verl's own call gives the metric keys every rank must report
+            # (verl aggregates a metric over ranks only when each has the same number of values)
+            empty, metrics = self.inner(model_output=model_output, data=data, dp_group=dp_group, **kwargs)
+            parts.append((0.0, 1, metrics))
+            loss = loss + 0.0 * empty
+        total_tokens = sum(p[1] for p in parts)
+        combined = {}
+        for key in dict.fromkeys(k for p in parts for k in p[2]):
+            present = [(wt, tok, m[key]) for wt, tok, m in parts if key in m]
+            first = present[0][2]
+            if not isinstance(first, Metric):
+                combined[key] = first  # a constant (kl_coef)
+                continue
+            values = [(wt, tok, float(sum(m.values))) for wt, tok, m in present]
+            if first.aggregation == AggregationType.SUM:
+                value = sum(wt * v for wt, _, v in values)  # the task-weighted loss part
+            elif first.aggregation == AggregationType.MEAN:
+                value = sum(tok * v for _, tok, v in values) / total_tokens  # verl's micro-batch token mean
+            else:
+                raise RuntimeError(f"g2rpo.loss_agg: no rule to combine metric {key} ({first.aggregation})")
+            combined[key] = Metric(value=value, aggregation=first.aggregation)
+        return loss, combined
 
     def shaping_term(self, model_output, data) -> torch.Tensor:
-        """``dp_size · Σ_{rows, tokens} w·H`` for this micro-batch (scalar with the graph)."""
+        """``dp_size · Σ_{rows, tokens} w·H`` for this micro-batch (scalar with the graph); checks the plan."""
+        sel, cols = self._plan_columns(data, shaped=True)
+        return self._shaping_term(model_output, data, sel, cols)
+
+    def _shaping_term(self, model_output, data, sel, cols) -> torch.Tensor:
         from verl.workers.utils.padding import no_padding_2_padding
 
         if self.estimator == "exact":
@@ -146,41 +304,24 @@ class EntropyShapedLoss:
             if log_probs is None:
                 raise RuntimeError("g2rpo.entropy.estimator=sampled needs the actor's log_probs (distillation_only?)")
             entropy = -no_padding_2_padding(log_probs, data)
-        keys = set(data.keys())
-        planned = [f for f in PLAN_FIELDS if f in keys]
-        if planned and len(planned) != len(PLAN_FIELDS):
-            raise RuntimeError(f"g2rpo.entropy: the micro-batch carries only {planned} of the plan fields {PLAN_FIELDS}")
-        indexed = ROW_FIELD in keys
-        fields = [TQ.RESPONSE_MASK, WEIGHT_FIELD] + ([ROW_FIELD, STEP_FIELD] if indexed else []) + planned
-        sel = data.select(*fields).to_padded_tensor()
         weights = sel[WEIGHT_FIELD]
         if weights.dim() == 1:
             weights = weights.unsqueeze(-1)
-        cols = torch.zeros(weights.shape[0], dtype=torch.long)
-        if indexed:
-            cols = self.tracker.epoch_columns(sel[ROW_FIELD], sel[STEP_FIELD], weights.shape[-1])
-            if planned:
-                pick = cols.unsqueeze(-1)
-                self.tracker.check(
-                    sel[ROW_FIELD].reshape(-1),
-                    cols,
-                    *(sel[f].reshape(len(cols), -1).cpu().gather(1, pick).squeeze(1) for f in PLAN_FIELDS),
-                    data["batch_num_tokens"],
-                )
-        elif weights.shape[-1] > 1:
-            raise RuntimeError("g2rpo.entropy: per-epoch weights without row indices")
-        weights = weights.gather(1, cols.to(weights.device).unsqueeze(-1))
+        weights = weights.gather(1, cols.clamp_max(weights.shape[-1] - 1).to(weights.device).unsqueeze(-1))
         local = shaping_surrogate(entropy, sel[TQ.RESPONSE_MASK].bool(), weights[:, 0])
         # FSDP averages gradients over data-parallel ranks: scale as agg_loss's "token-sum"
         # does so the reduced gradient is the sum over the global mini-batch.
         return local * data["dp_size"]
 
 
-def build_actor_loss(actor_config, estimator: str, distillation_config=None) -> EntropyShapedLoss:
+def build_actor_loss(
+    actor_config, estimator: str | None, distillation_config=None, task_mean: bool = False
+) -> G2RPOActorLoss:
     """Wrap the loss verl's actor worker builds in ``init_model`` (``ppo_loss`` or ``distillation_ppo_loss``).
 
     ``actor_config`` is the ``actor_rollout_ref.actor`` section (DictConfig or ``ActorConfig``);
     it is converted with verl's ``omega_conf_to_dataclass`` exactly as the worker does.
+    ``estimator``: the entropy shaping's (``None`` = no shaping); ``task_mean``: ``g2rpo.loss_agg``.
     """
     from verl.utils.config import omega_conf_to_dataclass
     from verl.workers.utils.losses import ppo_loss
@@ -188,9 +329,11 @@ def build_actor_loss(actor_config, estimator: str, distillation_config=None) -> 
     if not hasattr(actor_config, "global_batch_info"):
         actor_config = omega_conf_to_dataclass(actor_config)
     if distillation_config is not None and getattr(distillation_config, "enabled", False):
+        if task_mean:
+            raise ValueError("g2rpo.loss_agg.mode=task_mean with distillation.enabled=true is not supported")
         from verl.trainer.distillation.losses import distillation_ppo_loss
 
         inner = partial(distillation_ppo_loss, config=actor_config, distillation_config=distillation_config)
     else:
         inner = partial(ppo_loss, config=actor_config)
-    return EntropyShapedLoss(inner, estimator)
+    return G2RPOActorLoss(inner, estimator, task_mean=task_mean)

@@ -157,6 +157,39 @@ def _shaping_problems(config: Any, g2rpo: G2RPOConfig, estimator: str) -> list[s
             problems.append("g2rpo.entropy.enable=true but actor_rollout_ref.actor.ppo_epochs < 1: no actor update")
     if g2rpo.diagnostics.grad_every > 0:
         problems += _diagnostics_problems(config)
+    if g2rpo.loss_agg.task_mean:
+        problems += _task_mean_problems(config)
+    return problems
+
+
+def _task_mean_problems(config: Any) -> list[str]:
+    """Layouts in which ``g2rpo.loss_agg.mode=task_mean`` would not be the exact global-mini-batch loss."""
+    from g2rpo_verl.config import TASK_MEAN_INNER_MODES
+
+    key = "g2rpo.loss_agg.mode=task_mean"
+    problems = []
+    agg = str(_get(config, "actor_rollout_ref.actor.loss_agg_mode", "token-mean"))
+    if agg not in TASK_MEAN_INNER_MODES:
+        problems.append(
+            f"{key} applies actor_rollout_ref.actor.loss_agg_mode inside each task; it must be one of "
+            f"{TASK_MEAN_INNER_MODES}, got {agg!r}"
+        )
+    strategy = str(_get(config, "actor_rollout_ref.actor.strategy", "fsdp"))
+    if strategy not in ("fsdp", "fsdp2"):
+        problems.append(
+            f"{key} is exact only with verl's FSDP engine (its dp_size scaling assumes FSDP's gradient average); "
+            f"actor_rollout_ref.actor.strategy={strategy!r} cannot be exact: use fsdp or fsdp2, or mode=verl"
+        )
+    loss_mode = str(_get(config, "actor_rollout_ref.actor.policy_loss.loss_mode", "vanilla"))
+    if loss_mode in NON_SEPARABLE_POLICY_LOSSES:
+        problems.append(
+            f"{key} with actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode}: that loss picks tokens across "
+            "the whole micro-batch, so it cannot be split into per-task parts exactly"
+        )
+    if _get(config, "distillation.enabled", False):
+        problems.append(f"{key} with distillation.enabled=true is not supported (the distillation loss is not split by task)")
+    if int(_get(config, "actor_rollout_ref.actor.ppo_epochs", 1)) < 1:
+        problems.append(f"{key} but actor_rollout_ref.actor.ppo_epochs < 1: no actor update")
     return problems
 
 

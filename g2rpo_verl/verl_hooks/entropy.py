@@ -1,4 +1,6 @@
-"""Trainer side of task-level entropy shaping (``g2rpo.entropy``).
+"""Trainer side of task-level entropy shaping (``g2rpo.entropy``) and of the ``task_mean`` loss
+aggregation (``g2rpo.loss_agg``): both need the predicted actor mini-batch plan, written here
+into TransferQueue whenever either is on (one plan, one put per step).
 
 Per step the trainer computes each task's old-policy entropy over every predicted actor
 mini-batch (:mod:`g2rpo_verl.verl_hooks.minibatch`), the band side, and per-row weights
@@ -9,7 +11,10 @@ them into the gradient. Math: :mod:`g2rpo_verl.algorithms.entropy`.
 Metrics (per task, ``task_<name>/...`` like the advantage statistics): ``entropy_estimate`` = the
 old policy's ``Ĥ_τ`` over the whole step, ``entropy_penalty`` = ``β_τ·(band violation)`` averaged
 over the mini-batches containing τ; and ``actor/entropy_shaping_loss`` from the workers (the
-surrogate's value, which shows the term reached the loss).
+surrogate's value, which shows the term reached the loss). With ``task_mean``: per task
+``task_<name>/loss_agg/weight`` (``w_{g,τ}``, the task's share of the loss) and
+``task_<name>/loss_agg/token_share`` (``n_{g,τ}/N_g``, its share under verl's token-mean), each
+averaged over the step's (epoch, mini-batch) cells containing τ.
 """
 
 from __future__ import annotations
@@ -35,19 +40,21 @@ from g2rpo_verl.verl_compat.api import TQ, actor_dp_size
 from g2rpo_verl.verl_hooks.actor_loss import WEIGHT_FIELD, build_actor_loss
 from g2rpo_verl.verl_hooks.base import G2RPOBase
 from g2rpo_verl.verl_hooks.minibatch import (
-    PLAN_GROUP_FIELD,
-    PLAN_ROWS_FIELD,
-    PLAN_TOKENS_FIELD,
+    PLAN_TASK_FIELD,
+    PLAN_TASK_TOKENS_FIELD,
+    PLAN_TASK_WEIGHT_FIELD,
     ROW_FIELD,
     STEP_FIELD,
     MiniBatchPlan,
     minibatch_plan,
+    plan_fields,
+    task_plan_fields,
 )
 from g2rpo_verl.verl_hooks.samples import metric_prefix
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EntropyShapingMixin", "task_bands", "entropy_shaping_metrics"]
+__all__ = ["EntropyShapingMixin", "task_bands", "entropy_shaping_metrics", "loss_agg_metrics"]
 
 
 def task_bands(cfg: EntropyShapingConfig, task_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,6 +115,28 @@ def entropy_shaping_metrics(
     return metrics
 
 
+def loss_agg_metrics(task_names: Sequence[str], fields: dict, groups: torch.Tensor, row_tokens: torch.Tensor) -> dict:
+    """``task_<name>/loss_agg/weight`` and ``.../token_share`` (module docstring) from the task plan fields."""
+    metrics: dict[str, float] = {}
+    task = fields[PLAN_TASK_FIELD]
+    for t, name in enumerate(task_names):
+        rows = task == t
+        weights, shares = [], []
+        for e, g in enumerate(groups):
+            for k in torch.unique(g[rows]).tolist():
+                cell = rows & (g == k)
+                first = int(torch.nonzero(cell)[0])
+                if int(fields[PLAN_TASK_TOKENS_FIELD][first, e]) == 0:
+                    continue
+                weights.append(float(fields[PLAN_TASK_WEIGHT_FIELD][first, e]))
+                shares.append(float(fields[PLAN_TASK_TOKENS_FIELD][first, e]) / float(row_tokens[g == k].sum()))
+        if weights:
+            prefix = metric_prefix(str(name))
+            metrics[f"{prefix}/loss_agg/weight"] = sum(weights) / len(weights)
+            metrics[f"{prefix}/loss_agg/token_share"] = sum(shares) / len(shares)
+    return metrics
+
+
 @contextlib.contextmanager
 def _entropy_requested(actor_cfg, needed: bool):
     """Temporarily set ``calculate_entropy`` so verl's update asks the engine for the entropy."""
@@ -130,19 +159,28 @@ class EntropyShapingMixin(G2RPOBase):
 
     def on_init_end(self):
         super().on_init_end()
-        shaping = self.g2rpo_config.entropy
-        if not shaping.enable:
+        shaping, loss_agg = self.g2rpo_config.entropy, self.g2rpo_config.loss_agg
+        if not shaping.enable and not loss_agg.task_mean:
             return
         loss = build_actor_loss(
-            self.config.actor_rollout_ref.actor, shaping.estimator, getattr(self, "distillation_config", None)
+            self.config.actor_rollout_ref.actor,
+            shaping.estimator if shaping.enable else None,
+            getattr(self, "distillation_config", None),
+            task_mean=loss_agg.task_mean,
         )
         self.actor_rollout_wg.set_loss_fn(loss)
-        logger.info(
-            "g2rpo: task-level entropy shaping on (controller=%s, %s, band %s, per_task=%s, estimator=%s)",
-            shaping.controller,
-            f"beta={shaping.beta}" if shaping.controller == "fixed" else shaping.adaptive,
-            shaping.band(), dict(shaping.per_task), shaping.estimator,
-        )
+        if loss_agg.task_mean:
+            logger.info(
+                "g2rpo: task_mean loss aggregation on (inside each task: %s; weights %s)",
+                self.config.actor_rollout_ref.actor.loss_agg_mode, dict(loss_agg.weights) or "equal",
+            )
+        if shaping.enable:
+            logger.info(
+                "g2rpo: task-level entropy shaping on (controller=%s, %s, band %s, per_task=%s, estimator=%s)",
+                shaping.controller,
+                f"beta={shaping.beta}" if shaping.controller == "fixed" else shaping.adaptive,
+                shaping.band(), dict(shaping.per_task), shaping.estimator,
+            )
 
     def entropy_coefficients(self, task_names: Sequence[str]) -> torch.Tensor:
         """``(T,)`` float64 coefficient β_τ of each task this step (``g2rpo.entropy.beta`` for all)."""
@@ -150,10 +188,10 @@ class EntropyShapingMixin(G2RPOBase):
 
     def _update_actor(self, batch, metrics: dict):
         shaping = self.g2rpo_config.entropy
-        if not shaping.enable:
+        if not shaping.enable and not self.g2rpo_config.loss_agg.task_mean:
             return super()._update_actor(batch, metrics)
-        batch = self.put_entropy_weights(batch, metrics, shaping)
-        with _entropy_requested(self.config.actor_rollout_ref.actor, shaping.estimator == "exact"):
+        batch = self.put_actor_plan(batch, metrics)
+        with _entropy_requested(self.config.actor_rollout_ref.actor, shaping.enable and shaping.estimator == "exact"):
             return super()._update_actor(batch, metrics)
 
     def actor_minibatch_plan(self, row_tokens: torch.Tensor) -> MiniBatchPlan:
@@ -168,50 +206,64 @@ class EntropyShapingMixin(G2RPOBase):
             shuffle=actor.shuffle,
         )
 
-    def put_entropy_weights(self, batch, metrics: dict, shaping: EntropyShapingConfig):
-        """Write the per-row weights and the mini-batch plan into TransferQueue; log the metrics."""
+    def put_actor_plan(self, batch, metrics: dict):
+        """Write the mini-batch plan, the shaping weights and/or the task_mean counts into
+        TransferQueue (whichever feature is on); log their metrics."""
         import transfer_queue as tq
         from tensordict import TensorDict
 
+        shaping, loss_agg = self.g2rpo_config.entropy, self.g2rpo_config.loss_agg
         info = self.sample_info(batch)
-        source = TQ.ENTROPY if shaping.estimator == "exact" else TQ.OLD_LOG_PROBS
+        source = None
+        if shaping.enable:
+            source = TQ.ENTROPY if shaping.estimator == "exact" else TQ.OLD_LOG_PROBS
         data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=[source, TQ.RESPONSE_MASK]
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            select_fields=[TQ.RESPONSE_MASK] + ([source] if source else []),
         )
         data = data.to_padded_tensor()
-        per_token = data[source] if source == TQ.ENTROPY else -data[source]
-        row_sum, row_count = row_entropy_sums(per_token, data[TQ.RESPONSE_MASK])
-
-        low, high = task_bands(shaping, info.task_names)
-        beta = self.entropy_coefficients(info.task_names)
-        plan = self.actor_minibatch_plan(row_count.round().long())
-        coef = None
-        if shaping.controller == "adaptive":
-            coef = self._controller_step(list(info.task_names), row_sum, row_count, info.task_ids, low, high)
-            weights = torch.stack([coefficient_weights(row_count, info.task_ids, g, coef) for g in plan.groups], dim=-1)
-        else:
-            weights = torch.stack(
-                [penalty_weights(row_sum, row_count, info.task_ids, g, low, high, beta) for g in plan.groups], dim=-1
-            )
+        mask = data[TQ.RESPONSE_MASK]
+        row_tokens = mask.to(torch.float64).sum(-1).round().long()
+        plan = self.actor_minibatch_plan(row_tokens)
         n = len(batch.keys)
         fields = {
-            WEIGHT_FIELD: weights.to(torch.float32),
             ROW_FIELD: torch.arange(n, dtype=torch.long),
             STEP_FIELD: torch.full((n,), int.from_bytes(os.urandom(7), "little"), dtype=torch.long),
-            PLAN_GROUP_FIELD: plan.groups.T.contiguous(),
-            PLAN_TOKENS_FIELD: plan.tokens.T.contiguous(),
-            PLAN_ROWS_FIELD: plan.rank_rows.T.contiguous(),
+            **plan_fields(plan),
         }
+        if shaping.enable:
+            per_token = data[source] if source == TQ.ENTROPY else -data[source]
+            row_sum, row_count = row_entropy_sums(per_token, mask)
+            low, high = task_bands(shaping, info.task_names)
+            beta = self.entropy_coefficients(info.task_names)
+            coef = None
+            if shaping.controller == "adaptive":
+                coef = self._controller_step(list(info.task_names), row_sum, row_count, info.task_ids, low, high)
+                weights = torch.stack(
+                    [coefficient_weights(row_count, info.task_ids, g, coef) for g in plan.groups], dim=-1
+                )
+            else:
+                weights = torch.stack(
+                    [penalty_weights(row_sum, row_count, info.task_ids, g, low, high, beta) for g in plan.groups],
+                    dim=-1,
+                )
+            fields[WEIGHT_FIELD] = weights.to(torch.float32)
+            metrics.update(
+                entropy_shaping_metrics(
+                    info.task_names, row_sum, row_count, info.task_ids, plan.groups, low, high, beta, coef
+                )
+            )
+        if loss_agg.task_mean:
+            omega = torch.tensor([loss_agg.weight(str(name)) for name in info.task_names], dtype=torch.float64)
+            task_fields = task_plan_fields(plan, row_tokens, info.task_ids, omega)
+            fields.update(task_fields)
+            metrics.update(loss_agg_metrics(info.task_names, task_fields, plan.groups, row_tokens))
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(fields, batch_size=n))
         # the workers fetch only the fields the meta lists; extend it in place rather than take
         # kv_batch_put's meta, so the caller's tags and extra_info stay as they were
         if batch.fields is not None:
             batch.fields = list(dict.fromkeys([*batch.fields, *fields]))
-        metrics.update(
-            entropy_shaping_metrics(
-                info.task_names, row_sum, row_count, info.task_ids, plan.groups, low, high, beta, coef
-            )
-        )
         return batch
 
     @property

@@ -6,6 +6,11 @@ batch into contiguous data-parallel pieces and each rank iterates
 ``tensordict_utils.make_iterator``; :func:`minibatch_plan` calls the same function on row
 indices, and :class:`MiniBatchTracker` (in every worker) checks each micro-batch against that
 prediction, raising :class:`MiniBatchMismatch` at the first difference.
+
+Users: the entropy shaping (``g2rpo.entropy``, per-row weights over each mini-batch) and the
+``task_mean`` loss aggregation (``g2rpo.loss_agg``, each row's task counts in its mini-batch,
+:data:`TASK_PLAN_FIELDS` from :func:`task_plan_fields`). The trainer writes the plan whenever
+either is on.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ __all__ = [
     "ROW_FIELD",
     "STEP_FIELD",
     "PLAN_FIELDS",
+    "TASK_PLAN_FIELDS",
+    "PLAN_TASK_FIELD",
+    "PLAN_TASK_TOKENS_FIELD",
+    "PLAN_TASK_SEQS_FIELD",
+    "PLAN_TASK_WEIGHT_FIELD",
+    "task_plan_fields",
     "minibatch_groups",
     "minibatch_plan",
 ]
@@ -34,6 +45,14 @@ PLAN_GROUP_FIELD = "g2rpo_entropy_minibatch"
 PLAN_TOKENS_FIELD = "g2rpo_entropy_minibatch_tokens"
 PLAN_ROWS_FIELD = "g2rpo_entropy_minibatch_rank_rows"
 PLAN_FIELDS = (PLAN_GROUP_FIELD, PLAN_TOKENS_FIELD, PLAN_ROWS_FIELD)
+#: ``task_mean``: ``(N,)`` int64 task index of each row; ``(N, E)`` per epoch: the response tokens
+#: ``n_{g,τ}`` (int64) and non-empty rows ``S_{g,τ}`` (int64) of the row's task in its global
+#: mini-batch g, and the task's weight ``w_{g,τ}`` (float64) there (g2rpo_verl/algorithms/loss_agg.py).
+PLAN_TASK_FIELD = "g2rpo_plan_task"
+PLAN_TASK_TOKENS_FIELD = "g2rpo_plan_task_tokens"
+PLAN_TASK_SEQS_FIELD = "g2rpo_plan_task_seqs"
+PLAN_TASK_WEIGHT_FIELD = "g2rpo_plan_task_weight"
+TASK_PLAN_FIELDS = (PLAN_TASK_FIELD, PLAN_TASK_TOKENS_FIELD, PLAN_TASK_SEQS_FIELD, PLAN_TASK_WEIGHT_FIELD)
 
 
 def minibatch_groups(
@@ -105,8 +124,32 @@ def minibatch_plan(
     return MiniBatchPlan(groups, tokens, rank_rows)
 
 
+def plan_fields(plan: MiniBatchPlan) -> dict[str, torch.Tensor]:
+    """The plan as TransferQueue fields (:data:`PLAN_FIELDS`), ``(N, E)`` each."""
+    return {
+        PLAN_GROUP_FIELD: plan.groups.T.contiguous(),
+        PLAN_TOKENS_FIELD: plan.tokens.T.contiguous(),
+        PLAN_ROWS_FIELD: plan.rank_rows.T.contiguous(),
+    }
+
+
+def task_plan_fields(
+    plan: MiniBatchPlan, row_tokens: torch.Tensor, task_ids: torch.Tensor, task_weights: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """:data:`TASK_PLAN_FIELDS` for the plan's mini-batches (``row_tokens``, ``task_ids`` ``(N,)``, ω ``(T,)``)."""
+    from g2rpo_verl.algorithms.loss_agg import task_row_counts
+
+    counts = task_row_counts(row_tokens, task_ids, plan.groups, task_weights)
+    return {
+        PLAN_TASK_FIELD: task_ids.reshape(-1).to(torch.long),
+        PLAN_TASK_TOKENS_FIELD: counts.tokens.T.contiguous(),
+        PLAN_TASK_SEQS_FIELD: counts.seqs.T.contiguous(),
+        PLAN_TASK_WEIGHT_FIELD: counts.weight.T.contiguous(),
+    }
+
+
 class MiniBatchMismatch(RuntimeError):
-    """verl's actor formed mini-batches other than the ones the entropy weights were computed for."""
+    """verl's actor formed mini-batches other than the ones the per-mini-batch quantities were computed for."""
 
 
 class MiniBatchTracker:
@@ -116,7 +159,8 @@ class MiniBatchTracker:
     worker process). See the module docstring for what is checked.
     """
 
-    def __init__(self):
+    def __init__(self, label: str = "g2rpo.entropy"):
+        self.label = label  # the config key(s) whose per-mini-batch quantities depend on the plan
         self.step: int | None = None
         self.seen: dict[int, int] = {}
         self.current: tuple[int, int] | None = None  # (epoch, mini-batch) being trained
@@ -148,28 +192,28 @@ class MiniBatchTracker:
         where = f"rows {rows.reshape(-1).tolist()[:8]}"
         if len(cells) != 1:
             raise MiniBatchMismatch(
-                f"g2rpo.entropy: one micro-batch of verl's actor update holds rows the trainer placed in different "
+                f"{self.label}: one micro-batch of verl's actor update holds rows the trainer placed in different "
                 f"(epoch, mini-batch) cells {sorted(cells)} ({where}): verl split the batch differently from the "
-                "prediction, so the per-mini-batch entropy penalty would be wrong. Turn g2rpo.entropy off or report "
+                f"prediction, so the per-mini-batch quantities would be wrong. Turn {self.label} off or report "
                 "this verl version / config."
             )
         cell = cells.pop()
         predicted = {int(t) for t in tokens.tolist()}
         if batch_num_tokens is None or {int(batch_num_tokens)} != predicted:
             raise MiniBatchMismatch(
-                f"g2rpo.entropy: verl's mini-batch has {batch_num_tokens} response tokens but the trainer predicted "
+                f"{self.label}: verl's mini-batch has {batch_num_tokens} response tokens but the trainer predicted "
                 f"{sorted(predicted)} for (epoch, mini-batch) {cell} ({where}): verl split the batch differently"
             )
         if cell != self.current:
             if self.current is not None and self.current_rows != self.expected_rows:
                 raise MiniBatchMismatch(
-                    f"g2rpo.entropy: (epoch, mini-batch) {self.current} ended after {self.current_rows} rows on this "
+                    f"{self.label}: (epoch, mini-batch) {self.current} ended after {self.current_rows} rows on this "
                     f"rank, the trainer predicted {self.expected_rows}: verl split the batch differently"
                 )
             self.current, self.current_rows, self.expected_rows = cell, 0, int(rank_rows[0])
         self.current_rows += rows.numel()
         if self.current_rows > self.expected_rows:
             raise MiniBatchMismatch(
-                f"g2rpo.entropy: (epoch, mini-batch) {cell} has more than the {self.expected_rows} rows predicted "
+                f"{self.label}: (epoch, mini-batch) {cell} has more than the {self.expected_rows} rows predicted "
                 "on this rank: verl split the batch differently"
             )

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from g2rpo_verl.compare.compare_cli import parse_arms, run_command, total_steps
-from g2rpo_verl.compare.comparison_report import Arm, summarize, write_report
-from g2rpo_verl.compare.stats import paired_difference, t_interval
+from g2rpo_verl.compare.comparison_report import Arm, curve_area, summarize, write_report
+from g2rpo_verl.compare.stats import minimum_detectable_difference, paired_difference, t_interval
 
 
 def test_t_interval_worked_example():
@@ -28,6 +28,23 @@ def test_t_interval_worked_example():
 def test_paired_difference_uses_only_shared_seeds():
     d = paired_difference({0: 1.0, 1: 2.0, 2: 9.0}, {0: 0.5, 1: 1.0, 5: 3.0})
     assert d.values == (0.5, 1.0) and d.mean == 0.75
+
+
+def test_minimum_detectable_difference_worked_example():
+    # paired: sd 0.02 over 3 seeds, (t(0.975, 2) + t(0.8, 2)) = 4.3027 + 1.0607
+    assert minimum_detectable_difference([0.01, 0.03, -0.01]) == pytest.approx(5.3634 * 0.02 / math.sqrt(3), rel=1e-4)
+    # unpaired: two arms of 3 seeds, sd 0.1, df 4: (2.7764 + 0.9410) · 0.1 · sqrt(2/3)
+    assert minimum_detectable_difference([0.3, 0.4, 0.5], paired=False) == pytest.approx(
+        3.7174 * 0.1 * math.sqrt(2 / 3), rel=1e-4)
+    # more seeds, same spread: smaller; one seed: undefined
+    assert minimum_detectable_difference([0.01, 0.03, -0.01] * 3) < minimum_detectable_difference([0.01, 0.03, -0.01])
+    assert math.isnan(minimum_detectable_difference([0.1]))
+
+
+def test_curve_area_is_the_trapezoid_mean_over_the_validated_span():
+    assert curve_area({"0": 0.0, "10": 1.0, "20": 1.0}) == pytest.approx((5 + 10) / 20)
+    assert curve_area({"20": 0.4, "0": 0.2}) == pytest.approx(0.3)  # order of the keys does not matter
+    assert curve_area({"5": 0.7}) == 0.7 and curve_area({}) is None
 
 
 def _write_run(path: Path, val: dict[int, dict[str, tuple[float, float]]], train: dict[int, dict[str, tuple]]):
@@ -76,6 +93,16 @@ def test_summary_numbers_are_the_runs_own_metrics(tmp_path):
     assert adv["std"]["mean"] == pytest.approx(0.9) and adv["max_abs"]["mean"] == 3.0
     assert adv["skew"]["mean"] == pytest.approx(-0.2) and "grad_share" not in adv
     assert s["curves"]["grpo"]["demo_counting"]["accuracy"]["0"]["values"] == [0.1, 0.1]
+    # area under the validation curve (steps 0 and 2): (0.1 + final) / 2 per run
+    auc = s["auc"]["gs_grpo"]["demo_counting"]["accuracy"]
+    assert auc["values"] == pytest.approx([0.4, 0.5])
+    assert s["paired_auc_vs_baseline"]["gs_grpo"]["demo_counting"]["accuracy"]["values"] == pytest.approx([0.1, 0.15])
+    # minimum detectable differences: paired for gs_grpo, two-arm spread for the baseline
+    assert s["mde"]["final"]["gs_grpo"]["demo_counting"]["accuracy"] == pytest.approx(
+        minimum_detectable_difference([0.2, 0.3]))
+    assert s["mde"]["final"]["grpo"]["demo_counting"]["accuracy"] == pytest.approx(
+        minimum_detectable_difference([0.5, 0.6], paired=False))
+    assert s["mde"]["auc"]["gs_grpo"]["mean over tasks"]["accuracy"] > 0
 
     written = write_report(tmp_path, s, command="g2rpo-compare ...")
     report = (tmp_path / "report.md").read_text()
@@ -83,6 +110,7 @@ def test_summary_numbers_are_the_runs_own_metrics(tmp_path):
         assert name in report
     # counting accuracy: both seeds up (0.2, 0.3), yet with 2 seeds t(0.975, 1) = 12.7 keeps 0 inside
     assert "| 0.250 [-0.385, 0.885] |" in report and "**0.250" not in report
+    assert "## Area under the validation curve" in report and "## Minimum detectable difference (80 % power" in report
     assert json.loads((tmp_path / "summary.json").read_text())["baseline"] == "grpo"
     assert {p.name for p in written} >= {"validation.png", "final.png"}
 
@@ -285,3 +313,20 @@ def test_same_command_and_seed_give_identical_metrics(comparison, tmp_path):
                 assert second[step][key] == value, (step, key, value, second[step][key])
                 compared += 1
     assert compared > 900
+
+
+def test_the_cheap_profile_sets_its_seeds_and_overrides_and_the_command_line_wins(tmp_path):
+    from g2rpo_verl.compare.cli import main
+    from g2rpo_verl.compare.profiles import PROFILES
+
+    cheap = PROFILES["cheap"]
+    assert total_steps(list(cheap.overrides)) == 16 and len(cheap.seeds) >= 6
+    # the profile keeps the demo's rows per step (prompts x rollouts), so its cost per step
+    values = dict(o.split("=", 1) for o in cheap.overrides)
+    assert int(values["data.train_batch_size"]) * int(values["actor_rollout_ref.rollout.n"]) == 12 * 8
+    assert main(["--profile", "cheap", "--estimators", "grpo", "--workdir", str(tmp_path), "--report-only",
+                 "--no-plots"]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["seeds"] == list(cheap.seeds)
+    assert main(["--profile", "cheap", "--seeds", "3", "--estimators", "grpo", "--workdir", str(tmp_path),
+                 "--report-only", "--no-plots", "trainer.total_training_steps=2"]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["seeds"] == [3]

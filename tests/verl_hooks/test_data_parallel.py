@@ -3,7 +3,7 @@
 The exactness test runs the actor's loss path as verl's workers run it — a real (tiny) Qwen2
 sharded with verl's own ``apply_fsdp2``, per-rank contiguous chunks of the batch, micro-batches
 with gradient accumulation, verl's ``ppo_loss`` with the KL loss on, wrapped by the plugin's
-:class:`EntropyShapedLoss` — in one process (dp = 1) and in two gloo processes (dp = 2), on the
+:class:`G2RPOActorLoss` — in one process (dp = 1) and in two gloo processes (dp = 2), on the
 same fixed batch. The trainer-side numbers (per-task entropy and shaping metrics, the per-row
 weights) are computed from the old policy's per-token entropy, which the workers compute
 sharded too. Seconds, no Ray.
@@ -117,7 +117,7 @@ def _rank_main(rank: int, world: int, init_file: str, model_dir: str, io_path: s
     from verl.utils.fsdp_utils import apply_fsdp2
     from verl.workers.utils.losses import ppo_loss
 
-    from g2rpo_verl.verl_hooks.actor_loss import EntropyShapedLoss
+    from g2rpo_verl.verl_hooks.actor_loss import G2RPOActorLoss
 
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -139,7 +139,7 @@ def _rank_main(rank: int, world: int, init_file: str, model_dir: str, io_path: s
             r["old_log_probs"] = -entropy[i] + r["noise"]
             r["ref_log_prob"] = -entropy[i] - r["noise"]
 
-        loss_fn = EntropyShapedLoss(partial(ppo_loss, config=io["actor_config"]), "exact")
+        loss_fn = G2RPOActorLoss(partial(ppo_loss, config=io["actor_config"]), "exact")
         n_tokens = sum(len(r["response"]) for r in rows)  # the global mini-batch, as verl passes it
 
         def update(w: torch.Tensor):
@@ -254,7 +254,7 @@ def _reference_gram(model_dir, rows, weights, actor_config) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
     from verl.workers.utils.losses import ppo_loss
 
-    from g2rpo_verl.verl_hooks.actor_loss import EntropyShapedLoss
+    from g2rpo_verl.verl_hooks.actor_loss import G2RPOActorLoss
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").double()
     n_tokens = sum(len(r["response"]) for r in rows)
@@ -264,7 +264,7 @@ def _reference_gram(model_dir, rows, weights, actor_config) -> torch.Tensor:
         sub = [rows[i] for i in idx]
         log_probs, token_entropy = _forward(model, sub)
         data = _micro_batch(sub, weights[idx], 1, n_tokens, len(rows))
-        loss_fn = EntropyShapedLoss(partial(ppo_loss, config=copy.deepcopy(actor_config)), "exact")
+        loss_fn = G2RPOActorLoss(partial(ppo_loss, config=copy.deepcopy(actor_config)), "exact")
         loss, _ = loss_fn(model_output={"log_probs": log_probs, "entropy": token_entropy}, data=data)
         grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
         parts.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)

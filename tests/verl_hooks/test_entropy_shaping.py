@@ -2,7 +2,7 @@
 
 Models are tiny float64 torch modules; micro-batches are built exactly as verl's engine hands
 them to the loss (jagged prompts/responses/masks from TransferQueue, flat per-token model output),
-so the real :class:`EntropyShapedLoss` and verl's own ``ppo_loss`` run unmodified. No Ray.
+so the real :class:`G2RPOActorLoss` and verl's own ``ppo_loss`` run unmodified. No Ray.
 """
 
 import math
@@ -27,7 +27,7 @@ from g2rpo_verl.algorithms.entropy import (
     task_entropy_penalty,
 )
 from g2rpo_verl.verl_hooks import actor_loss as hooks
-from g2rpo_verl.verl_hooks.actor_loss import WEIGHT_FIELD, EntropyShapedLoss
+from g2rpo_verl.verl_hooks.actor_loss import WEIGHT_FIELD, G2RPOActorLoss
 from g2rpo_verl.verl_hooks.entropy import EntropyShapingMixin, entropy_shaping_metrics, task_bands
 from g2rpo_verl.verl_hooks.minibatch import (
     PLAN_FIELDS,
@@ -242,7 +242,7 @@ SPLITS = {
 
 def shaping_grads(model, rows, weights, estimator, split, dp_ranks=1):
     """Σ over micro-batches (and DP ranks, averaged as FSDP does) of the loss term's gradient."""
-    loss_fn = EntropyShapedLoss(zero_loss, estimator)
+    loss_fn = G2RPOActorLoss(zero_loss, estimator)
     grads = [torch.zeros_like(p) for p in model.parameters()]
     for rank in range(dp_ranks):
         model.zero_grad(set_to_none=False)
@@ -296,7 +296,7 @@ def test_a_task_inside_the_band_gets_no_gradient_and_an_absent_task_nothing():
     high = torch.tensor([10.0, 0.0, 0.0], dtype=torch.float64)  # task 0 inside, task 1 above, task 2 absent
     w = penalty_weights(s, c, tasks, torch.zeros_like(tasks), low, high, BETA)
     assert torch.all(w[:2] == 0) and torch.all(w[2:] > 0)
-    loss_fn = EntropyShapedLoss(zero_loss, "exact")
+    loss_fn = G2RPOActorLoss(zero_loss, "exact")
     model.zero_grad()
     loss, _ = loss_fn(model_output=model_output(model, rows), data=micro_batch(rows, w.float()[:, None]))
     loss.backward()
@@ -354,7 +354,7 @@ def test_distillation_logits_processor_calls_pass_through():
         calls.append(kwargs)
         return "topk-loss" if kwargs.get("student_logits") is not None else (torch.tensor(1.0), {})
 
-    loss_fn = EntropyShapedLoss(inner, "sampled")
+    loss_fn = G2RPOActorLoss(inner, "sampled")
     data = micro_batch([{"prompt": [1], "response": [2]}], torch.ones(1, 1))
     assert loss_fn(student_logits=torch.zeros(1), data=data) == "topk-loss"
 
@@ -373,7 +373,7 @@ def test_exact_penalty_moves_task_entropy_into_the_band_from_below_and_above_wit
     start = [model.task_entropy(t) for t in range(3)]
     assert start[0] < LOW and start[1] > HIGH and LOW < start[2] < HIGH
     opt = torch.optim.Adam(model.parameters(), lr=0.3)
-    loss_fn = EntropyShapedLoss(zero_loss, "exact")
+    loss_fn = G2RPOActorLoss(zero_loss, "exact")
     low, high = torch.full((3,), LOW, dtype=torch.float64), torch.full((3,), HIGH, dtype=torch.float64)
     history = []
     for step in range(25):
@@ -412,7 +412,7 @@ def test_sampled_penalty_acts_on_the_batch_tokens_only():
     rows = sample_rows(model, [0] * 8 + [1] * 8, 6, gen)
     tasks = torch.tensor([r["task"] for r in rows])
     low, high = torch.full((2,), LOW, dtype=torch.float64), torch.full((2,), HIGH, dtype=torch.float64)
-    loss_fn = EntropyShapedLoss(zero_loss, "sampled")
+    loss_fn = G2RPOActorLoss(zero_loss, "sampled")
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
 
     def h_hat():
@@ -462,7 +462,7 @@ def test_minibatch_groups_with_shuffle_and_epochs_match_verls_iterator_per_epoch
 
 
 def test_epoch_columns_follow_how_often_a_row_was_trained_in_the_step():
-    loss_fn = EntropyShapedLoss(zero_loss, "sampled")
+    loss_fn = G2RPOActorLoss(zero_loss, "sampled")
     rows = [{"prompt": [1], "response": [2, 3], "old_log_probs": torch.zeros(2), "adv": 0.0} for _ in range(3)]
     out = {"log_probs": -torch.ones(9, dtype=torch.float64)}
     w = torch.tensor([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])
@@ -553,9 +553,11 @@ class _Base:
 
 
 class _Trainer(EntropyShapingMixin, _Base):
-    def __init__(self, config, shaping, tasks):
+    def __init__(self, config, shaping, tasks, loss_agg=None):
+        from g2rpo_verl.config import LossAggConfig
+
         self.config = config
-        self._g2rpo_config = SimpleNamespace(entropy=shaping)
+        self._g2rpo_config = SimpleNamespace(entropy=shaping, loss_agg=loss_agg or LossAggConfig())
         self._tasks = tasks
         self.actor_rollout_wg = SimpleNamespace(_dispatch_info={"actor": [0]}, set_loss_fn=self._set)
 
@@ -595,7 +597,7 @@ def test_trainer_writes_weights_requests_entropy_and_installs_the_loss(monkeypat
     monkeypatch.setattr(tq, "kv_batch_put", kv_put)
     trainer = _Trainer(config, shaping, tasks)
     trainer.on_init_end()
-    assert trainer.init_called and isinstance(trainer.loss_fn, EntropyShapedLoss)
+    assert trainer.init_called and isinstance(trainer.loss_fn, G2RPOActorLoss)
     assert trainer.loss_fn.estimator == estimator
 
     batch = SimpleNamespace(keys=[f"k{i}" for i in range(8)], partition_id="train", fields=["input_ids"], tags=[{}] * 8)
@@ -747,7 +749,7 @@ def test_the_check_catches_a_different_split_even_when_every_response_has_the_sa
 
 
 def test_the_loss_runs_the_check_on_the_plan_fields_the_trainer_writes():
-    loss_fn = EntropyShapedLoss(zero_loss, "sampled")
+    loss_fn = G2RPOActorLoss(zero_loss, "sampled")
     rows = [{"prompt": [1], "response": [2, 3], "old_log_probs": torch.zeros(2), "adv": 0.0} for _ in range(4)]
     out = {"log_probs": -torch.ones(12, dtype=torch.float64)}
     plan = minibatch_plan(torch.full((4,), 2), dp_size=1, mini_batch_size=2, epochs=1, seed=0, shuffle=False)
