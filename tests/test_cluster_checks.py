@@ -207,6 +207,19 @@ def test_a_local_model_path_must_hold_config_and_weights(tmp_path, hf_home):
     assert abs(cc.load_model_shape(str(model)).weight_bytes - 17_530_000_000) == 0  # the index's size
 
 
+# --- attention -------------------------------------------------------------------------------
+def test_flash_attention_without_flash_attn_fails_naming_both_routes():
+    missing = lambda: "ModuleNotFoundError: No module named 'flash_attn'"  # noqa: E731
+    (finding,) = cc.check_attention(config(), flash_attn_error=missing)
+    assert finding.level == "fail" and "flash-attn==2.8.3 --no-build-isolation" in finding.message
+    assert "attn_implementation=sdpa actor_rollout_ref.model.use_remove_padding=false" in finding.message
+    assert levels(cc.check_attention(config(), flash_attn_error=lambda: None)) == ["ok"]
+    sdpa = [f"+{cc.ATTN_KEY}=sdpa"]
+    assert levels(cc.check_attention(config(*sdpa), flash_attn_error=missing)) == ["warn"]  # still packed
+    fixed = cc.check_attention(config(*sdpa, "actor_rollout_ref.model.use_remove_padding=false"), flash_attn_error=missing)
+    assert levels(fixed) == ["ok"]
+
+
 # --- exact-entropy memory --------------------------------------------------------------------
 def test_entropy_memory_eager_warns_naming_the_keys_compiled_passes():
     eager = cc.check_entropy_memory(config("actor_rollout_ref.actor.fsdp_config.use_torch_compile=false"), H100, SHAPE)
@@ -227,7 +240,7 @@ def test_run_checks_includes_the_cluster_checks_and_skips_them_by_name(no_wandb,
     skip = ["config", "gpus", "data", "image_tokens", "format_tags"]
     findings = run_checks(config("trainer.nnodes=3"), skip=skip, gpu_memory_gib=H100)
     by_check = {f.check: f.level for f in findings if f.level == "fail"}
-    assert set(by_check) == {"world_size", "wandb", "shared_dirs"}
-    findings = run_checks(config("trainer.nnodes=3"), skip=[*skip, "world_size", "wandb", "shared_dirs"], gpu_memory_gib=H100)
+    assert set(by_check) - {"attention"} == {"world_size", "wandb", "shared_dirs"}  # no flash-attn on CPU machines
+    findings = run_checks(config("trainer.nnodes=3"), skip=[*skip, "world_size", "wandb", "shared_dirs", "attention"], gpu_memory_gib=H100)
     assert {f.check for f in findings} == {"kv_cache", "model_files", "entropy_memory"}
     assert all(f.level == "ok" for f in findings)

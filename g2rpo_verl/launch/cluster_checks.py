@@ -25,6 +25,10 @@ Registered in :mod:`g2rpo_verl.launch.preflight` (``CHECKS``); each returns
 ``model_files``
     the model path is a local directory that exists, or (with ``HF_HUB_OFFLINE=1``) a hub ID
     already in this node's Hugging Face cache.
+``attention``
+    verl loads the model with ``flash_attention_2`` unless
+    ``actor_rollout_ref.model.override_config.attn_implementation`` says otherwise: flash-attn
+    must import on this node, else the route to build it or to run without it (docs/gpu_install.md).
 ``entropy_memory``
     the exact-entropy estimator's extra peak memory for the configured micro-batch
     (``tokens × vocab × bytes`` × the factor measured by ``scripts/bench_entropy_memory.py``)
@@ -54,12 +58,13 @@ __all__ = [
     "check_shared_dirs",
     "check_kv_cache",
     "check_model_files",
+    "check_attention",
     "check_entropy_memory",
     "load_model_shape",
     "cluster_findings",
 ]
 
-CLUSTER_CHECKS = ("world_size", "wandb", "shared_dirs", "kv_cache", "model_files", "entropy_memory")
+CLUSTER_CHECKS = ("world_size", "wandb", "shared_dirs", "kv_cache", "model_files", "attention", "entropy_memory")
 
 GIB = 1024**3
 DTYPE_BYTES = {"bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "half": 2, "float32": 4, "fp32": 4, "float": 4}
@@ -374,6 +379,50 @@ def check_model_files(config) -> list:
 
 
 # ------------------------------------------------------------------------------------------------
+# attention implementation
+# ------------------------------------------------------------------------------------------------
+ATTN_KEY = "actor_rollout_ref.model.override_config.attn_implementation"
+
+
+def _flash_attn_error() -> str | None:
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as err:  # ImportError, or an undefined symbol of a build against another torch
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def check_attention(config, flash_attn_error=_flash_attn_error) -> list:
+    """``flash_attention_2`` (verl's default) needs flash-attn here; anything else is said out loud."""
+    impl = str(_get(config, ATTN_KEY, "flash_attention_2"))
+    remove_padding = bool(_get(config, "actor_rollout_ref.model.use_remove_padding", False))
+    if impl == "flash_attention_2":
+        error = flash_attn_error()
+        if error:
+            return [
+                _finding(
+                    "attention", "fail",
+                    f"{ATTN_KEY} is flash_attention_2 (verl's default) but flash-attn does not import on this node "
+                    f"({error}): every actor worker would fail loading the model. Build it against this torch "
+                    "(docs/gpu_install.md: CUDA toolkit matching torch.version.cuda, ninja, packaging, psutil, wheel; "
+                    f"pip install flash-attn==2.8.3 --no-build-isolation), or run without it: +{ATTN_KEY}=sdpa "
+                    "actor_rollout_ref.model.use_remove_padding=false (slower, padded micro-batches)",
+                )
+            ]
+        return [_finding("attention", "ok", "flash_attention_2, flash-attn imports on this node")]
+    if remove_padding:
+        return [
+            _finding(
+                "attention", "warn",
+                f"{ATTN_KEY}={impl} with actor_rollout_ref.model.use_remove_padding=true: verl packs the micro-batch's "
+                "sequences into one row for flash-attn's variable-length kernels; with another attention set "
+                "use_remove_padding=false",
+            )
+        ]
+    return [_finding("attention", "ok", f"{ATTN_KEY}={impl} without flash-attn (padded micro-batches, use_remove_padding=false)")]
+
+
+# ------------------------------------------------------------------------------------------------
 # KV cache per vLLM replica
 # ------------------------------------------------------------------------------------------------
 def detect_gpu_memory_gib() -> tuple[float | None, str]:
@@ -534,6 +583,8 @@ def cluster_findings(config, skip: Iterable[str] = (), gpu_memory_gib: float | N
             findings += check_shared_dirs(config)
         elif name == "model_files":
             findings += check_model_files(config)
+        elif name == "attention":
+            findings += check_attention(config)
         elif name == "kv_cache":
             findings += check_kv_cache(config, gpu_memory_gib)
         elif name == "entropy_memory":
