@@ -76,6 +76,7 @@ def test_world_sizes_that_divide_pass(nnodes):
 def test_three_nodes_pass_with_batch_sizes_a_multiple_of_three():
     bad = cc.check_world_size(config("trainer.nnodes=3"))
     assert "a multiple of 3" in messages(bad)
+    assert "ppo_mini_batch_size=96 with data.train_batch_size=384 (4 mini-batches per step)" in messages(bad)
     good = cc.check_world_size(config("trainer.nnodes=3", "data.train_batch_size=384", "actor_rollout_ref.actor.ppo_mini_batch_size=96"))
     assert levels(good) == ["ok"]
 

@@ -107,9 +107,13 @@ def _get(config, dotted: str, default=None):
 # ------------------------------------------------------------------------------------------------
 # world size
 # ------------------------------------------------------------------------------------------------
-def _multiple_near(value: int, step: int) -> int:
-    """The multiple of ``step`` closest to ``value`` (ties upward), at least ``step``."""
-    return max(step, int(math.floor(value / step + 0.5)) * step)
+def _suggest(train_bs: int, mini_bs: int, step: int) -> str:
+    """A ``ppo_mini_batch_size = step·2^k`` closest to ``mini_bs`` and the train batch keeping the
+    number of mini-batches per step."""
+    candidates = [step * 2**k for k in range(0, 20)]
+    mini = min(candidates, key=lambda c: (abs(c - mini_bs), c))
+    per_step = max(1, round(train_bs / mini_bs))
+    return f"e.g. ppo_mini_batch_size={mini} with data.train_batch_size={mini * per_step} ({per_step} mini-batches per step)"
 
 
 def check_world_size(config) -> list:
@@ -134,8 +138,8 @@ def check_world_size(config) -> list:
         problems.append(
             f"actor.ppo_mini_batch_size={mini_bs} × rollout.n={n} = {mini_rows} rows per mini-batch do not split over "
             f"{dp_text}: verl's train_mini_batch asserts 'mini_batch_size % data_parallel_size == 0' at the first "
-            f"update. Use ppo_mini_batch_size a multiple of {step} (e.g. {_multiple_near(mini_bs, step)}, with "
-            f"data.train_batch_size a multiple of it) or a node count whose GPUs divide {mini_rows}"
+            f"update. Use ppo_mini_batch_size a multiple of {step} ({_suggest(train_bs, mini_bs, step)}) or a node "
+            f"count whose GPUs divide {mini_rows}"
         )
     if rows % dp:
         problems.append(
