@@ -43,15 +43,16 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 def make_inputs(tokens: int, vocab: int, dtype: torch.dtype, device, seed: int = 0) -> dict[str, torch.Tensor]:
     """One packed micro-batch as ``(1, tokens)`` rows: logits ``(tokens, vocab)``, labels, mask,
     per-token advantages and the shaping weights of 4 rows (``w = β·slope/n``)."""
-    g = torch.Generator().manual_seed(seed)
+    device = torch.device(device)
+    g = torch.Generator(device=device).manual_seed(seed)  # drawn on the device: no host copy of the logits
     rows = 4
-    logits = (2.0 * torch.randn(tokens, vocab, generator=g)).to(device=device, dtype=dtype)
+    logits = torch.randn(tokens, vocab, generator=g, device=device).mul_(2.0).to(dtype)
     return {
         "logits": logits,
-        "labels": torch.randint(0, vocab, (tokens,), generator=g).to(device),
-        "mask": (torch.rand(rows, tokens // rows, generator=g) > 0.2).to(device),
-        "advantages": torch.randn(rows, 1, generator=g).to(device),
-        "weights": (torch.tensor([0.02, -0.02, 0.0, 0.02]) / tokens).to(device),
+        "labels": torch.randint(0, vocab, (tokens,), generator=g, device=device),
+        "mask": torch.rand(rows, tokens // rows, generator=g, device=device) > 0.2,
+        "advantages": torch.randn(rows, 1, generator=g, device=device),
+        "weights": torch.tensor([0.02, -0.02, 0.0, 0.02], device=device) / tokens,
     }
 
 
