@@ -468,7 +468,7 @@ def check_kv_cache(config, gpu_memory_gib: float | None = None, shape: ModelShap
     max_len = _get(config, "actor_rollout_ref.rollout.max_model_len")
     length_key = "rollout.max_model_len"
     if max_len is None:
-        max_len, length_key = shape.max_positions, f"rollout.max_model_len unset → max_position_embeddings"
+        max_len, length_key = shape.max_positions, "rollout.max_model_len unset → max_position_embeddings"
     max_len = int(max_len)
     budget = util * gpu_memory_gib * tp
     weights = shape.weight_bytes / GIB
@@ -537,7 +537,10 @@ def check_entropy_memory(config, gpu_memory_gib: float | None = None, shape: Mod
     """Extra peak memory of ``g2rpo.entropy.estimator=exact`` per micro-batch, and the verl keys that lower it."""
     from g2rpo_verl.config import load_g2rpo_config
 
-    entropy = load_g2rpo_config(config).entropy
+    try:
+        entropy = load_g2rpo_config(config).entropy
+    except ValueError as err:  # the config check reports it
+        return [_finding("entropy_memory", "warn", f"not estimated: the g2rpo section does not load ({err})")]
     if not entropy.enable or entropy.estimator != "exact":
         return [_finding("entropy_memory", "ok", "exact entropy not used (g2rpo.entropy off or estimator=sampled)")]
     if shape is None:
