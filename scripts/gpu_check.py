@@ -356,7 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         ("estimators", lambda: check_estimators(device, args.sizes, args.repeat, table)),
     ):
         print(f"gpu_check: {name} ...", flush=True)
-        run()
+        try:
+            run()
+        except Exception as err:  # one broken check (e.g. no compiler for torch.compile) must not hide the others
+            table.add(name.replace(" ", "_"), "raised", f"{type(err).__name__}: {err}"[:200], "no error", False)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     elapsed = time.perf_counter() - start
     table.print()
     failures = table.failures()
