@@ -8,6 +8,10 @@
 #   CONFIG [g2rpo_qwen3vl8b]             a config name in configs/
 #   DATA_DIR [$HOME/data/g2rpo]          converted data: an absolute path valid on every node
 #   NNODES [1], N_GPUS_PER_NODE [8]      trainer.nnodes / trainer.n_gpus_per_node
+#   CHECKPOINT_DIR [$HOME/checkpoints/g2rpo/$CONFIG]  trainer.default_local_dir, ABSOLUTE and on a
+#                                        filesystem every node sees: the job's working_dir is a
+#                                        per-node copy, so a relative dir would scatter the
+#                                        shards of one checkpoint over the nodes (not resumable)
 #   RUNTIME_ENV [scripts/ray_runtime_env.yaml]
 #   NO_WAIT [0]                          1 returns after submission (`ray job logs -f` follows it)
 #   DRY_RUN [0]                          1 prints the command instead of running it
@@ -20,11 +24,17 @@ CONFIG="${CONFIG:-g2rpo_qwen3vl8b}"
 DATA_DIR="${DATA_DIR:-$HOME/data/g2rpo}"
 NNODES="${NNODES:-1}"
 N_GPUS_PER_NODE="${N_GPUS_PER_NODE:-8}"
+CHECKPOINT_DIR="${CHECKPOINT_DIR:-$HOME/checkpoints/g2rpo/$CONFIG}"
 RUNTIME_ENV="${RUNTIME_ENV:-$REPO_DIR/scripts/ray_runtime_env.yaml}"
 DRY_RUN="${DRY_RUN:-0}"
 
 # shellcheck source=common.sh source-path=SCRIPTDIR
 source "$REPO_DIR/scripts/common.sh"
+
+if [[ "$CHECKPOINT_DIR" != /* ]]; then
+    echo "submit_ray_job: CHECKPOINT_DIR=$CHECKPOINT_DIR must be absolute (and shared by every node)" >&2
+    exit 2
+fi
 
 args=(
     "--config-name=$CONFIG"
@@ -32,6 +42,7 @@ args=(
     "data.val_files=$DATA_DIR/val.parquet"
     "trainer.nnodes=$NNODES"
     "trainer.n_gpus_per_node=$N_GPUS_PER_NODE"
+    "trainer.default_local_dir=$CHECKPOINT_DIR"
     "$@"
 )
 printf -v quoted '%q ' "${args[@]}"

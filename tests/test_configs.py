@@ -34,6 +34,9 @@ EXTENSION_POINTS = (
     "algorithm.gdpo_reward_keys",
     "algorithm.gdpo_reward_weights",
     "hydra.",
+    # verl's free-form dicts (default {}), passed to the HF processor / vLLM's engine as they are
+    "data.mm_processor_kwargs.",
+    "actor_rollout_ref.rollout.engine_kwargs.vllm.",
 )
 
 
@@ -194,3 +197,32 @@ def test_verl_main_composes_the_config_from_the_command_line():
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = yaml.safe_load(proc.stdout)
     assert printed["algorithm"]["adv_estimator"] == "gs_grpo" and printed["g2rpo"]["length"]["enable"]
+
+
+def test_rollout_context_pixel_bounds_and_modalities(composed):
+    """rollout.max_model_len = prompt + response (unset, verl takes 262,144 from the model);
+    data.mm_processor_kwargs are the paper's pixel bounds and the HF image processor honours them
+    at call time, as verl calls it; vLLM gets images only (video: 0)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from verl.utils.config import omega_conf_to_dataclass
+    from PIL import Image
+
+    _, cfg = composed
+    rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
+    assert rollout.max_model_len == cfg.data.max_prompt_length + cfg.data.max_response_length == 20480
+    kwargs = dict(cfg.data.mm_processor_kwargs)
+    assert kwargs == {"min_pixels": 3136, "max_pixels": 1048576}
+    # Qwen3-VL's image processor: 16-px patches merged 2 x 2 (a 32-px token), and the model's own
+    # bounds (preprocessor_config.json: 65536..16777216 pixels), which the kwargs override
+    processor = Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, size={"shortest_edge": 65536, "longest_edge": 16777216}
+    )
+    big = processor(images=[Image.new("RGB", (4000, 3000))], **kwargs, return_tensors="pt")
+    t, h, w = big["image_grid_thw"][0].tolist()
+    assert t * h * w // 4 <= 1024 < t * h * w  # ≤ 1024 tokens per image at max_pixels 1024²
+    unbounded = processor(images=[Image.new("RGB", (4000, 3000))], return_tensors="pt")
+    assert unbounded["image_grid_thw"][0].prod() > big["image_grid_thw"][0].prod()
+    vllm = rollout.engine_kwargs["vllm"]
+    assert vllm["limit_mm_per_prompt"] == {"image": 4, "video": 0} and rollout.limit_images is None
+    # verl's build_cli_args_from_config JSON-encodes dicts (importing it needs vLLM): a plain dict here
+    assert type(vllm["limit_mm_per_prompt"]) is dict

@@ -25,6 +25,8 @@ It takes the same Hydra arguments as ``python -m verl.trainer.main_ppo`` (the la
     for Qwen2/2.5-VL, 16-px for Qwen3-VL, merged 2×2) plus its text fit
     ``data.max_prompt_length`` — else the run dies with "Image features and image tokens do
     not match" / "Multimodal prompt produced N tokens" (EasyR1 #175, verl #3469).
+``world_size``, ``wandb``, ``shared_dirs``, ``kv_cache``, ``model_files``, ``entropy_memory``
+    the cluster side (:mod:`g2rpo_verl.launch.cluster_checks`).
 ``format_tags``
     the prompts ask for the think tag the reward's format needs (else every format reward is
     0); a Qwen3-VL *Instruct* model is asked for ``<thinking>``, which it writes, not
@@ -50,6 +52,7 @@ from typing import Any
 
 from g2rpo_verl.config import DEFAULT_TASK_KEY
 from g2rpo_verl.estimators import plugin_estimators
+from g2rpo_verl.launch.cluster_checks import CLUSTER_CHECKS, cluster_findings
 from g2rpo_verl.launch.vision import VisionFamily, detect_family, image_tokens, max_image_tokens
 from g2rpo_verl.verl_hooks.checks import config_problems, uses_project_reward
 
@@ -66,7 +69,7 @@ __all__ = [
     "main",
 ]
 
-CHECKS = ("config", "gpus", "data", "image_tokens", "format_tags")
+CHECKS = ("config", "gpus", "data", "image_tokens", "format_tags", *CLUSTER_CHECKS)
 REQUIRED_COLUMNS = ("prompt", "data_source", "reward_model")
 # Chat-template tokens around one user turn and the assistant header (Qwen: ~20).
 TEMPLATE_TOKENS = 32
@@ -446,6 +449,7 @@ def run_checks(
     gpus: Callable[[], tuple[float | None, str, bool]] | None = None,
     skip: Iterable[str] = (),
     max_rows: int | None = None,
+    gpu_memory_gib: float | None = None,
 ) -> list[Finding]:
     """Every check not in ``skip``; ``gpus`` returns ``(count, source, cluster_wide)``."""
     skip = set(skip)
@@ -466,6 +470,7 @@ def run_checks(
         findings += check_image_tokens(config, summary, detect_family(str(config.actor_rollout_ref.model.path)))
     if "format_tags" not in skip:
         findings += check_format_tags(config, summary)
+    findings += [Finding(*f) for f in cluster_findings(config, skip, gpu_memory_gib)]  # launch/cluster_checks.py
     return findings
 
 
@@ -489,6 +494,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"), help="count the GPUs of this Ray cluster")
     parser.add_argument("--skip", default="", help=f"comma-separated checks to skip: {','.join(CHECKS)}")
     parser.add_argument("--max-rows", type=int, help="rows read per data file (default: all)")
+    parser.add_argument("--gpu-memory-gib", type=float, help="memory of one GPU (default: this node's GPU 0)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as given to verl")
     return parser
 
@@ -501,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         gpus = lambda: detect_gpus(args.ray_address)  # noqa: E731
     skip = [s for s in args.skip.split(",") if s]
-    findings = run_checks(config, gpus=gpus, skip=skip, max_rows=args.max_rows)
+    findings = run_checks(config, gpus=gpus, skip=skip, max_rows=args.max_rows, gpu_memory_gib=args.gpu_memory_gib)
     for finding in findings:
         print(finding.line())
     failed = sum(f.level == "fail" for f in findings)

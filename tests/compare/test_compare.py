@@ -316,7 +316,7 @@ def test_same_command_and_seed_give_identical_metrics(comparison, tmp_path):
 
 
 def test_the_cheap_profile_sets_its_seeds_and_overrides_and_the_command_line_wins(tmp_path):
-    from g2rpo_verl.compare.cli import main
+    from g2rpo_verl.compare.compare_cli import main
     from g2rpo_verl.compare.profiles import PROFILES
 
     cheap = PROFILES["cheap"]

@@ -68,8 +68,8 @@ def test_slurm_dry_run(nodes):
     workers = [line for line in starts if "--head" not in line]
     assert len(heads) == 1 and len(workers) == nodes - 1
     (head,) = heads
-    assert head[:5] == ["srun", "--nodes=1", "--ntasks=1", "-w", "gpu01"] and head[-1] == "&"
-    assert sorted(w[4] for w in workers) == [f"gpu{i:02d}" for i in range(2, nodes + 1)]
+    assert head[:6] == ["srun", "--nodes=1", "--ntasks=1", "--cpus-per-task=96", "-w", "gpu01"] and head[-1] == "&"
+    assert sorted(w[5] for w in workers) == [f"gpu{i:02d}" for i in range(2, nodes + 1)]
     for line in starts:
         assert "--num-gpus=8" in line and "--num-cpus=96" in line and "--block" in line
     for worker in workers:
@@ -107,6 +107,66 @@ def test_slurm_gpu_count_forms_and_errors():
         capture_output=True, text=True,
     )
     assert bad.returncode == 2 and "expands to 2 hosts, SLURM_NNODES=3" in bad.stderr
+
+
+def test_slurm_head_address_is_the_first_non_loopback_ipv4():
+    def first(words: str) -> subprocess.CompletedProcess:
+        script = f'source {shlex.quote(str(SCRIPTS / "common.sh"))}; first_ipv4 {words}'
+        return subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+
+    assert first("fe80::1ff:fe23:4567:890a 127.0.1.1 10.1.2.3 192.168.0.9").stdout == "10.1.2.3\n"
+    assert first("2001:db8::1 172.16.0.4").stdout == "172.16.0.4\n"
+    for no_ipv4 in ("127.0.1.1 ::1", "", "gpu01"):
+        proc = first(no_ipv4)
+        assert proc.returncode == 1 and proc.stdout == ""
+    lines = dry_run("slurm_multinode.sbatch", slurm_env(2, HEAD_NODE_IP="10.9.8.7"))
+    (head,) = [line for line in lines if "--head" in line]
+    assert "--node-ip-address=10.9.8.7" in head
+    assert not any("hostname" in line for line in lines)  # an explicit address is not looked up
+
+
+def test_slurm_steps_get_the_cpus_memory_guidance_and_ray_stops_on_exit():
+    lines = dry_run("slurm_multinode.sbatch", slurm_env(3))
+    for start in [line for line in lines if "start" in line]:
+        assert "--cpus-per-task=96" in start  # srun does not inherit sbatch's -c (Slurm >= 22.05)
+    stops = [line for line in lines if line[-3:] == ["ray", "stop", "--force"]]
+    assert [s[s.index("-w") + 1] for s in stops] == ["gpu01", "gpu02", "gpu03"]
+    (trainer,) = [line for line in lines if "verl.trainer.main_ppo" in line]
+    assert lines.index(trainer) < lines.index(stops[0])  # the trap runs at exit
+    assert "#SBATCH --mem=0" in (SCRIPTS / "slurm_multinode.sbatch").read_text().splitlines()
+
+
+def test_slurm_missing_gpu_count_gives_the_message_not_an_unbound_variable():
+    env = {k: v for k, v in slurm_env(2).items() if k != "SLURM_GPUS_ON_NODE"}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "slurm_multinode.sbatch")], env={**full_env, **env, "DRY_RUN": "1"},
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2 and "no GPU count (request --gpus-per-node" in proc.stderr
+    assert "unbound variable" not in proc.stderr
+
+
+@pytest.mark.parametrize("script,env", [("slurm_multinode.sbatch", "slurm"), ("submit_ray_job.sh", "ray")])
+def test_multinode_launchers_pass_an_absolute_checkpoint_dir(script, env):
+    base = slurm_env(2) if env == "slurm" else {"NNODES": "2"}
+    lines = dry_run(script, base)
+    text = " ".join(" ".join(line) for line in lines)
+    (value,) = {part.split("=", 1)[1] for part in shlex.split(text) if part.startswith("trainer.default_local_dir=")}
+    assert value.startswith("/") and value.endswith("/g2rpo_qwen3vl8b")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / script)], env={**full_env, **base, "DRY_RUN": "1", "CHECKPOINT_DIR": "checkpoints"},
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2 and "must be absolute" in proc.stderr
+
+
+def test_slurm_wandb_mode_is_not_forced_online():
+    lines = dry_run("slurm_multinode.sbatch", slurm_env(1))
+    assert not any(line[:1] == ["export"] and line[1].startswith("WANDB_MODE=") for line in lines)
+    lines = dry_run("slurm_multinode.sbatch", slurm_env(1, WANDB_MODE="offline"))
+    assert ["export", "WANDB_MODE=offline"] in lines
 
 
 def test_slurm_script_keeps_nodes_as_an_array():

@@ -12,6 +12,7 @@ from PIL import Image
 
 from g2rpo_verl.data.data_cli import main as data_main
 from g2rpo_verl.launch import preflight
+from g2rpo_verl.launch.cluster_checks import CLUSTER_CHECKS
 from g2rpo_verl.launch.preflight import (
     check_config,
     check_format_tags,
@@ -213,18 +214,23 @@ def test_format_tags_prompt_reward_and_model_must_agree(data_dir, tmp_path):
 
 
 # --- driver --------------------------------------------------------------------------------
-def test_run_checks_and_cli(data_dir, capsys):
-    findings = run_checks(config(data_dir), gpus=lambda: (8.0, "test", True))
+def test_run_checks_and_cli(data_dir, capsys, monkeypatch):
+    # the cluster checks have their own tests (tests/test_cluster_checks.py); skipped by name here
+    cluster = ",".join(CLUSTER_CHECKS)
+    findings = run_checks(config(data_dir), gpus=lambda: (8.0, "test", True), skip=CLUSTER_CHECKS)
     assert [f.level for f in findings] == ["ok"] * 5
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert {f.check for f in run_checks(config(data_dir), gpus=lambda: (8.0, "test", True))} >= set(CLUSTER_CHECKS)
     with pytest.raises(ValueError, match="unknown check"):
         run_checks(config(data_dir), skip=["gpu"])
     args = [
         f"--config-path={ROOT / 'configs'}", "--config-name=g2rpo_qwen3vl8b",
         f"data.train_files={data_dir / 'train.parquet'}", f"data.val_files={data_dir / 'val.parquet'}",
     ]
+    args += ["--skip", cluster]
     assert preflight.main([*args, "--gpus", "8"]) == 0
     assert preflight.main([*args, "--gpus", "4"]) == 1
     out = capsys.readouterr().out
     assert "[FAIL] gpus: --gpus has 4 GPUs but trainer.nnodes=1 × trainer.n_gpus_per_node=8 = 8" in out
     assert "g2rpo-preflight: 1 failed, 0 warning(s)" in out
-    assert preflight.main([*args, "--skip", "gpus"]) == 0
+    assert preflight.main([*args[:-1], f"{cluster},gpus"]) == 0
