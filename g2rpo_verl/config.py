@@ -18,9 +18,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from g2rpo_verl.algorithms.entropy_control import AdaptiveEntropyControl
-
 from g2rpo_verl.algorithms.ema_grpo import DECAY, EPS, FLOOR, GUARD
+from g2rpo_verl.algorithms.entropy_control import AdaptiveEntropyControl
 from g2rpo_verl.algorithms.length import TaskLengthRule, builtin_profile
 
 __all__ = [
@@ -117,7 +116,9 @@ class EntropyShapingConfig:
                 raise ValueError(f"g2rpo.entropy.per_task[{task!r}] has unknown keys {sorted(unknown)}; use low / high")
             lo, hi = self.band(task)
             if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-                raise ValueError(f"g2rpo.entropy band for task {task or '<default>'!r} needs finite low <= high, got [{lo}, {hi}]")
+                raise ValueError(
+                    f"g2rpo.entropy band for task {task or '<default>'!r} needs finite low <= high, got [{lo}, {hi}]"
+                )
 
 
 def _default_length_profiles() -> dict[str, dict[str, Any]]:
@@ -266,7 +267,9 @@ class LossAggConfig:
             if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
                 raise ValueError(f"g2rpo.loss_agg.weights.{task} must be a finite number > 0, got {weight!r}")
         if self.weights and not self.task_mean:
-            raise ValueError("g2rpo.loss_agg.weights is set but g2rpo.loss_agg.mode is not task_mean: set mode=task_mean")
+            raise ValueError(
+                "g2rpo.loss_agg.weights is set but g2rpo.loss_agg.mode is not task_mean: set mode=task_mean"
+            )
 
     def weight(self, task: str) -> float:
         return float(self.weights.get(str(task), 1.0))

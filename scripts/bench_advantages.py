@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support.reference_impl import gs_grpo_loop  # noqa: E402
+from verl.trainer.ppo import core_algos  # noqa: E402
 
 from g2rpo_verl.verl_hooks.advantages import build_task_batch, task_batch  # noqa: E402
 from g2rpo_verl.verl_hooks.samples import SampleInfo  # noqa: E402
-from verl.trainer.ppo import core_algos  # noqa: E402
+from support.reference_impl import gs_grpo_loop  # noqa: E402
 
 N_TASKS, N_ROLLOUTS, RESPONSE_LEN = 6, 8, 32
 
@@ -142,8 +142,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"tasks={N_TASKS} rollouts={N_ROLLOUTS} response_len={RESPONSE_LEN}")
+    print(
+        f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"tasks={N_TASKS} rollouts={N_ROLLOUTS} response_len={RESPONSE_LEN}"
+    )
     names = ["gs_grpo", "gs_gdpo", "grpo_vectorized", "grpo", "torch_loop", "python_loop"]
     ratios = {
         "gs_grpo/grpo_vectorized": ("gs_grpo", "grpo_vectorized"),

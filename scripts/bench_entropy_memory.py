@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     base = rows[0]
     logits_gib = args.tokens * args.vocab * dtype.itemsize / GIB
     print(f"{args.tokens} tokens × {args.vocab} vocab, {args.dtype} logits = {logits_gib:.2f} GiB, on {device}")
-    print(f"{'case':30s} {'peak above inputs':>18s} {'× logits':>9s} {'extra vs sampled':>17s} {'fwd+bwd':>9s} {'time ×':>7s}")
+    print(
+        f"{'case':30s} {'peak above inputs':>18s} {'× logits':>9s} {'extra vs sampled':>17s} {'fwd+bwd':>9s} {'time ×':>7s}"
+    )
     for row in rows:
         extra = row["factor"] - base["factor"]
         print(
@@ -120,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{1e3 * row['seconds']:7.0f} ms {row['seconds'] / base['seconds']:6.2f}"
         )
     diff = gradient_difference(min(args.tokens, 512), args.vocab, dtype, device)
-    print(f"max |grad(checkpointing) − grad| / max |grad| = {diff:.1e} (d loss / d logits, {min(args.tokens, 512)} tokens)")
+    print(
+        f"max |grad(checkpointing) − grad| / max |grad| = {diff:.1e} (d loss / d logits, {min(args.tokens, 512)} tokens)"
+    )
     return 0
 
 

@@ -44,7 +44,15 @@ def main() -> None:
     print(f"model {model}, {len(data)} files, greedy, max_new_tokens={max_new}, {args.threads} threads")
     timings = {}
     for batch in args.batch_sizes:
-        settings = EvalSettings(model=model, model_dir=model, data=data, decoding=Decoding(max_new_tokens=max_new), run=run, backend="hf", batch_size=batch)
+        settings = EvalSettings(
+            model=model,
+            model_dir=model,
+            data=data,
+            decoding=Decoding(max_new_tokens=max_new),
+            run=run,
+            backend="hf",
+            batch_size=batch,
+        )
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
             result = evaluate(settings, out, progress=False, log=lambda _: None)

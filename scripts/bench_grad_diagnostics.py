@@ -31,9 +31,19 @@ TIMINGS = ("timing_s/update_actor", "timing_s/step")
 
 def run_demo(workdir: Path, steps: int, overrides: list[str]) -> float:
     cmd = [
-        sys.executable, "-m", "g2rpo_verl.demo", "--workdir", str(workdir), "--warm-start-steps", "30", "--no-plots",
-        f"trainer.total_training_steps={steps}", "trainer.val_before_train=false", "trainer.test_freq=-1",
-        "trainer.save_freq=-1", *overrides,
+        sys.executable,
+        "-m",
+        "g2rpo_verl.demo",
+        "--workdir",
+        str(workdir),
+        "--warm-start-steps",
+        "30",
+        "--no-plots",
+        f"trainer.total_training_steps={steps}",
+        "trainer.val_before_train=false",
+        "trainer.test_freq=-1",
+        "trainer.save_freq=-1",
+        *overrides,
     ]
     env = {k: v for k, v in os.environ.items() if k != "VERL_FILE_LOGGER_PATH"}
     start = time.perf_counter()
@@ -59,9 +69,11 @@ def main() -> None:
         means = {k: math.fsum(metrics[s][k] for s in later) / len(later) for k in TIMINGS}
         tasks = sorted(k for k in metrics[max(metrics)] if k.endswith("/grad/norm"))
         results[name] = means
-        print(f"{name:>14}: wall {wall:6.1f} s for {len(metrics)} steps; steps {later}: "
-              + ", ".join(f"{k} {v:6.2f} s" for k, v in means.items())
-              + (f"; {len(tasks)} tasks diagnosed" if tasks else ""))
+        print(
+            f"{name:>14}: wall {wall:6.1f} s for {len(metrics)} steps; steps {later}: "
+            + ", ".join(f"{k} {v:6.2f} s" for k, v in means.items())
+            + (f"; {len(tasks)} tasks diagnosed" if tasks else "")
+        )
     off, on = results["off"], results[f"grad_every_{args.grad_every}"]
     print("ratio with / without: " + ", ".join(f"{k} {on[k] / off[k]:.2f}x" for k in TIMINGS))
 

@@ -105,11 +105,29 @@ TRUTHS = {
 #: what a collapsing policy writes inside its answer tags: runs of one character or bracket,
 #: bracket soup, power towers and huge factorials, long digit strings
 JUNK = [
-    "!" * 40, "!" * 400, "?" * 200, "." * 400,
-    "[[" * 50, "(" * 300, ")" * 300, "[" * 1000, "([{" * 100, "{}" * 200, "((((((((((1))))))))))",
-    "\\sqrt{" * 200, "\\frac{" * 100, "x^" * 300, "(1)^" * 200 + "1",
-    "9^{9^{9^9}}", "(10^{10})!", "10^{10^{10}}", "2^{2^{2^{2^{2^{2}}}}}", "1000000!",
-    "1" * 500, "9" * 1500, "1234567890" * 30,
+    "!" * 40,
+    "!" * 400,
+    "?" * 200,
+    "." * 400,
+    "[[" * 50,
+    "(" * 300,
+    ")" * 300,
+    "[" * 1000,
+    "([{" * 100,
+    "{}" * 200,
+    "((((((((((1))))))))))",
+    "\\sqrt{" * 200,
+    "\\frac{" * 100,
+    "x^" * 300,
+    "(1)^" * 200 + "1",
+    "9^{9^{9^9}}",
+    "(10^{10})!",
+    "10^{10^{10}}",
+    "2^{2^{2^{2^{2^{2}}}}}",
+    "1000000!",
+    "1" * 500,
+    "9" * 1500,
+    "1234567890" * 30,
 ]
 
 
@@ -130,7 +148,9 @@ def junk_batch(problem_type: str, repeat: int, template: str = "<think>r</think>
     for _ in range(repeat):
         for junk in JUNK:
             t0 = time.perf_counter()
-            compute_score("bench", template.format(junk), TRUTHS[problem_type], {"problem_type": problem_type}, **kwargs)
+            compute_score(
+                "bench", template.format(junk), TRUTHS[problem_type], {"problem_type": problem_type}, **kwargs
+            )
             times.append(time.perf_counter() - t0)
     times.sort()
     return {
@@ -174,7 +194,10 @@ def measure(args) -> dict:
 
     if args.junk and hasattr(rewards, "PRESETS"):  # revisions with presets: the reference preset too
         out["junk_reference"] = {
-            "tagged": {t: junk_batch(t, args.junk_repeat, "<thinking>r</thinking><answer>{}</answer>", preset="reference") for t in TYPES},
+            "tagged": {
+                t: junk_batch(t, args.junk_repeat, "<thinking>r</thinking><answer>{}</answer>", preset="reference")
+                for t in TYPES
+            },
             # no answer block: the reference scores the whole response
             "untagged": {t: junk_batch(t, args.junk_repeat, "{}", preset="reference") for t in TYPES},
         }
@@ -186,11 +209,24 @@ def measure_revision(ref: str, args) -> dict:
     """:func:`measure` on the ``g2rpo_verl`` package of git revision ``ref`` (a subprocess)."""
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="bench_rewards_") as tmp:
-        archive = subprocess.run(["git", "-C", str(root), "archive", ref, "g2rpo_verl"], check=True, capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", ref, "g2rpo_verl"], check=True, capture_output=True
+        ).stdout
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(tmp, filter="data")
-        argv = [sys.executable, str(Path(__file__).resolve()), "--json", "--samples", str(args.samples),
-                "--threads", str(args.threads), "--think-chars", str(args.think_chars), "--junk-repeat", str(args.junk_repeat)]
+        argv = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--json",
+            "--samples",
+            str(args.samples),
+            "--threads",
+            str(args.threads),
+            "--think-chars",
+            str(args.think_chars),
+            "--junk-repeat",
+            str(args.junk_repeat),
+        ]
         if args.junk:
             argv.append("--junk")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([tmp, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
@@ -210,9 +246,11 @@ def report(results: dict[str, dict]) -> None:
     first = results[names[0]]
     print(f"cpu_count={os.cpu_count()}  math workers={first['workers']}")
     for name, r in results.items():
-        print(f"[{name}] {r['package']}: math first call (starts a worker) {r['cold_ms']:.0f} ms; 9^(9^9) with "
-              f"math_timeout_s=1 -> {r['timeout_s']:.2f} s, reward_failure={r['timeout_failure']:.0f}; next call "
-              f"(replacement worker) {r['respawn_ms']:.0f} ms; pool {r['pool']}")
+        print(
+            f"[{name}] {r['package']}: math first call (starts a worker) {r['cold_ms']:.0f} ms; 9^(9^9) with "
+            f"math_timeout_s=1 -> {r['timeout_s']:.2f} s, reward_failure={r['timeout_failure']:.0f}; next call "
+            f"(replacement worker) {r['respawn_ms']:.0f} ms; pool {r['pool']}"
+        )
     if first["valid"]:
         print("\nvalid answers (half right, half wrong): samples/s sequential | threads, mean accuracy")
         print(f"{'problem type':18s}" + "".join(f"{n:>34s}" for n in names))
@@ -233,7 +271,9 @@ def report(results: dict[str, dict]) -> None:
             print(f"{t:18s}" + "".join(f"{c:>40s}" for c in cells))
         last = results[names[-1]]
         if "junk_reference" in last:
-            print(f"\n[{names[-1]}] preset=reference: junk in <thinking>/<answer> tags | the whole response junk (no tags)")
+            print(
+                f"\n[{names[-1]}] preset=reference: junk in <thinking>/<answer> tags | the whole response junk (no tags)"
+            )
             for t in TYPES:
                 cells = []
                 for kind in ("tagged", "untagged"):
@@ -242,8 +282,10 @@ def report(results: dict[str, dict]) -> None:
                 print(f"{t:18s}" + "".join(f"{c:>40s}" for c in cells))
         if len(names) == 2:
             a, b = (results[n]["junk"] for n in names)
-            print("\nspeed-up on junk (samples/s after / before): "
-                  + ", ".join(f"{t} {b[t]['per_s'] / a[t]['per_s']:.0f}x" for t in a))
+            print(
+                "\nspeed-up on junk (samples/s after / before): "
+                + ", ".join(f"{t} {b[t]['per_s'] / a[t]['per_s']:.0f}x" for t in a)
+            )
 
 
 def main() -> None:

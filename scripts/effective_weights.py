@@ -20,15 +20,19 @@ LENGTHS = {"start": (950.0, 600.0, 125.0, 105.0), "after ~100 steps": (1400.0, 1
 
 def main() -> None:
     counts = torch.ones(len(TASKS))
-    print("| lengths | task | tokens | token-mean: task weight | task_mean: task weight | "
-          "token-mean: sample vs grounding |")
+    print(
+        "| lengths | task | tokens | token-mean: task weight | task_mean: task weight | "
+        "token-mean: sample vs grounding |"
+    )
     print("|---|---|---|---|---|---|")
     for when, lengths in LENGTHS.items():
         w = effective_task_weights(torch.tensor(lengths), counts)
         ground = w["token_mean_sample"][TASKS.index("grounding")]
         for t, name in enumerate(TASKS):
-            print(f"| {when} | {name} | {lengths[t]:.0f} | {w['token_mean_task'][t]:.3f} | "
-                  f"{w['task_mean_task'][t]:.3f} | {w['token_mean_sample'][t] / ground:.1f}x |")
+            print(
+                f"| {when} | {name} | {lengths[t]:.0f} | {w['token_mean_task'][t]:.3f} | "
+                f"{w['task_mean_task'][t]:.3f} | {w['token_mean_sample'][t] / ground:.1f}x |"
+            )
 
 
 if __name__ == "__main__":

@@ -43,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from entropy_memory import (  # noqa: E402
+    CASES,
     PRODUCTION_TOKENS,
     QWEN3_VL_VOCAB,
-    CASES,
     entropy_from_logits,
     loss_and_grad,
     make_inputs,
@@ -125,8 +125,11 @@ def check_entropy_loss(device: torch.device, tokens: int, vocab: int, table: Tab
             extra = peaks[case] - peaks["sampled"]
             bound = ENTROPY_PEAK_FACTOR[case.endswith("compiled")] - FLASH_CE_PART + FACTOR_SLACK
             table.add(
-                "entropy_memory", f"{case}: extra peak / logits ({tokens}×{vocab})",
-                f"{extra:.2f}× ({extra * logits_bytes / GIB:.1f} GiB)", f"≤ {bound:.2f}×", extra <= bound,
+                "entropy_memory",
+                f"{case}: extra peak / logits ({tokens}×{vocab})",
+                f"{extra:.2f}× ({extra * logits_bytes / GIB:.1f} GiB)",
+                f"≤ {bound:.2f}×",
+                extra <= bound,
             )
     else:
         table.add("entropy_memory", f"peak memory ({tokens}×{vocab})", "not measured on cpu", "", None)
@@ -136,7 +139,13 @@ def check_entropy_loss(device: torch.device, tokens: int, vocab: int, table: Tab
     bf16 = dict(inputs, logits=inputs["logits"].to(torch.bfloat16))
     _, g16 = loss_and_grad(bf16, checkpointing=False)
     cosine = F.cosine_similarity(g16.float().flatten(), g32, dim=0).item()
-    table.add("entropy_loss", f"cos(grad bf16, grad fp32) ({tokens}×{vocab})", f"{cosine:.5f}", f"≥ {MIN_BF16_COSINE}", cosine >= MIN_BF16_COSINE)
+    table.add(
+        "entropy_loss",
+        f"cos(grad bf16, grad fp32) ({tokens}×{vocab})",
+        f"{cosine:.5f}",
+        f"≥ {MIN_BF16_COSINE}",
+        cosine >= MIN_BF16_COSINE,
+    )
     del inputs, bf16, g32, g16
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -188,13 +197,25 @@ class QwenVLShaped(nn.Module):
     3 channels) embedded to the vision width and merged 2×2 into the text width, written over the
     image-token positions."""
 
-    def __init__(self, vocab: int, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int,
-                 layers: int, vision_hidden: int, patch: int = 16):
+    def __init__(
+        self,
+        vocab: int,
+        hidden: int,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        intermediate: int,
+        layers: int,
+        vision_hidden: int,
+        patch: int = 16,
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab, hidden)
         self.patch_embed = nn.Linear(3 * 2 * patch * patch, vision_hidden, bias=False)
         self.merger = nn.Sequential(nn.Linear(4 * vision_hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        self.layers = nn.ModuleList(DecoderLayer(hidden, heads, kv_heads, head_dim, intermediate) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(hidden, heads, kv_heads, head_dim, intermediate) for _ in range(layers)
+        )
         self.norm = RMSNorm(hidden)
         self.lm_head = nn.Linear(hidden, vocab, bias=False)
 
@@ -218,11 +239,21 @@ def check_fsdp_rank(device: torch.device, table: Table, small: bool) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if small:
-        dims = dict(vocab=512, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=128, layers=2, vision_hidden=32)
+        dims = dict(
+            vocab=512, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=128, layers=2, vision_hidden=32
+        )
         rows, seq = 2, 64
     else:
-        dims = dict(vocab=QWEN3_VL_VOCAB, hidden=4096, heads=32, kv_heads=8, head_dim=128, intermediate=12288,
-                    layers=2, vision_hidden=1152)
+        dims = dict(
+            vocab=QWEN3_VL_VOCAB,
+            hidden=4096,
+            heads=32,
+            kv_heads=8,
+            head_dim=128,
+            intermediate=12288,
+            layers=2,
+            vision_hidden=1152,
+        )
         rows, seq = 2, 2048
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
@@ -262,13 +293,24 @@ def check_fsdp_rank(device: torch.device, table: Table, small: bool) -> None:
         seconds = time.perf_counter() - start
         grads = [(n, p.grad) for n, p in model.named_parameters()]
         missing = [n for n, gr in grads if gr is None]
-        finite = all(torch.isfinite(gr.full_tensor() if hasattr(gr, "full_tensor") else gr).all() for _, gr in grads if gr is not None)
+        finite = all(
+            torch.isfinite(gr.full_tensor() if hasattr(gr, "full_tensor") else gr).all()
+            for _, gr in grads
+            if gr is not None
+        )
         params = sum(p.numel() for p in model.parameters())
         peak = f", peak {torch.cuda.max_memory_allocated(device) / GIB:.1f} GiB" if device.type == "cuda" else ""
         case = f"{backend} FSDP2, {params / 1e6:,.1f}M params, {rows}×{seq} tokens"
-        table.add("fsdp_rank", case, f"loss {loss.item():.3f}, {seconds:.1f} s{peak}", "finite", bool(torch.isfinite(loss)))
-        table.add("fsdp_rank", "parameters with a finite gradient", f"{len(grads) - len(missing)} of {len(grads)}",
-                  "all", not missing and finite)
+        table.add(
+            "fsdp_rank", case, f"loss {loss.item():.3f}, {seconds:.1f} s{peak}", "finite", bool(torch.isfinite(loss))
+        )
+        table.add(
+            "fsdp_rank",
+            "parameters with a finite gradient",
+            f"{len(grads) - len(missing)} of {len(grads)}",
+            "all",
+            not missing and finite,
+        )
     finally:
         dist.destroy_process_group()
         if device.type == "cuda":
@@ -295,7 +337,9 @@ def check_estimators(device: torch.device, sizes: list[int], repeat: int, table:
     runs = {
         "gaussianize": lambda d: gaussianize(d["scores"], d["groups"]),
         "gs_grpo": lambda d: gs_grpo_advantages(d["scores"], d["groups"], d["tasks"]),
-        "gs_gdpo": lambda d: gs_gdpo_advantages(d["components"], d["groups"], d["tasks"], [0.9, 0.1, 1.0], d["present"]),
+        "gs_gdpo": lambda d: gs_gdpo_advantages(
+            d["components"], d["groups"], d["tasks"], [0.9, 0.1, 1.0], d["present"]
+        ),
     }
     for n in sizes:
         b = estimator_batch(n)
@@ -317,19 +361,26 @@ def check_estimators(device: torch.device, sizes: list[int], repeat: int, table:
             t_cpu = _median_time(lambda: fn(b), torch.device("cpu"), repeat)
             t_dev = _median_time(lambda: fn(on), device, repeat)
             table.add(
-                "estimators", f"{name} n={n} ({device.type} {1e3 * t_dev:.1f} ms, cpu {1e3 * t_cpu:.1f} ms)",
-                f"max|Δ| {diff:.1e}, ties {'equal' if tie_ok else 'DIFFER'}", "≤ 1e-12, equal", diff <= 1e-12 and tie_ok,
+                "estimators",
+                f"{name} n={n} ({device.type} {1e3 * t_dev:.1f} ms, cpu {1e3 * t_cpu:.1f} ms)",
+                f"max|Δ| {diff:.1e}, ties {'equal' if tie_ok else 'DIFFER'}",
+                "≤ 1e-12, equal",
+                diff <= 1e-12 and tie_ok,
             )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
-    parser.add_argument("--tokens", type=int, help=f"entropy-loss micro-batch tokens (default {PRODUCTION_TOKENS}; cpu 256)")
+    parser.add_argument(
+        "--tokens", type=int, help=f"entropy-loss micro-batch tokens (default {PRODUCTION_TOKENS}; cpu 256)"
+    )
     parser.add_argument("--vocab", type=int, help=f"vocabulary (default {QWEN3_VL_VOCAB}; cpu 4096)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 65536])
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled-entropy case (cpu: skipped unless --compile)")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip the compiled-entropy case (cpu: skipped unless --compile)"
+    )
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="write the table as JSON here")
     args = parser.parse_args(argv)
@@ -366,8 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     table.print()
     failures = table.failures()
     if args.json:
-        args.json.write_text(json.dumps({"device": str(device), "rows": table.rows, "failures": failures,
-                                         "seconds": elapsed}, indent=1))
+        args.json.write_text(
+            json.dumps({"device": str(device), "rows": table.rows, "failures": failures, "seconds": elapsed}, indent=1)
+        )
     for failure in failures:
         print(f"FAIL {failure}", file=sys.stderr)
     print(f"gpu_check: {'FAILED' if failures else 'all checks passed'} in {elapsed:.0f} s", flush=True)

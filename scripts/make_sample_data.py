@@ -70,13 +70,13 @@ def records() -> tuple[list[dict], list[dict]]:
         },
         {
             "problem_id": "ground-0001",
-            "problem": "<image> Locate the square. Answer with JSON {\"boxes\": [x1, y1, x2, y2]} on a 0-1000 scale.",
+            "problem": '<image> Locate the square. Answer with JSON {"boxes": [x1, y1, x2, y2]} on a 0-1000 scale.',
             "data_type": "image",
             "problem_type": "spatial grounding",
             "task_type": "spatial_grounding",
             "options": [],
             "data_source": "sample_grounding",
-            "answer": "<answer>{\"boxes\": [250, 250, 583, 750]}</answer>",
+            "answer": '<answer>{"boxes": [250, 250, 583, 750]}</answer>',
             "images": ["images/box.png"],
         },
         {

@@ -35,7 +35,9 @@ def agrees(case, out) -> bool:
 
 
 def score(case, **kwargs):
-    return compute_score("agreement", case.response, case.truth, {"problem_type": case.problem_type, **case.extra}, **kwargs)
+    return compute_score(
+        "agreement", case.response, case.truth, {"problem_type": case.problem_type, **case.extra}, **kwargs
+    )
 
 
 def main() -> None:

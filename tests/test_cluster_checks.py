@@ -22,11 +22,25 @@ QWEN3_VL_8B = {
     "architectures": ["Qwen3VLForConditionalGeneration"],
     "model_type": "qwen3_vl",
     "text_config": {
-        "model_type": "qwen3_vl_text", "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
-        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
-        "max_position_embeddings": 262144, "tie_word_embeddings": False, "dtype": "bfloat16",
+        "model_type": "qwen3_vl_text",
+        "hidden_size": 4096,
+        "intermediate_size": 12288,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 151936,
+        "max_position_embeddings": 262144,
+        "tie_word_embeddings": False,
+        "dtype": "bfloat16",
     },
-    "vision_config": {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "patch_size": 16, "out_hidden_size": 4096},
+    "vision_config": {
+        "depth": 27,
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "patch_size": 16,
+        "out_hidden_size": 4096,
+    },
     "tie_word_embeddings": False,
 }
 SHAPE = cc.ModelShape(QWEN3_VL_8B)
@@ -77,20 +91,35 @@ def test_three_nodes_pass_with_batch_sizes_a_multiple_of_three():
     bad = cc.check_world_size(config("trainer.nnodes=3"))
     assert "a multiple of 3" in messages(bad)
     assert "ppo_mini_batch_size=96 with data.train_batch_size=384 (4 mini-batches per step)" in messages(bad)
-    good = cc.check_world_size(config("trainer.nnodes=3", "data.train_batch_size=384", "actor_rollout_ref.actor.ppo_mini_batch_size=96"))
+    good = cc.check_world_size(
+        config("trainer.nnodes=3", "data.train_batch_size=384", "actor_rollout_ref.actor.ppo_mini_batch_size=96")
+    )
     assert levels(good) == ["ok"]
 
 
 def test_micro_batches_without_dynamic_batch_size_and_rollout_parallelism():
-    fixed = ["actor_rollout_ref.actor.use_dynamic_bsz=false", "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=false",
-             "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=false"]
-    bad = cc.check_world_size(config(*fixed, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=48",
-                                      "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=48"))
+    fixed = [
+        "actor_rollout_ref.actor.use_dynamic_bsz=false",
+        "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=false",
+        "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=false",
+    ]
+    bad = cc.check_world_size(
+        config(
+            *fixed,
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=48",
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=48",
+        )
+    )
     text = messages(bad)
     assert "ppo_micro_batch_size_per_gpu=48 does not divide the 128 rows" in text
     assert "rollout.log_prob_micro_batch_size_per_gpu=48 does not divide the 512 rows" in text
-    good = cc.check_world_size(config(*fixed, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16",
-                                       "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=32"))
+    good = cc.check_world_size(
+        config(
+            *fixed,
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16",
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=32",
+        )
+    )
     assert levels(good) == ["ok"]
     tp3 = cc.check_world_size(config("actor_rollout_ref.rollout.tensor_model_parallel_size=3"))
     assert "tensor_model_parallel_size=3" in messages(tp3)
@@ -109,7 +138,9 @@ def no_wandb(monkeypatch, tmp_path):
 def test_wandb_without_credentials_fails_naming_the_three_routes(no_wandb):
     (finding,) = cc.check_wandb(config())
     assert finding.level == "fail"
-    assert all(s in finding.message for s in ("WANDB_API_KEY", "wandb login", "WANDB_MODE=offline", "trainer.logger=[console]"))
+    assert all(
+        s in finding.message for s in ("WANDB_API_KEY", "wandb login", "WANDB_MODE=offline", "trainer.logger=[console]")
+    )
 
 
 def test_wandb_passes_with_a_key_a_login_or_offline(no_wandb, monkeypatch):
@@ -129,8 +160,12 @@ def test_wandb_passes_with_a_key_a_login_or_offline(no_wandb, monkeypatch):
 # --- shared directories --------------------------------------------------------------------
 def test_relative_checkpoint_dir_with_several_nodes_fails():
     (finding,) = cc.check_shared_dirs(config("trainer.nnodes=2"))
-    assert finding.level == "fail" and "trainer.default_local_dir='checkpoints/g2rpo/g2rpo_qwen3vl8b'" in finding.message
-    bad = cc.check_shared_dirs(config("trainer.nnodes=2", "trainer.default_local_dir=/shared/ck", "trainer.rollout_data_dir=dumps"))
+    assert (
+        finding.level == "fail" and "trainer.default_local_dir='checkpoints/g2rpo/g2rpo_qwen3vl8b'" in finding.message
+    )
+    bad = cc.check_shared_dirs(
+        config("trainer.nnodes=2", "trainer.default_local_dir=/shared/ck", "trainer.rollout_data_dir=dumps")
+    )
     assert levels(bad) == ["fail"] and "trainer.rollout_data_dir='dumps'" in bad[0].message
     assert levels(cc.check_shared_dirs(config("trainer.nnodes=2", "trainer.default_local_dir=/shared/ck"))) == ["ok"]
     assert levels(cc.check_shared_dirs(config("trainer.nnodes=1"))) == ["ok"]
@@ -217,7 +252,9 @@ def test_flash_attention_without_flash_attn_fails_naming_both_routes():
     assert levels(cc.check_attention(config(), flash_attn_error=lambda: None)) == ["ok"]
     sdpa = [f"+{cc.ATTN_KEY}=sdpa"]
     assert levels(cc.check_attention(config(*sdpa), flash_attn_error=missing)) == ["warn"]  # still packed
-    fixed = cc.check_attention(config(*sdpa, "actor_rollout_ref.model.use_remove_padding=false"), flash_attn_error=missing)
+    fixed = cc.check_attention(
+        config(*sdpa, "actor_rollout_ref.model.use_remove_padding=false"), flash_attn_error=missing
+    )
     assert levels(fixed) == ["ok"]
 
 
@@ -242,6 +279,8 @@ def test_run_checks_includes_the_cluster_checks_and_skips_them_by_name(no_wandb,
     findings = run_checks(config("trainer.nnodes=3"), skip=skip, gpu_memory_gib=H100)
     by_check = {f.check: f.level for f in findings if f.level == "fail"}
     assert set(by_check) - {"attention"} == {"world_size", "wandb", "shared_dirs"}  # no flash-attn on CPU machines
-    findings = run_checks(config("trainer.nnodes=3"), skip=[*skip, "world_size", "wandb", "shared_dirs", "attention"], gpu_memory_gib=H100)
+    findings = run_checks(
+        config("trainer.nnodes=3"), skip=[*skip, "world_size", "wandb", "shared_dirs", "attention"], gpu_memory_gib=H100
+    )
     assert {f.check for f in findings} == {"kv_cache", "model_files", "entropy_memory"}
     assert all(f.level == "ok" for f in findings)

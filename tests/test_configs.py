@@ -19,9 +19,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from g2rpo_verl.config import load_g2rpo_config
+from g2rpo_verl.config import FilterBand, load_filter_band, load_g2rpo_config
 from g2rpo_verl.rewards.settings import settings_from_kwargs
-from g2rpo_verl.config import FilterBand, load_filter_band
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PRIMARY = {"g2rpo_qwen3vl8b": "gs_grpo", "gsgdpo_qwen3vl8b": "gs_gdpo", "grpo_qwen3vl8b": "grpo"}
@@ -82,9 +81,7 @@ def _has_key(cfg, dotted: str) -> bool:
 def test_every_key_set_exists_in_verl_or_is_an_extension_point(name, verl_defaults):
     raw = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
     unknown = [
-        key
-        for key in _leaf_keys(raw)
-        if not key.startswith(EXTENSION_POINTS) and not _has_key(verl_defaults, key)
+        key for key in _leaf_keys(raw) if not key.startswith(EXTENSION_POINTS) and not _has_key(verl_defaults, key)
     ]
     assert not unknown, f"{name}.yaml sets keys verl's ppo_trainer does not have (typo?): {unknown}"
 
@@ -190,9 +187,18 @@ def test_verl_main_composes_the_config_from_the_command_line():
     """The documented command line: ``--config-path=<abs>/configs --config-name=...`` (``--cfg job``
     prints the composed config instead of running)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={CONFIG_DIR}",
-         "--config-name=g2rpo_qwen3vl8b", "--cfg", "job"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "verl.trainer.main_ppo",
+            f"--config-path={CONFIG_DIR}",
+            "--config-name=g2rpo_qwen3vl8b",
+            "--cfg",
+            "job",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = yaml.safe_load(proc.stdout)
@@ -203,9 +209,9 @@ def test_rollout_context_pixel_bounds_and_modalities(composed):
     """rollout.max_model_len = prompt + response (unset, verl takes 262,144 from the model);
     data.mm_processor_kwargs are the paper's pixel bounds and the HF image processor honours them
     at call time, as verl calls it; vLLM gets images only (video: 0)."""
+    from PIL import Image
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from verl.utils.config import omega_conf_to_dataclass
-    from PIL import Image
 
     _, cfg = composed
     rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)

@@ -131,7 +131,10 @@ def test_the_algorithm_layer_is_pure_torch():
     bad = []
     for path in (ROOT / "algorithms").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            )
             bad += [(path.name, n) for n in names if n == "verl" or n.startswith("verl.")]
     assert not bad, bad

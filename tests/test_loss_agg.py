@@ -39,7 +39,7 @@ def _actor_config(*extra):
     return copy.deepcopy(_composed(tuple(extra)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _composed(extra):
     import verl
     from hydra import compose, initialize_config_dir
@@ -84,8 +84,12 @@ def _jagged(xs):
 def _params(rows, seed=1):
     """One leaf per row over prompt+response positions: the 'model' the gradient is taken in."""
     g = torch.Generator().manual_seed(seed)
-    return [(-1.2 + 0.3 * torch.randn(len(r["prompt"]) + len(r["response"]), generator=g, dtype=torch.float64))
-            .requires_grad_() for r in rows]
+    return [
+        (
+            -1.2 + 0.3 * torch.randn(len(r["prompt"]) + len(r["response"]), generator=g, dtype=torch.float64)
+        ).requires_grad_()
+        for r in rows
+    ]
 
 
 def _output(theta, idx):
@@ -176,8 +180,13 @@ def test_checks_name_each_layout_task_mean_cannot_make_exact():
     from g2rpo_verl.verl_hooks.checks import config_problems
 
     def problems(**actor):
-        cfg = OmegaConf.create({"algorithm": {"adv_estimator": "grpo"}, "actor_rollout_ref": {"actor": actor},
-                                "g2rpo": {"loss_agg": {"mode": "task_mean"}}})
+        cfg = OmegaConf.create(
+            {
+                "algorithm": {"adv_estimator": "grpo"},
+                "actor_rollout_ref": {"actor": actor},
+                "g2rpo": {"loss_agg": {"mode": "task_mean"}},
+            }
+        )
         return config_problems(cfg, trainer="v1", known_estimators=["grpo"])[0]
 
     assert problems(loss_agg_mode="token-mean") == [] and problems(loss_agg_mode="seq-mean-token-mean") == []
@@ -219,8 +228,11 @@ def _reference(rows, theta, members, omega, agg):
     total = 0.0
     for t in tasks:
         idx = [i for i in members if rows[i]["task"] == t]
-        loss, _ = ppo_loss(_actor_config(f"actor_rollout_ref.actor.loss_agg_mode={agg}"),
-                           model_output=_output(theta, idx), data=_micro(rows, idx, 1, None, None))
+        loss, _ = ppo_loss(
+            _actor_config(f"actor_rollout_ref.actor.loss_agg_mode={agg}"),
+            model_output=_output(theta, idx),
+            data=_micro(rows, idx, 1, None, None),
+        )
         total = total + omega[t] / sum(omega[u] for u in tasks) * loss
     return _grad(total, theta)
 
@@ -250,8 +262,14 @@ def test_task_mean_gradient_equals_one_process_holding_each_mini_batch(dp, mini,
         **plan_fields(plan),
         **task_plan_fields(plan, row_tokens, task_ids, omega),
     }
-    losses = [G2RPOActorLoss(partial(ppo_loss, config=_actor_config(f"actor_rollout_ref.actor.loss_agg_mode={agg}")),
-                             None, task_mean=True) for _ in range(dp)]
+    losses = [
+        G2RPOActorLoss(
+            partial(ppo_loss, config=_actor_config(f"actor_rollout_ref.actor.loss_agg_mode={agg}")),
+            None,
+            task_mean=True,
+        )
+        for _ in range(dp)
+    ]
     per_rank = len(rows) // dp
     worst = differs = 0.0
     iters = []
@@ -267,8 +285,11 @@ def test_task_mean_gradient_equals_one_process_holding_each_mini_batch(dp, mini,
         grad = torch.zeros(sum(t.numel() for t in theta), dtype=torch.float64)
         for rank, m in enumerate(minis):
             mine = m["row"].tolist()
-            chunks = [mine[i : i + 2] for i in range(0, len(mine), 2)] if split == "fixed" else \
-                [c for c in (mine[::-1][:1], mine[::-1][1:4], mine[::-1][4:]) if c]
+            chunks = (
+                [mine[i : i + 2] for i in range(0, len(mine), 2)]
+                if split == "fixed"
+                else [c for c in (mine[::-1][:1], mine[::-1][1:4], mine[::-1][4:]) if c]
+            )
             for idx in chunks:
                 data = _micro(rows, idx, dp, n_tok, mini, fields)
                 loss, metrics = losses[rank](model_output=_output(theta, idx), data=data)
@@ -277,13 +298,18 @@ def test_task_mean_gradient_equals_one_process_holding_each_mini_batch(dp, mini,
         ref = _reference(rows, theta, members, omega, agg)
         assert ref.abs().max() > 0
         # not vacuous: verl's own aggregation of the same rows is another gradient
-        verl_loss, _ = ppo_loss(_actor_config(f"actor_rollout_ref.actor.loss_agg_mode={agg}"),
-                                model_output=_output(theta, members), data=_micro(rows, members, 1, None, None))
+        verl_loss, _ = ppo_loss(
+            _actor_config(f"actor_rollout_ref.actor.loss_agg_mode={agg}"),
+            model_output=_output(theta, members),
+            data=_micro(rows, members, 1, None, None),
+        )
         differs = max(differs, ((_grad(verl_loss, theta) - ref).abs().max() / ref.abs().max()).item())
         worst = max(worst, ((grad - ref).abs().max() / ref.abs().max()).item())
         assert {"actor/pg_loss", "kl_loss", "actor/pg_clipfrac"} <= set(metrics)
-    print(f"\ntask_mean dp={dp} mini={mini} epochs={epochs} shuffle={shuffle} {split} {agg}: "
-          f"max rel |Δ grad| vs one process {worst:.2e}")
+    print(
+        f"\ntask_mean dp={dp} mini={mini} epochs={epochs} shuffle={shuffle} {split} {agg}: "
+        f"max rel |Δ grad| vs one process {worst:.2e}"
+    )
     assert worst < 1e-10 and differs > 1e-3
 
 
@@ -294,8 +320,13 @@ def test_task_mean_with_entropy_shaping_adds_the_shaping_term_unchanged():
     row_tokens = torch.tensor([len(r["response"]) for r in rows])
     plan = minibatch_plan(row_tokens, 1, 12, 1, seed=None, shuffle=False)
     weights = torch.linspace(-0.1, 0.1, len(rows), dtype=torch.float32)[:, None]
-    fields = {ROW_FIELD: torch.arange(12), STEP_FIELD: torch.full((12,), 5), **plan_fields(plan),
-              **task_plan_fields(plan, row_tokens, torch.tensor(TASKS), torch.ones(3)), WEIGHT_FIELD: weights}
+    fields = {
+        ROW_FIELD: torch.arange(12),
+        STEP_FIELD: torch.full((12,), 5),
+        **plan_fields(plan),
+        **task_plan_fields(plan, row_tokens, torch.tensor(TASKS), torch.ones(3)),
+        WEIGHT_FIELD: weights,
+    }
     theta = _params(rows)
     idx = list(range(12))
     config = _actor_config()
@@ -329,9 +360,13 @@ def test_gradient_diagnostics_split_the_task_mean_loss_into_parts_that_sum_to_it
     rows = _rows()
     row_tokens = torch.tensor([len(r["response"]) for r in rows])
     plan = minibatch_plan(row_tokens, 1, 12, 1, seed=None, shuffle=False)
-    fields = {ROW_FIELD: torch.arange(12), STEP_FIELD: torch.full((12,), 9), **plan_fields(plan),
-              **task_plan_fields(plan, row_tokens, torch.tensor(TASKS), torch.ones(3)),
-              TASK_FIELD: torch.tensor(TASKS)}
+    fields = {
+        ROW_FIELD: torch.arange(12),
+        STEP_FIELD: torch.full((12,), 9),
+        **plan_fields(plan),
+        **task_plan_fields(plan, row_tokens, torch.tensor(TASKS), torch.ones(3)),
+        TASK_FIELD: torch.tensor(TASKS),
+    }
     theta = _params(rows)
     n_tok = int(row_tokens.sum())
     loss_fn = G2RPOActorLoss(partial(ppo_loss, config=_actor_config()), None, task_mean=True)
@@ -378,8 +413,9 @@ def test_trainer_with_task_mean_only_writes_the_plan_and_counts_and_installs_the
 
     monkeypatch.setattr(tq, "kv_batch_get", kv_get)
     monkeypatch.setattr(tq, "kv_batch_put", lambda keys, partition_id, fields: put.update(fields.to_dict()))
-    trainer = _Trainer(config, EntropyShapingConfig(enable=False), tasks,
-                       loss_agg=LossAggConfig(mode="task_mean", weights={"b": 3.0}))
+    trainer = _Trainer(
+        config, EntropyShapingConfig(enable=False), tasks, loss_agg=LossAggConfig(mode="task_mean", weights={"b": 3.0})
+    )
     trainer.on_init_end()
     assert isinstance(trainer.loss_fn, G2RPOActorLoss) and trainer.loss_fn.task_mean
     assert trainer.loss_fn.estimator is None and pickle.loads(pickle.dumps(trainer.loss_fn)).task_mean
@@ -391,7 +427,9 @@ def test_trainer_with_task_mean_only_writes_the_plan_and_counts_and_installs_the
     # mini-batch 0 = rows 0-3 (a: 3 tokens in 2 rows, b: 5 in 2), mini-batch 1 = rows 4-7 (a: 4 in 2, b: 4 in 1 row)
     assert put["g2rpo_plan_task_tokens"][:, 0].tolist() == [3, 5, 3, 5, 4, 4, 4, 4]
     assert put["g2rpo_plan_task_seqs"][:, 0].tolist() == [2, 2, 2, 2, 1, 1, 2, 2]
-    torch.testing.assert_close(put["g2rpo_plan_task_weight"][:, 0],
-                               torch.tensor([0.25, 0.75, 0.25, 0.75, 0.75, 0.75, 0.25, 0.25], dtype=torch.float64))
+    torch.testing.assert_close(
+        put["g2rpo_plan_task_weight"][:, 0],
+        torch.tensor([0.25, 0.75, 0.25, 0.75, 0.75, 0.75, 0.25, 0.25], dtype=torch.float64),
+    )
     assert metrics["task_a/loss_agg/weight"] == pytest.approx(0.25)
     assert metrics["task_a/loss_agg/token_share"] == pytest.approx((3 / 8 + 4 / 8) / 2)

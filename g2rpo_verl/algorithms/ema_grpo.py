@@ -170,9 +170,13 @@ def ema_grpo_advantages(
     mean = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, g, x) / count
     centred = x - mean[g]
     group_std = (torch.zeros(n_groups, dtype=torch.float64).index_add_(0, g, centred * centred) / count).sqrt()
-    sigma = torch.tensor([updated[name].std(floor) if name in updated else floor for name in task_names], dtype=torch.float64)
+    sigma = torch.tensor(
+        [updated[name].std(floor) if name in updated else floor for name in task_names], dtype=torch.float64
+    )
     task_scaled = centred / (sigma[task_ids] + eps)
-    worst = torch.zeros(n_groups, dtype=torch.float64).scatter_reduce_(0, g, task_scaled.abs(), "amax", include_self=True)
+    worst = torch.zeros(n_groups, dtype=torch.float64).scatter_reduce_(
+        0, g, task_scaled.abs(), "amax", include_self=True
+    )
     fallback = worst > guard
     adv = torch.where(fallback[g], centred / (group_std[g] + eps), task_scaled)
     # the task of each group (a group lies inside one task), for the per-task fallback count

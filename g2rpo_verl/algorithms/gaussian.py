@@ -57,9 +57,7 @@ def gaussianize_float64(values: torch.Tensor, group_ids: torch.Tensor | None = N
     if group_ids is None:
         group_ids = torch.zeros(n_total, dtype=torch.long, device=device)
     if group_ids.shape != values.shape:
-        raise ValueError(
-            f"gaussianize: group_ids shape {tuple(group_ids.shape)} != values shape {tuple(values.shape)}"
-        )
+        raise ValueError(f"gaussianize: group_ids shape {tuple(group_ids.shape)} != values shape {tuple(values.shape)}")
     if n_total == 0:
         return torch.zeros(0, dtype=torch.float64, device=device)
     v = values.to(torch.float64)

@@ -70,7 +70,11 @@ def task_row_counts(
         raise ValueError(f"task ids outside [0, {num_tasks})")
     if not bool((omega > 0).all()):
         raise ValueError("task weights must be > 0")
-    tokens, seqs, weight = (torch.zeros_like(groups), torch.zeros_like(groups), torch.zeros(groups.shape, dtype=torch.float64))
+    tokens, seqs, weight = (
+        torch.zeros_like(groups),
+        torch.zeros_like(groups),
+        torch.zeros(groups.shape, dtype=torch.float64),
+    )
     for e, g in enumerate(groups):
         num_groups = int(g.max()) + 1 if g.numel() else 0
         cell = g * num_tasks + task_ids

@@ -100,7 +100,9 @@ def _prepare_base(workdir: Path, seed: int, config: Path | None, warm_start_step
         cmd += ["--warm-start-steps", str(warm_start_steps)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"building the seed-{seed} model and data failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"building the seed-{seed} model and data failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        )
     (base / ".ready").write_text("model and data complete\n")
     return base
 
@@ -127,14 +129,34 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the demo once per (estimator or arm, seed) and report per-task results with 95 % intervals.",
     )
     p.add_argument("--estimators", nargs="*", default=[], help="estimators to compare (algorithm.adv_estimator values)")
-    p.add_argument("--arm", action="append", default=[], metavar="NAME=OVERRIDES", help="an arm defined by Hydra overrides (repeatable)")
+    p.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="NAME=OVERRIDES",
+        help="an arm defined by Hydra overrides (repeatable)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 0 1 2, or the profile's)")
-    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
-                   help="a comparison profile: its overrides and seeds (g2rpo_verl/compare/profiles.py)")
-    p.add_argument("--workdir", type=Path, required=True, help="runs go to WORKDIR/<arm>_seed<s>/, the report to WORKDIR")
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=None,
+        help="a comparison profile: its overrides and seeds (g2rpo_verl/compare/profiles.py)",
+    )
+    p.add_argument(
+        "--workdir", type=Path, required=True, help="runs go to WORKDIR/<arm>_seed<s>/, the report to WORKDIR"
+    )
     p.add_argument("--config", type=Path, default=None, help="demo config YAML (default configs/demo_cpu.yaml)")
-    p.add_argument("--warm-start-steps", type=int, default=None, help="supervised warm-start steps of each seed's model")
-    p.add_argument("--only", action="append", default=[], metavar="RUN", help="run only this run (e.g. gs_grpo_seed0; repeatable), then report")
+    p.add_argument(
+        "--warm-start-steps", type=int, default=None, help="supervised warm-start steps of each seed's model"
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="run only this run (e.g. gs_grpo_seed0; repeatable), then report",
+    )
     p.add_argument("--report-only", action="store_true", help="run nothing; write the report from the existing runs")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
@@ -179,7 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             wall = time.monotonic() - started
             record = {"command": cmd, "returncode": rc, "wall_s": wall}
             (run_dir / _RUN_RECORD).write_text(json.dumps(record, indent=1))
-            print(f"[compare] {run_dir.name}: exit {rc} after {wall:.0f} s (log: {run_dir / 'compare.log'})", flush=True)
+            print(
+                f"[compare] {run_dir.name}: exit {rc} after {wall:.0f} s (log: {run_dir / 'compare.log'})", flush=True
+            )
             if rc != 0:
                 failed.append(run_dir.name)
     names = [r.name for _, _, r in plan]

@@ -137,7 +137,9 @@ def run_summary(metrics: Metrics) -> dict:
     }
 
 
-def summarize(workdir: Path, arms: Sequence[Arm], seeds: Sequence[int], wall_times: Mapping[str, float] | None = None) -> dict:
+def summarize(
+    workdir: Path, arms: Sequence[Arm], seeds: Sequence[int], wall_times: Mapping[str, float] | None = None
+) -> dict:
     """The comparison's summary (JSON-ready); runs without metrics are listed as missing."""
     runs: dict[str, dict] = {}
     missing = []
@@ -219,7 +221,11 @@ def summarize(workdir: Path, arms: Sequence[Arm], seeds: Sequence[int], wall_tim
             for kind in KINDS:
                 points = {}
                 for step in steps:
-                    values = [r["validation"][source][kind][str(step)] for r in arm_runs if str(step) in r["validation"].get(source, {}).get(kind, {})]
+                    values = [
+                        r["validation"][source][kind][str(step)]
+                        for r in arm_runs
+                        if str(step) in r["validation"].get(source, {}).get(kind, {})
+                    ]
                     if values:
                         points[str(step)] = t_interval(values).to_dict()
                 curves[arm.name].setdefault(source, {})[kind] = points
@@ -296,9 +302,16 @@ def render_markdown(summary: Mapping, command: str | None = None) -> str:
     if summary["missing_runs"]:
         out += [f"Missing runs (no validation metrics): {', '.join(summary['missing_runs'])}", ""]
     for kind in KINDS:
-        out += [f"## Final validation {kind}", "", "| task | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+        out += [
+            f"## Final validation {kind}",
+            "",
+            "| task | " + " | ".join(arms) + " |",
+            "|---" * (len(arms) + 1) + "|",
+        ]
         for row in rows:
-            out.append(f"| {row} | " + " | ".join(_cell(summary["final"][a].get(row, {}).get(kind)) for a in arms) + " |")
+            out.append(
+                f"| {row} | " + " | ".join(_cell(summary["final"][a].get(row, {}).get(kind)) for a in arms) + " |"
+            )
         out.append("")
     paired_arms = [a for a in arms if a != summary["baseline"]]
     if paired_arms:
@@ -306,7 +319,11 @@ def render_markdown(summary: Mapping, command: str | None = None) -> str:
         header = " | ".join(f"{a} − {summary['baseline']}: {kind}" for a in paired_arms for kind in KINDS)
         out += [f"| task | {header} |", "|---" * (1 + len(paired_arms) * len(KINDS)) + "|"]
         for row in rows:
-            cells = [_cell(summary["paired_vs_baseline"][a].get(row, {}).get(kind), mark_zero=True) for a in paired_arms for kind in KINDS]
+            cells = [
+                _cell(summary["paired_vs_baseline"][a].get(row, {}).get(kind), mark_zero=True)
+                for a in paired_arms
+                for kind in KINDS
+            ]
             out.append(f"| {row} | " + " | ".join(cells) + " |")
         out.append("")
     if summary.get("auc"):
@@ -320,15 +337,20 @@ def render_markdown(summary: Mapping, command: str | None = None) -> str:
         for kind in KINDS:
             out += [f"### {kind}", "", "| task | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
             for row in rows:
-                out.append(f"| {row} | " + " | ".join(_cell(summary["auc"][a].get(row, {}).get(kind)) for a in arms) + " |")
+                out.append(
+                    f"| {row} | " + " | ".join(_cell(summary["auc"][a].get(row, {}).get(kind)) for a in arms) + " |"
+                )
             out.append("")
         if paired_arms:
             out += [f"### Paired differences of the area against `{summary['baseline']}`", ""]
             header = " | ".join(f"{a} − {summary['baseline']}: {kind}" for a in paired_arms for kind in KINDS)
             out += [f"| task | {header} |", "|---" * (1 + len(paired_arms) * len(KINDS)) + "|"]
             for row in rows:
-                cells = [_cell(summary["paired_auc_vs_baseline"][a].get(row, {}).get(kind), mark_zero=True)
-                         for a in paired_arms for kind in KINDS]
+                cells = [
+                    _cell(summary["paired_auc_vs_baseline"][a].get(row, {}).get(kind), mark_zero=True)
+                    for a in paired_arms
+                    for kind in KINDS
+                ]
                 out.append(f"| {row} | " + " | ".join(cells) + " |")
             out.append("")
     if summary.get("mde"):
@@ -441,7 +463,9 @@ def draw_plots(summary: Mapping, plots_dir: Path) -> list[Path]:
                 [iv.mean - iv.low if iv and math.isfinite(iv.low) else 0 for iv in ivs],
                 [iv.high - iv.mean if iv and math.isfinite(iv.high) else 0 for iv in ivs],
             ]
-            ax.bar([r + k * width for r in range(len(rows))], means, width, yerr=err, capsize=2, color=f"C{k}", label=arm)
+            ax.bar(
+                [r + k * width for r in range(len(rows))], means, width, yerr=err, capsize=2, color=f"C{k}", label=arm
+            )
         ax.set_xticks([r + width * (len(arms) - 1) / 2 for r in range(len(rows))])
         ax.set_xticklabels(rows, rotation=30, ha="right", fontsize=7)
         ax.set_title(f"final validation {kind} ({round(summary['level'] * 100)} % t interval)", fontsize=9)

@@ -125,7 +125,9 @@ class HFRolloutServer:
     own generator: its tokens do not depend on which requests share its batch.
     """
 
-    def __init__(self, config: Any, model_config: Any, replica_rank: int = 0, max_batch_size: int | None = None) -> None:
+    def __init__(
+        self, config: Any, model_config: Any, replica_rank: int = 0, max_batch_size: int | None = None
+    ) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # the "Loading weights" bar would spam the trainer log
@@ -229,7 +231,9 @@ class HFRolloutServer:
         """
         while self._queue:
             waited, seen = 0.0, -1
-            while len(self._queue) != seen and waited < self.max_batch_wait_s and len(self._queue) < self.max_batch_size:
+            while (
+                len(self._queue) != seen and waited < self.max_batch_wait_s and len(self._queue) < self.max_batch_size
+            ):
                 seen = len(self._queue)
                 await asyncio.sleep(self.batch_window_s)
                 waited += self.batch_window_s

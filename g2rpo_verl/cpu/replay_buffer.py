@@ -47,7 +47,9 @@ class FastPollReplayBuffer(ReplayBuffer):
         kwargs["poll_interval"] = POLL_INTERVAL_S
         super().__init__(trainer_mode, *args, **kwargs)
 
-    def _materialize_batch(self, partition_id: str, selected_prompt_uids: list[str], partition_snapshot: dict) -> KVBatchMeta:
+    def _materialize_batch(
+        self, partition_id: str, selected_prompt_uids: list[str], partition_snapshot: dict
+    ) -> KVBatchMeta:
         batch = super()._materialize_batch(partition_id, selected_prompt_uids, partition_snapshot)
         return in_request_order(batch)
 
@@ -78,7 +80,9 @@ def in_request_order(batch: KVBatchMeta) -> KVBatchMeta:
     """
     if not batch.keys:
         return batch
-    rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["index", "data_source", "prompts"])
+    rows = tq.kv_batch_get(
+        keys=batch.keys, partition_id=batch.partition_id, select_fields=["index", "data_source", "prompts"]
+    )
     index = [int(_plain(x)) for x in _column(rows, "index")]
     sources = [str(_plain(x)) for x in _column(rows, "data_source")]
     prompts = [_digest(p) for p in _column(rows, "prompts")]

@@ -29,8 +29,8 @@ from typing import Any
 
 from g2rpo_verl.config import DEFAULT_TASK_KEY
 from g2rpo_verl.data.onethinker import DEFAULT_PRESET, ConvertOptions, RecordError, convert_record
-from g2rpo_verl.rewards.settings import CHOICES
 from g2rpo_verl.data.writer import split_per_task, task_file_name, write_outputs
+from g2rpo_verl.rewards.settings import CHOICES
 
 __all__ = ["main", "load_records", "convert"]
 
@@ -121,14 +121,17 @@ def convert(args: argparse.Namespace) -> int:
         "files": sorted(files),
         "rows": {name: len(rows) for name, rows in files.items()},
         "tasks": {
-            split: dict(sorted(Counter(task_of(r) for r in rows).items())) for split, rows in (("train", train), ("val", val))
+            split: dict(sorted(Counter(task_of(r) for r in rows).items()))
+            for split, rows in (("train", train), ("val", val))
         },
         "task_key": args.task_key,
         "images": "embedded" if args.embed_images else "paths",
         "min_pixels": args.min_pixels,
         "max_pixels": args.max_pixels,
         "max_images_per_sample": max((len(r["images"]) for r in [*train, *val]), default=0),
-        "prompts": "custom" if args.format_prompt is not None else {"preset": args.preset, "think_tag": args.think_tag or None},
+        "prompts": "custom"
+        if args.format_prompt is not None
+        else {"preset": args.preset, "think_tag": args.think_tag or None},
     }
     old = _old_val_files(out)
     written = write_outputs(out, files, manifest)
@@ -157,18 +160,23 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--val", nargs="+", help="validation records (instead of --val-fraction)")
     group.add_argument("--val-fraction", type=float, default=0.02, help="held out per task (default 0.02)")
     c.add_argument("--seed", type=int, default=0, help="seed of the validation split")
-    c.add_argument("--task-key", default=DEFAULT_TASK_KEY, help="task of the per-task validation files (extra_info key or column)")
+    c.add_argument(
+        "--task-key", default=DEFAULT_TASK_KEY, help="task of the per-task validation files (extra_info key or column)"
+    )
     c.add_argument("--image-root", help="base of relative image paths (default: each input file's directory)")
     c.add_argument("--embed-images", action="store_true", help="store image bytes in the parquet instead of paths")
     c.add_argument("--min-pixels", type=int, default=3136)
     c.add_argument("--max-pixels", type=int, default=1048576)
     c.add_argument(
-        "--preset", default=DEFAULT_PRESET, choices=CHOICES["preset"],
+        "--preset",
+        default=DEFAULT_PRESET,
+        choices=CHOICES["preset"],
         help=f"reward preset whose think tag the prompts ask for (default {DEFAULT_PRESET}: <thinking>; strict: <think>)",
     )
     c.add_argument("--think-tag", help="think tag the prompts ask for instead of the preset's (no <>)")
     c.add_argument(
-        "--format-prompt", default=None,
+        "--format-prompt",
+        default=None,
         help="one instruction appended to every question instead of the per-problem-type ones ('' for none)",
     )
     c.add_argument("--no-append-options", action="store_true", help="never append the options list to the question")

@@ -46,7 +46,15 @@ from g2rpo_verl.rewards.accuracy import (
 from g2rpo_verl.rewards.answers import strip_answer_tags
 from g2rpo_verl.rewards.settings import preset_settings, settings_from_kwargs
 
-__all__ = ["ANSWER_FORMS", "DEFAULT_PRESET", "ConvertOptions", "RecordError", "convert_record", "format_prompt", "IMAGE_PLACEHOLDER"]
+__all__ = [
+    "ANSWER_FORMS",
+    "DEFAULT_PRESET",
+    "ConvertOptions",
+    "RecordError",
+    "convert_record",
+    "format_prompt",
+    "IMAGE_PLACEHOLDER",
+]
 
 IMAGE_PLACEHOLDER = "<image>"
 _EMPTY_ANSWER = re.compile(r"\s*<answer>\s*</answer>\s*")

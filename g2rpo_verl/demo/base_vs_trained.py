@@ -32,16 +32,16 @@ def export_and_evaluate(workdir: Path, log=print) -> list[str]:
     Without a checkpoint (``trainer.save_freq`` never reached) it says so and returns ``[]``;
     raises ``FileNotFoundError`` when the validation data or the run config is missing.
     """
+    from transformers.utils import logging as hf_logging
+
     from g2rpo_verl.demo.data import find_demo_data
     from g2rpo_verl.evaluation.checkpoint import TRACKER_FILE, export_checkpoint, find_run_config, resolve_model
-    from g2rpo_verl.evaluation.paired import compare_dirs
     from g2rpo_verl.evaluation.eval_loop import EvalSettings, evaluate
     from g2rpo_verl.evaluation.generation import Decoding
     from g2rpo_verl.evaluation.handoff import write_handoff
-    from g2rpo_verl.evaluation.tables import comparison_table
+    from g2rpo_verl.evaluation.paired import compare_dirs
     from g2rpo_verl.evaluation.run_config import load_run_config
-
-    from transformers.utils import logging as hf_logging
+    from g2rpo_verl.evaluation.tables import comparison_table
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model on the demo's console
     started = time.monotonic()
@@ -61,7 +61,15 @@ def export_and_evaluate(workdir: Path, log=print) -> list[str]:
     val_files = tuple(str(p) for p in data.val_files)
     outs = {"base": workdir / "eval" / "base", "trained": workdir / "eval" / "trained"}
     for name, model_dir in (("base", workdir / "model"), ("trained", hf)):
-        settings = EvalSettings(model=str(model_dir), model_dir=str(model_dir), data=val_files, decoding=decoding, run=run, backend="hf", batch_size=32)
+        settings = EvalSettings(
+            model=str(model_dir),
+            model_dir=str(model_dir),
+            data=val_files,
+            decoding=decoding,
+            run=run,
+            backend="hf",
+            batch_size=32,
+        )
         # the models change from run to run of the demo (retraining, --rebuild): always start over
         evaluate(settings, outs[name], overwrite=True, progress=False, log=log)
     trained = f"step {source.step}"
@@ -72,6 +80,10 @@ def export_and_evaluate(workdir: Path, log=print) -> list[str]:
         *comparison_table(compare_dirs(outs["base"], outs["trained"]), "base", trained),
     ]
     (workdir / "eval" / TABLE_FILE).write_text("\n".join(table) + "\n")
-    write_handoff(hf, workdir / "handoff", name=f"g2rpo_demo_{trained.replace(' ', '_')}", max_new_tokens=decoding.max_new_tokens)
-    log(f"export and evaluation in {time.monotonic() - started:.0f} s: {workdir / 'eval' / TABLE_FILE}, hand-off configs in {workdir / 'handoff'}")
+    write_handoff(
+        hf, workdir / "handoff", name=f"g2rpo_demo_{trained.replace(' ', '_')}", max_new_tokens=decoding.max_new_tokens
+    )
+    log(
+        f"export and evaluation in {time.monotonic() - started:.0f} s: {workdir / 'eval' / TABLE_FILE}, hand-off configs in {workdir / 'handoff'}"
+    )
     return table

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from g2rpo_verl.cpu.env import cpu_overrides
-from g2rpo_verl.demo.smoke import merge_overrides
 from g2rpo_verl.demo.data import DemoData
+from g2rpo_verl.demo.smoke import merge_overrides
 from g2rpo_verl.estimators import estimator_spec
 
 __all__ = [

@@ -134,6 +134,7 @@ def plot_training_curves(
     validation_panel(axes[0, 1], "val-core", "acc", "accuracy", "validation accuracy per task")
     validation_panel(axes[0, 2], "val-aux", "reward", "reward", "validation reward per task")
     axes[0, 1].set_ylim(-0.02, 1.02)
+
     def length_note(task: str) -> str:
         r = shaping[task]
         if r.length_first is None:
@@ -175,7 +176,9 @@ def _draw_length_bounds(ax, metrics: Metrics, tasks: Sequence[str], color: Mappi
             ax.fill_between(steps_b, b, c, color=color[task], alpha=0.07, linewidth=0)
         edge = b if direction[-1] > 0 else c
         ax.plot(steps_b, edge, color=color[task], linestyle="--", linewidth=1, alpha=0.8)
-    ax.plot([], [], color="grey", linestyle="--", linewidth=1, label="moving edge (reasoning floor / perception ceiling)")
+    ax.plot(
+        [], [], color="grey", linestyle="--", linewidth=1, label="moving edge (reasoning floor / perception ceiling)"
+    )
 
 
 def _draw_entropy_bands(ax, metrics: Metrics, tasks: Sequence[str], color, fallback) -> None:
@@ -192,11 +195,23 @@ def _draw_entropy_bands(ax, metrics: Metrics, tasks: Sequence[str], color, fallb
         return
     common = Counter(bands.values()).most_common(1)[0][0]
     others = {task: band for task, band in bands.items() if band != common}
-    ax.axhspan(*common, color="grey", alpha=0.12, label=f"band [{common[0]:g}, {common[1]:g}]" + (" (other tasks)" if others else ""))
+    ax.axhspan(
+        *common,
+        color="grey",
+        alpha=0.12,
+        label=f"band [{common[0]:g}, {common[1]:g}]" + (" (other tasks)" if others else ""),
+    )
     for task, (low, high) in others.items():
         for y in (low, high):
             ax.axhline(y, color=color[task], linestyle="--", linewidth=1, alpha=0.8)
-        ax.plot([], [], color=color[task], linestyle="--", linewidth=1, label=f"{task.replace('_', ' ')} band [{low:g}, {high:g}]")
+        ax.plot(
+            [],
+            [],
+            color=color[task],
+            linestyle="--",
+            linewidth=1,
+            label=f"{task.replace('_', ' ')} band [{low:g}, {high:g}]",
+        )
 
 
 class RolloutBatch:

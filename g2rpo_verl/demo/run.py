@@ -95,7 +95,11 @@ def check_run_config(overrides: Sequence[str]):
     from g2rpo_verl.verl_hooks.checks import validate_run_config
 
     config = compose_config(overrides)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")
         return config, validate_run_config(config)
 
@@ -147,12 +151,20 @@ def _parser() -> argparse.ArgumentParser:
             "overrides for verl (they win over configs/demo_cpu.yaml)."
         ),
     )
-    parser.add_argument("--workdir", type=Path, default=Path("runs/demo"), help="everything goes here (default runs/demo)")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("runs/demo"), help="everything goes here (default runs/demo)"
+    )
     parser.add_argument("--config", type=Path, default=None, help="demo config YAML (default configs/demo_cpu.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="seed of model, warm start and data (when built)")
     parser.add_argument("--warm-start-steps", type=int, default=None, help="supervised warm-start steps (when built)")
-    parser.add_argument("--rebuild", action="store_true", help="start over: rebuild model and data, delete earlier checkpoints, logs, metrics, plots")
-    parser.add_argument("--verbose", action="store_true", help="show the trainer's raw output instead of a progress bar")
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="start over: rebuild model and data, delete earlier checkpoints, logs, metrics, plots",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="show the trainer's raw output instead of a progress bar"
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--dry-run", action="store_true", help="build model and data, print the trainer command, stop")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for verl.trainer.main_ppo")
@@ -161,9 +173,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from g2rpo_verl.demo.data import data_paths
-    from g2rpo_verl.demo.smoke import trainer_command
-    from g2rpo_verl.demo.run_metrics import merge_run_metrics
     from g2rpo_verl.demo.overrides import DEFAULT_CONFIG, demo_overrides
+    from g2rpo_verl.demo.run_metrics import merge_run_metrics
+    from g2rpo_verl.demo.smoke import trainer_command
     from g2rpo_verl.demo.trainer_process import run_trainer
 
     # intermixed: flags may come after Hydra overrides (`make demo ARGS="x=1 --verbose"`)
@@ -202,7 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # verl would only re-run validation (sampled: a second, noisier reading of the same weights)
         logger.info(
             "already trained to step %d (%s); nothing to train. Raise trainer.total_training_steps to "
-            "continue, or pass --rebuild to start over.", done, workdir / "checkpoints"
+            "continue, or pass --rebuild to start over.",
+            done,
+            workdir / "checkpoints",
         )
         return _finish(workdir, logs, g2rpo, estimator, args.no_plots, started)
 

@@ -180,7 +180,7 @@ def task_shaping(metrics: Metrics, task: str) -> TaskShaping:
     """:class:`TaskShaping` of ``task`` (metric-name form, e.g. ``spatial_grounding``)."""
     prefix = f"task_{task}"
     in_band = []
-    for step, data in metrics.items():
+    for _step, data in metrics.items():
         h, lo, hi = (data.get(f"{prefix}/{k}") for k in ("entropy", "entropy/band_low", "entropy/band_high"))
         if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (h, lo, hi)):
             in_band.append(lo <= h <= hi)

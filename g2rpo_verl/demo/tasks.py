@@ -246,7 +246,11 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("demo_ocr", "OCR", "ocr", "Read the two words in the image.", _ocr),
         TaskSpec("demo_math", "math", "math_reasoning", "Compute the expression in the image.", _math),
         TaskSpec(
-            "demo_area", "regression", "area_estimation", "How many cells of an 8x8 grid does the rectangle cover?", _area
+            "demo_area",
+            "regression",
+            "area_estimation",
+            "How many cells of an 8x8 grid does the rectangle cover?",
+            _area,
         ),
     )
 }

@@ -131,7 +131,9 @@ def run_trainer(
     from tqdm import tqdm
 
     run = TrainerRun(returncode=-1)
-    bar = None if verbose else tqdm(total=total_steps, desc="training", unit="step", dynamic_ncols=True, file=sys.stdout)
+    bar = (
+        None if verbose else tqdm(total=total_steps, desc="training", unit="step", dynamic_ncols=True, file=sys.stdout)
+    )
     say = echo or (print if bar is None else bar.write)
     tail: list[str] = []
     since_traceback: list[str] = []  # output from the last traceback on (bounded)

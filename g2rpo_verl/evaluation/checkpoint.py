@@ -97,9 +97,13 @@ def resolve_model(model: str | os.PathLike) -> ModelSource:
         actor = Path(verl_api.checkpoint_folder(str(path), step)) / verl_api.ACTOR_CHECKPOINT_DIR
         if _is_actor_checkpoint(actor):
             return ModelSource("checkpoint", actor, int(step) if step.isdigit() else None)
-        raise FileNotFoundError(f"--model {model}: {tracker} names step {step!r} but {actor} is not a verl actor checkpoint")
+        raise FileNotFoundError(
+            f"--model {model}: {tracker} names step {step!r} but {actor} is not a verl actor checkpoint"
+        )
     if (path / "fsdp_config.json").is_file():
-        raise FileNotFoundError(f"--model {model}: a verl checkpoint without its huggingface/ folder (config, tokenizer) cannot be merged")
+        raise FileNotFoundError(
+            f"--model {model}: a verl checkpoint without its huggingface/ folder (config, tokenizer) cannot be merged"
+        )
     raise FileNotFoundError(
         f"--model {model}: neither an HF model directory (config.json + {' / '.join(_WEIGHTS[::2])}) nor a verl "
         f"checkpoint (global_step_N/actor with fsdp_config.json and huggingface/, or a checkpoint root with {TRACKER_FILE})"

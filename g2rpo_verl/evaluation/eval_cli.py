@@ -37,10 +37,22 @@ def _parser() -> argparse.ArgumentParser:
         description="Evaluate an HF model or a verl checkpoint on verl parquet files, per task, scored by the training reward.",
     )
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--model", help="HF model directory or verl checkpoint (global_step_N[/actor] or the checkpoint root)")
-    mode.add_argument("--compare", nargs=2, metavar=("O1", "O2"), help="per-task deltas O2 - O1 of two evaluation directories")
-    mode.add_argument("--handoff", metavar="MODEL_DIR", help="write VLMEvalKit and lmms-eval configs for an HF model directory into --out")
-    p.add_argument("--data", nargs="+", help="verl parquet files (prompt, images, data_source, reward_model.ground_truth, extra_info)")
+    mode.add_argument(
+        "--model", help="HF model directory or verl checkpoint (global_step_N[/actor] or the checkpoint root)"
+    )
+    mode.add_argument(
+        "--compare", nargs=2, metavar=("O1", "O2"), help="per-task deltas O2 - O1 of two evaluation directories"
+    )
+    mode.add_argument(
+        "--handoff",
+        metavar="MODEL_DIR",
+        help="write VLMEvalKit and lmms-eval configs for an HF model directory into --out",
+    )
+    p.add_argument(
+        "--data",
+        nargs="+",
+        help="verl parquet files (prompt, images, data_source, reward_model.ground_truth, extra_info)",
+    )
     p.add_argument("--out", type=Path, help="output directory")
     p.add_argument("--n", type=int, default=1, help="responses per prompt (default 1; > 1 needs --temperature > 0)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -48,11 +60,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's data.max_response_length")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (sampled decoding only)")
     p.add_argument("--config", type=Path, default=None, help="the training run's config YAML (its .hydra/config.yaml)")
-    p.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"), help="auto: vLLM when installed and a GPU is visible, else HF")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "hf", "vllm"),
+        help="auto: vLLM when installed and a GPU is visible, else HF",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate() call")
     p.add_argument("--limit", type=int, default=None, help="only the first L rows of each file")
-    p.add_argument("--export-dir", type=Path, default=None, help="where a checkpoint is merged (default <global_step_N>/hf)")
-    p.add_argument("--overwrite", action="store_true", help="discard an earlier evaluation in --out instead of resuming it")
+    p.add_argument(
+        "--export-dir", type=Path, default=None, help="where a checkpoint is merged (default <global_step_N>/hf)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="discard an earlier evaluation in --out instead of resuming it"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -113,9 +134,17 @@ def _evaluate(args) -> int:
     config_path = args.config or find_run_config(source)
     run = load_run_config(config_path)
     described = run.describe()
-    logging.info("g2rpo-eval: reward %s:%s with kwargs %s (from %s)", described["path"], described["name"], described["kwargs"], described["source"])
+    logging.info(
+        "g2rpo-eval: reward %s:%s with kwargs %s (from %s)",
+        described["path"],
+        described["name"],
+        described["kwargs"],
+        described["source"],
+    )
     max_new = args.max_new_tokens or run.data.get("max_response_length") or DEFAULT_MAX_NEW_TOKENS
-    decoding = Decoding(max_new_tokens=int(max_new), n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    decoding = Decoding(
+        max_new_tokens=int(max_new), n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+    )
     select_backend(args.backend)  # vLLM asked for and missing: fail before the export
     if source.kind == "checkpoint":
         target = args.export_dir or source.path.parent / "hf"

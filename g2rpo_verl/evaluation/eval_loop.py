@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from g2rpo_verl.evaluation.generation import Decoding, make_backend, select_backend
 from g2rpo_verl.evaluation.aggregates import compute_metrics
+from g2rpo_verl.evaluation.generation import Decoding, make_backend, select_backend
 from g2rpo_verl.evaluation.predictions import Prediction, PredictionStore, json_safe, prediction_key
-from g2rpo_verl.evaluation.tables import render_report
 from g2rpo_verl.evaluation.run_config import RunConfig
+from g2rpo_verl.evaluation.tables import render_report
 
 __all__ = ["EvalSettings", "evaluate", "score_response"]
 
@@ -83,7 +83,12 @@ class EvalSettings:
 
 def score_response(reward_fn: Callable[..., Any], prompt, text: str) -> dict[str, Any]:
     """The reward dict of one response (a bare number becomes ``{"score": x}``)."""
-    result = reward_fn(data_source=prompt.data_source, solution_str=text, ground_truth=prompt.ground_truth, extra_info=prompt.extra_info)
+    result = reward_fn(
+        data_source=prompt.data_source,
+        solution_str=text,
+        ground_truth=prompt.ground_truth,
+        extra_info=prompt.extra_info,
+    )
     if isinstance(result, Mapping):
         if "score" not in result:
             raise ValueError(f"the reward function returned a dict without 'score' (keys {sorted(result)})")
@@ -99,7 +104,9 @@ def _check_resume(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
         return
     if not path.is_file():
         if (out / PREDICTIONS_FILE).is_file():
-            raise ValueError(f"{out / PREDICTIONS_FILE} exists without {SETTINGS_FILE}: pass --overwrite or another --out")
+            raise ValueError(
+                f"{out / PREDICTIONS_FILE} exists without {SETTINGS_FILE}: pass --overwrite or another --out"
+            )
         return
     previous = json.loads(path.read_text())
     differ = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
@@ -108,7 +115,9 @@ def _check_resume(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
         raise ValueError(f"{out} holds an evaluation with other settings ({detail}); pass --overwrite or another --out")
 
 
-def evaluate(settings: EvalSettings, out_dir: str | Path, overwrite: bool = False, progress: bool = True, log=logger.info) -> dict[str, Any]:
+def evaluate(
+    settings: EvalSettings, out_dir: str | Path, overwrite: bool = False, progress: bool = True, log=logger.info
+) -> dict[str, Any]:
     """Run (or resume) one evaluation into ``out_dir``; returns the content of ``metrics.json``."""
     from g2rpo_verl.evaluation.prompts import read_rows
 
@@ -140,7 +149,9 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, overwrite: bool = Fals
             todo.append((file, missing))
     remaining = sum(len(rows) for _, rows in todo)
     if remaining:
-        log(f"eval: {remaining} of {total} prompts to generate ({backend_name}, {'greedy' if settings.decoding.greedy else 'sampled'}, n={n}) -> {out}")
+        log(
+            f"eval: {remaining} of {total} prompts to generate ({backend_name}, {'greedy' if settings.decoding.greedy else 'sampled'}, n={n}) -> {out}"
+        )
         _generate(settings, backend_name, reward_fn, todo, store, done, total, progress)
     else:
         log(f"eval: all {total} prompts already in {store.path}")
@@ -152,11 +163,22 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, overwrite: bool = Fals
     wall_s = time.monotonic() - started
     (out / METRICS_FILE).write_text(json.dumps(json_safe({"settings": identity, **metrics}), indent=2) + "\n")
     (out / REPORT_FILE).write_text(render_report(metrics, identity, wall_s))
-    log(f"eval: {len(records)} responses scored; metrics {out / METRICS_FILE}, report {out / REPORT_FILE} ({wall_s:.0f} s)")
+    log(
+        f"eval: {len(records)} responses scored; metrics {out / METRICS_FILE}, report {out / REPORT_FILE} ({wall_s:.0f} s)"
+    )
     return {"settings": identity, **metrics}
 
 
-def _generate(settings: EvalSettings, backend_name: str, reward_fn, todo, store: PredictionStore, done: set[str], total: int, progress: bool) -> None:
+def _generate(
+    settings: EvalSettings,
+    backend_name: str,
+    reward_fn,
+    todo,
+    store: PredictionStore,
+    done: set[str],
+    total: int,
+    progress: bool,
+) -> None:
     from tqdm import tqdm
 
     from g2rpo_verl.evaluation.prompts import PromptBuilder
@@ -164,9 +186,10 @@ def _generate(settings: EvalSettings, backend_name: str, reward_fn, todo, store:
 
     builder = PromptBuilder(settings.model_dir, settings.run)
     backend = make_backend(backend_name, settings.model_dir, builder.tokenizer, builder.processor)
-    n = settings.decoding.n
     remaining = sum(len(rows) for _, rows in todo)
-    bar = tqdm(total=total, initial=total - remaining, unit="prompt", desc="eval", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total, initial=total - remaining, unit="prompt", desc="eval", disable=not progress, dynamic_ncols=True
+    )
     batch_index = 0
     try:
         for file, rows in todo:

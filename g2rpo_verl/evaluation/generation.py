@@ -70,7 +70,9 @@ class GeneratedResponse:
 
 
 class Backend(Protocol):
-    def generate(self, prompts: list[EvalPrompt], decoding: Decoding, batch_index: int) -> list[list[GeneratedResponse]]:
+    def generate(
+        self, prompts: list[EvalPrompt], decoding: Decoding, batch_index: int
+    ) -> list[list[GeneratedResponse]]:
         """``n`` responses for each prompt, in prompt order."""
 
 
@@ -81,7 +83,9 @@ def select_backend(name: str) -> str:
     has_vllm = importlib.util.find_spec("vllm") is not None
     if name == "vllm":
         if not has_vllm:
-            raise RuntimeError("--backend vllm: vllm is not installed (GPU machines: pip install -e '.[gpu]'); use --backend hf")
+            raise RuntimeError(
+                "--backend vllm: vllm is not installed (GPU machines: pip install -e '.[gpu]'); use --backend hf"
+            )
         return "vllm"
     if name == "auto":
         import torch
@@ -112,9 +116,13 @@ class HFBackend:
 
         model = load_hf_model(model_dir, dtype=torch.float32)
         self.tokenizer = tokenizer
-        self.generator = HFGenerator(model, eos_token_ids(model_dir, tokenizer), pad_token_id=tokenizer.pad_token_id, processor=processor)
+        self.generator = HFGenerator(
+            model, eos_token_ids(model_dir, tokenizer), pad_token_id=tokenizer.pad_token_id, processor=processor
+        )
 
-    def generate(self, prompts: list[EvalPrompt], decoding: Decoding, batch_index: int) -> list[list[GeneratedResponse]]:
+    def generate(
+        self, prompts: list[EvalPrompt], decoding: Decoding, batch_index: int
+    ) -> list[list[GeneratedResponse]]:
         from g2rpo_verl.cpu.hf_generation import SamplingSpec
 
         rows = [p for p in prompts for _ in range(decoding.n)]
@@ -130,7 +138,9 @@ class HFBackend:
         mm = [self.generator.multi_modal_inputs(image_data=p.images or None) for p in rows]
         results = self.generator.generate_batch([p.prompt_ids for p in rows], spec, mm)
         flat = [
-            GeneratedResponse(self.tokenizer.decode(r.token_ids, skip_special_tokens=True), len(r.token_ids), r.finish_reason)
+            GeneratedResponse(
+                self.tokenizer.decode(r.token_ids, skip_special_tokens=True), len(r.token_ids), r.finish_reason
+            )
             for r in results
         ]
         return [flat[i * decoding.n : (i + 1) * decoding.n] for i in range(len(prompts))]
@@ -145,7 +155,9 @@ class VLLMBackend:
         self.tokenizer = tokenizer
         self.llm = LLM(model=model_dir, trust_remote_code=True, limit_mm_per_prompt={"image": max_images})
 
-    def generate(self, prompts: list[EvalPrompt], decoding: Decoding, batch_index: int) -> list[list[GeneratedResponse]]:
+    def generate(
+        self, prompts: list[EvalPrompt], decoding: Decoding, batch_index: int
+    ) -> list[list[GeneratedResponse]]:
         from vllm import SamplingParams
 
         params = SamplingParams(
@@ -164,7 +176,10 @@ class VLLMBackend:
             requests.append(request)
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         return [
-            [GeneratedResponse(c.text, len(c.token_ids), "length" if c.finish_reason == "length" else "stop") for c in out.outputs]
+            [
+                GeneratedResponse(c.text, len(c.token_ids), "length" if c.finish_reason == "length" else "stop")
+                for c in out.outputs
+            ]
             for out in outputs
         ]
 

@@ -23,7 +23,15 @@ import os
 import shlex
 from pathlib import Path
 
-__all__ = ["LMMS_EVAL_MODEL", "LMMS_EVAL_TASKS", "VLMEVALKIT_CLASS", "VLMEVALKIT_DATA", "lmms_eval_commands", "vlmevalkit_config", "write_handoff"]
+__all__ = [
+    "LMMS_EVAL_MODEL",
+    "LMMS_EVAL_TASKS",
+    "VLMEVALKIT_CLASS",
+    "VLMEVALKIT_DATA",
+    "lmms_eval_commands",
+    "vlmevalkit_config",
+    "write_handoff",
+]
 
 #: VLMEvalKit's Qwen3-VL wrapper class
 VLMEVALKIT_CLASS = "Qwen3VLChat"
@@ -56,18 +64,27 @@ def lmms_eval_commands(model_dir: str | os.PathLike, output_dir: str = "lmms_eva
     pretrained = str(Path(model_dir).resolve())
     return [
         [
-            "python", "-m", "lmms_eval",
-            "--model", LMMS_EVAL_MODEL,
-            "--model_args", f"pretrained={pretrained}",
-            "--tasks", task,
-            "--batch_size", "1",
-            "--output_path", f"{output_dir}/{task}",
+            "python",
+            "-m",
+            "lmms_eval",
+            "--model",
+            LMMS_EVAL_MODEL,
+            "--model_args",
+            f"pretrained={pretrained}",
+            "--tasks",
+            task,
+            "--batch_size",
+            "1",
+            "--output_path",
+            f"{output_dir}/{task}",
         ]
         for task in LMMS_EVAL_TASKS
     ]
 
 
-def write_handoff(model_dir: str | os.PathLike, out_dir: str | os.PathLike, name: str | None = None, max_new_tokens: int = 4096) -> dict[str, Path]:
+def write_handoff(
+    model_dir: str | os.PathLike, out_dir: str | os.PathLike, name: str | None = None, max_new_tokens: int = 4096
+) -> dict[str, Path]:
     """Write ``vlmevalkit.json`` and ``lmms_eval.sh`` into ``out_dir``; returns their paths.
 
     Raises ``FileNotFoundError`` when ``model_dir`` is not an HF model directory.
@@ -76,7 +93,9 @@ def write_handoff(model_dir: str | os.PathLike, out_dir: str | os.PathLike, name
 
     model = Path(model_dir).expanduser().resolve()
     if not is_hf_model_dir(model):
-        raise FileNotFoundError(f"--handoff {model_dir}: not an HF model directory (config.json + weights); export a checkpoint with g2rpo-eval --model first")
+        raise FileNotFoundError(
+            f"--handoff {model_dir}: not an HF model directory (config.json + weights); export a checkpoint with g2rpo-eval --model first"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = name or model.name

@@ -147,7 +147,9 @@ class PredictionStore:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{self.path}:{number}: not a JSON line ({err}); move the file away to start over") from None
+                raise ValueError(
+                    f"{self.path}:{number}: not a JSON line ({err}); move the file away to start over"
+                ) from None
             if not isinstance(record, dict) or "key" not in record:
                 raise ValueError(f"{self.path}:{number}: not a prediction record (no 'key')")
             records.append(record)

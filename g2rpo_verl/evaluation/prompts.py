@@ -75,7 +75,9 @@ class PromptBuilder:
     def dataset(self, path: str | os.PathLike):
         """verl's dataset (the run's class) over one file."""
         with contextlib.redirect_stdout(io.StringIO()):  # verl prints the row count of every file
-            return self.dataset_cls(data_files=[str(path)], tokenizer=self.tokenizer, config=self.data_config, processor=self.processor)
+            return self.dataset_cls(
+                data_files=[str(path)], tokenizer=self.tokenizer, config=self.data_config, processor=self.processor
+            )
 
     def prompts(self, path: str | os.PathLike, rows: list[int], dataset=None) -> Iterator[EvalPrompt]:
         """:class:`EvalPrompt` of each of ``rows`` of ``path``, in the given order."""
@@ -86,7 +88,9 @@ class PromptBuilder:
             raw = dataset.dataframe[row]  # the stored row: the prompt with its <image> placeholders
             messages = item["raw_prompt"]
             mm = asyncio.run(
-                self.dataset_cls.process_multi_modal_info(messages, image_patch_size=self.image_patch_size, config=self.data_config)
+                self.dataset_cls.process_multi_modal_info(
+                    messages, image_patch_size=self.image_patch_size, config=self.data_config
+                )
             )
             images, videos = mm[0], mm[1]
             if videos:

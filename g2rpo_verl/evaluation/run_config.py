@@ -34,7 +34,15 @@ DEFAULT_REWARD = ("pkg://g2rpo_verl.rewards", "compute_score")
 #: the dataset class when the run config names none: verl's RLHFDataset minus qwen_vl_utils
 DEFAULT_DATASET_CLS = ("pkg://g2rpo_verl.cpu.vl_dataset", "VisionRLHFDataset")
 #: ``data`` keys the evaluation reads (and records in its settings)
-DATA_KEYS = ("prompt_key", "image_key", "apply_chat_template_kwargs", "mm_processor_kwargs", "custom_cls", "max_response_length", "trust_remote_code")
+DATA_KEYS = (
+    "prompt_key",
+    "image_key",
+    "apply_chat_template_kwargs",
+    "mm_processor_kwargs",
+    "custom_cls",
+    "max_response_length",
+    "trust_remote_code",
+)
 
 
 @dataclass(frozen=True)

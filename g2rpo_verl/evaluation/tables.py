@@ -17,7 +17,22 @@ def _num(value: Any, digits: int = 3) -> str:
 def metrics_table(groups: Mapping[str, Mapping[str, Any]], label: str, n: int = 1) -> list[str]:
     """One markdown row per group (task or data source) of :func:`..metrics.compute_metrics`."""
     extra = [f"mean@{n}", f"pass@{n}"] if n > 1 else []
-    head = [label, "prompts", "accuracy", *extra, "reward", "format", "structure", "length", "truncated", "failures", "IoU", "R@0.3", "R@0.5", "R@0.7"]
+    head = [
+        label,
+        "prompts",
+        "accuracy",
+        *extra,
+        "reward",
+        "format",
+        "structure",
+        "length",
+        "truncated",
+        "failures",
+        "IoU",
+        "R@0.3",
+        "R@0.5",
+        "R@0.7",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in groups.items():
         g = m.get("grounding") or {}
@@ -42,7 +57,16 @@ def metrics_table(groups: Mapping[str, Mapping[str, Any]], label: str, n: int = 
 def comparison_table(rows: Sequence[TaskComparison], a: str = "A", b: str = "B") -> list[str]:
     """Markdown rows ``task | prompts | acc a | acc b | Δ [CI] | reward a | reward b | Δ [CI]``."""
     pct = f"{CONFIDENCE:.0%}"
-    head = ["task", "prompts", f"accuracy {a}", f"accuracy {b}", f"Δ accuracy [{pct} CI]", f"reward {a}", f"reward {b}", f"Δ reward [{pct} CI]"]
+    head = [
+        "task",
+        "prompts",
+        f"accuracy {a}",
+        f"accuracy {b}",
+        f"Δ accuracy [{pct} CI]",
+        f"reward {a}",
+        f"reward {b}",
+        f"Δ reward [{pct} CI]",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         acc, rew = row.accuracy, row.reward
@@ -64,7 +88,11 @@ def comparison_table(rows: Sequence[TaskComparison], a: str = "A", b: str = "B")
 def render_report(metrics: Mapping[str, Any], settings: Mapping[str, Any], wall_s: float | None = None) -> str:
     """``report.md``: settings, then per-task and per-data-source tables."""
     n = int(settings.get("n", 1))
-    decoding = "greedy" if float(settings.get("temperature", 0)) == 0 else f"sampled, T={settings['temperature']}, top-p={settings.get('top_p', 1.0)}"
+    decoding = (
+        "greedy"
+        if float(settings.get("temperature", 0)) == 0
+        else f"sampled, T={settings['temperature']}, top-p={settings.get('top_p', 1.0)}"
+    )
     reward = settings.get("reward", {})
     lines = [
         f"# Evaluation of `{settings.get('model')}`",

@@ -163,7 +163,9 @@ def check_world_size(config) -> list:
             key = f"actor_rollout_ref.{role}.log_prob_micro_batch_size_per_gpu"
             value = _get(config, key)
             if value and per_rank_rows % int(value):
-                problems.append(f"{key.removeprefix('actor_rollout_ref.')}={value} does not divide the {per_rank_rows} rows per rank ({rows} / {dp})")
+                problems.append(
+                    f"{key.removeprefix('actor_rollout_ref.')}={value} does not divide the {per_rank_rows} rows per rank ({rows} / {dp})"
+                )
     tp = int(_get(config, "actor_rollout_ref.rollout.tensor_model_parallel_size", 1))
     rdp = int(_get(config, "actor_rollout_ref.rollout.data_parallel_size", 1))
     pp = int(_get(config, "actor_rollout_ref.rollout.pipeline_model_parallel_size", 1))
@@ -182,7 +184,8 @@ def check_world_size(config) -> list:
         return [_finding("world_size", "fail", p) for p in problems]
     return [
         _finding(
-            "world_size", "ok",
+            "world_size",
+            "ok",
             f"{where}: {rows} rows per step, mini-batches of {mini_rows} = {mini_rows // dp} per rank on {dp} ranks, "
             f"{world // replica} vLLM replica(s) of {replica} GPU(s)",
         )
@@ -224,7 +227,8 @@ def check_wandb(config) -> list:
         return [_finding("wandb", "ok", f"W&B login for {host} in {found}")]
     return [
         _finding(
-            "wandb", "fail",
+            "wandb",
+            "fail",
             f"trainer.logger includes wandb but this node has no W&B credentials (no WANDB_API_KEY, no {host} entry "
             f"in {os.environ.get('NETRC', '~/.netrc')}) and WANDB_MODE={mode or 'unset'}: the trainer would stop or "
             "wait for a login after the models load. Export WANDB_API_KEY, or run `wandb login` on the head node, or "
@@ -247,7 +251,8 @@ def check_shared_dirs(config) -> list:
     if relative:
         return [
             _finding(
-                "shared_dirs", "fail",
+                "shared_dirs",
+                "fail",
                 f"{key}={value!r} is relative with trainer.nnodes={nnodes}: each node's ranks would write their "
                 "shards under their own working directory (ray job submit: a per-node copy of working_dir), so the "
                 f"checkpoint could not be resumed. Set {key} to an absolute path on a filesystem every node mounts "
@@ -342,7 +347,9 @@ def load_model_shape(path: str) -> ModelShape | None:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def check_model_files(config) -> list:
@@ -355,27 +362,43 @@ def check_model_files(config) -> list:
     )
     if not _is_hub_id(path):
         if not (local / "config.json").is_file():
-            return [_finding("model_files", "fail", f"actor_rollout_ref.model.path={path}: no config.json there ({'missing directory' if not local.exists() else 'not a model directory'})")]
+            return [
+                _finding(
+                    "model_files",
+                    "fail",
+                    f"actor_rollout_ref.model.path={path}: no config.json there ({'missing directory' if not local.exists() else 'not a model directory'})",
+                )
+            ]
         weights = _local_weight_bytes(local)
         if weights is None:
-            return [_finding("model_files", "fail", f"actor_rollout_ref.model.path={path} has no *.safetensors weights")]
+            return [
+                _finding("model_files", "fail", f"actor_rollout_ref.model.path={path} has no *.safetensors weights")
+            ]
         return [_finding("model_files", "ok", f"local model {path} ({weights / GIB:.1f} GiB of safetensors)")]
     cached = _cached_file(path, "config.json")
     if _offline():
         if cached is None:
             return [
                 _finding(
-                    "model_files", "fail",
+                    "model_files",
+                    "fail",
                     f"HF_HUB_OFFLINE is set but actor_rollout_ref.model.path={path} is a hub ID not in this node's "
                     f"Hugging Face cache (HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}): every worker "
                     f"would fail to load it. {download.capitalize()}",
                 )
             ]
-        return [_finding("model_files", "ok", f"{path} is in this node's HF cache (HF_HUB_OFFLINE set; every node needs the same cache)")]
+        return [
+            _finding(
+                "model_files",
+                "ok",
+                f"{path} is in this node's HF cache (HF_HUB_OFFLINE set; every node needs the same cache)",
+            )
+        ]
     state = "cached on this node" if cached else "not cached on this node"
     return [
         _finding(
-            "model_files", "ok",
+            "model_files",
+            "ok",
             f"{path} is a hub ID ({state}): each node without a cached copy downloads it at start; on nodes without "
             f"internet {download} (and set HF_HUB_OFFLINE=1)",
         )
@@ -405,7 +428,8 @@ def check_attention(config, flash_attn_error=_flash_attn_error) -> list:
         if error:
             return [
                 _finding(
-                    "attention", "fail",
+                    "attention",
+                    "fail",
                     f"{ATTN_KEY} is flash_attention_2 (verl's default) but flash-attn does not import on this node "
                     f"({error}): every actor worker would fail loading the model. Build it against this torch "
                     "(docs/gpu_install.md: CUDA toolkit matching torch.version.cuda, ninja, packaging, psutil, wheel; "
@@ -417,13 +441,18 @@ def check_attention(config, flash_attn_error=_flash_attn_error) -> list:
     if remove_padding:
         return [
             _finding(
-                "attention", "warn",
+                "attention",
+                "warn",
                 f"{ATTN_KEY}={impl} with actor_rollout_ref.model.use_remove_padding=true: verl packs the micro-batch's "
                 "sequences into one row for flash-attn's variable-length kernels; with another attention set "
                 "use_remove_padding=false",
             )
         ]
-    return [_finding("attention", "ok", f"{ATTN_KEY}={impl} without flash-attn (padded micro-batches, use_remove_padding=false)")]
+    return [
+        _finding(
+            "attention", "ok", f"{ATTN_KEY}={impl} without flash-attn (padded micro-batches, use_remove_padding=false)"
+        )
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -434,7 +463,9 @@ def detect_gpu_memory_gib() -> tuple[float | None, str]:
         import torch
 
         if torch.cuda.is_available():
-            return torch.cuda.get_device_properties(0).total_memory / GIB, f"{torch.cuda.get_device_name(0)} (this node)"
+            return torch.cuda.get_device_properties(
+                0
+            ).total_memory / GIB, f"{torch.cuda.get_device_name(0)} (this node)"
     except Exception:  # a broken CUDA setup is reported as "unknown", the gpus check names it
         pass
     return None, "no GPU on this node"
@@ -444,7 +475,13 @@ def _shape_or_warning(check: str, config):
     path = str(config.actor_rollout_ref.model.path)
     shape = load_model_shape(path)
     if shape is None:
-        return None, [_finding(check, "warn", f"no local config.json for {path} (not a local directory, not in this node's HF cache): not estimated")]
+        return None, [
+            _finding(
+                check,
+                "warn",
+                f"no local config.json for {path} (not a local directory, not in this node's HF cache): not estimated",
+            )
+        ]
     return shape, []
 
 
@@ -461,7 +498,11 @@ def check_kv_cache(config, gpu_memory_gib: float | None = None, shape: ModelShap
     if gpu_memory_gib is None:
         gpu_memory_gib, source = detect_gpu_memory_gib()
         if gpu_memory_gib is None:
-            return [_finding("kv_cache", "warn", f"GPU memory unknown ({source}): pass --gpu-memory-gib (80 for an H100 80GB)")]
+            return [
+                _finding(
+                    "kv_cache", "warn", f"GPU memory unknown ({source}): pass --gpu-memory-gib (80 for an H100 80GB)"
+                )
+            ]
     tp = int(_get(config, "actor_rollout_ref.rollout.tensor_model_parallel_size", 1))
     util = float(rollout.gpu_memory_utilization)
     dtype = str(_get(config, "actor_rollout_ref.rollout.dtype", shape.dtype))
@@ -487,7 +528,8 @@ def check_kv_cache(config, gpu_memory_gib: float | None = None, shape: ModelShap
     if max_len < need:
         findings.append(
             _finding(
-                "kv_cache", "fail",
+                "kv_cache",
+                "fail",
                 f"{length_key}={max_len} < data.max_prompt_length + max_response_length = {need}: the longest "
                 f"sequences cannot be generated; set actor_rollout_ref.rollout.max_model_len={need}",
             )
@@ -500,13 +542,20 @@ def check_kv_cache(config, gpu_memory_gib: float | None = None, shape: ModelShap
         )
         findings.append(
             _finding(
-                "kv_cache", "fail",
+                "kv_cache",
+                "fail",
                 f"{how} < {length_key}={max_len:,}: vLLM would refuse to start ('max_model_len ... larger than the "
                 f"maximum number of tokens that can be stored in KV cache'); {fix}",
             )
         )
     elif not findings:
-        findings.append(_finding("kv_cache", "ok", f"{how} ≥ {length_key}={max_len:,} ({tokens // max_len} full-length sequence(s) at once)"))
+        findings.append(
+            _finding(
+                "kv_cache",
+                "ok",
+                f"{how} ≥ {length_key}={max_len:,} ({tokens // max_len} full-length sequence(s) at once)",
+            )
+        )
     return findings
 
 
@@ -516,7 +565,9 @@ def check_kv_cache(config, gpu_memory_gib: float | None = None, shape: ModelShap
 def micro_batch_tokens(config) -> tuple[int, str]:
     actor = config.actor_rollout_ref.actor
     if bool(actor.use_dynamic_bsz):
-        return int(actor.ppo_max_token_len_per_gpu), f"actor.ppo_max_token_len_per_gpu={actor.ppo_max_token_len_per_gpu}"
+        return int(
+            actor.ppo_max_token_len_per_gpu
+        ), f"actor.ppo_max_token_len_per_gpu={actor.ppo_max_token_len_per_gpu}"
     micro = int(_get(config, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", 1))
     length = int(config.data.max_prompt_length) + int(config.data.max_response_length)
     return micro * length, f"actor.ppo_micro_batch_size_per_gpu={micro} × {length} tokens"

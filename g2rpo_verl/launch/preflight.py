@@ -153,7 +153,8 @@ def check_gpus(config, available: float | None, source: str, cluster_wide: bool)
         if available < need:
             return [
                 Finding(
-                    "gpus", "fail",
+                    "gpus",
+                    "fail",
                     f"{source} has {available:g} GPUs but {want} = {need}: verl would wait for resources or fail "
                     "('Total available GPUs ... is less than total desired GPUs'); start every node's Ray worker "
                     "with --num-gpus, or lower trainer.nnodes / n_gpus_per_node",
@@ -165,7 +166,9 @@ def check_gpus(config, available: float | None, source: str, cluster_wide: bool)
         return [Finding("gpus", "fail", f"{source} shows {available:g} GPUs but trainer.n_gpus_per_node={per_node}")]
     message = f"{source}: {available:g} GPUs ≥ trainer.n_gpus_per_node={per_node}"
     if nnodes > 1:
-        return [Finding("gpus", "warn", message + f"; the other {nnodes - 1} node(s) were not checked (pass --ray-address)")]
+        return [
+            Finding("gpus", "warn", message + f"; the other {nnodes - 1} node(s) were not checked (pass --ray-address)")
+        ]
     return [Finding("gpus", "ok", message)]
 
 
@@ -232,7 +235,7 @@ def scan_data(config, max_rows: int | None = None) -> tuple[list[Finding], DataS
     task_key = str((config.get("g2rpo") or {}).get("task_key", DEFAULT_TASK_KEY))
     needs_task = config.algorithm.adv_estimator in plugin_estimators()
     problems: list[str] = []
-    for split, key in (("train", "train_files"), ("val", "val_files")):
+    for _split, key in (("train", "train_files"), ("val", "val_files")):
         files = _files(config.data.get(key))
         if not files:
             problems.append(f"data.{key} is empty")
@@ -254,13 +257,15 @@ def scan_data(config, max_rows: int | None = None) -> tuple[list[Finding], DataS
             rows = table.slice(0, max_rows).to_pylist() if max_rows else table.to_pylist()
             summary.rows[str(path)] = table.num_rows
             problems.extend(_check_rows(path, rows, prompt_key, image_key, task_key, needs_task, summary))
-    for problem in problems[:MAX_EXAMPLES * 4]:
+    for problem in problems[: MAX_EXAMPLES * 4]:
         findings.append(Finding("data", "fail", problem))
     if len(problems) > MAX_EXAMPLES * 4:
         findings.append(Finding("data", "fail", f"... {len(problems) - MAX_EXAMPLES * 4} more problem(s)"))
     if not problems:
         total = sum(summary.rows.values())
-        findings.append(Finding("data", "ok", f"{len(summary.rows)} file(s), {total} rows, columns and images as verl reads them"))
+        findings.append(
+            Finding("data", "ok", f"{len(summary.rows)} file(s), {total} rows, columns and images as verl reads them")
+        )
     return findings, summary
 
 
@@ -328,7 +333,8 @@ def check_image_tokens(config, summary: DataSummary, family: VisionFamily | None
     if patch is not None and int(patch) != family.patch_size:
         findings.append(
             Finding(
-                "image_tokens", "warn",
+                "image_tokens",
+                "warn",
                 f"data.image_patch_size={patch} but {family.name} uses {family.patch_size}-px patches "
                 "(verl's overlong-prompt filter would count image tokens wrong)",
             )
@@ -352,7 +358,8 @@ def check_image_tokens(config, summary: DataSummary, family: VisionFamily | None
     if unbounded:
         findings.append(
             Finding(
-                "image_tokens", "warn",
+                "image_tokens",
+                "warn",
                 f"{unbounded} image entries have no max_pixels: qwen-vl-utils then allows up to "
                 f"{max_image_tokens(family, None)} tokens per image (g2rpo-data convert --max-pixels sets it)",
             )
@@ -360,7 +367,8 @@ def check_image_tokens(config, summary: DataSummary, family: VisionFamily | None
     if total > limit:
         findings.append(
             Finding(
-                "image_tokens", "fail",
+                "image_tokens",
+                "fail",
                 f"{how} > data.max_prompt_length={limit}: the run would stop with 'Multimodal prompt produced ... "
                 "tokens' or 'Image features and image tokens do not match'. Lower max_pixels "
                 "(g2rpo-data convert --max-pixels) or raise data.max_prompt_length",
@@ -405,7 +413,8 @@ def check_format_tags(config, summary: DataSummary) -> list[Finding]:
         named = ", ".join(f"<{tag}> ({n} of {len(prompts)})" for tag, n in others.most_common())
         return [
             Finding(
-                "format_tags", "fail",
+                "format_tags",
+                "fail",
                 f"prompts ask for {named} but {reward} needs {think}…</{settings.think_tag}>{answer}: every format "
                 f"reward would be 0. Set reward.custom_reward_function.reward_kwargs.think_tag (or .preset) to match, "
                 "or convert the data with g2rpo-data convert --preset/--think-tag",
@@ -414,12 +423,15 @@ def check_format_tags(config, summary: DataSummary) -> list[Finding]:
     if not settings.format_requires_think:
         return [Finding("format_tags", "ok", f"format reward does not require {think}")]
     if not instruct:
-        return [Finding("format_tags", "ok", f"format {think}…{answer}; model {model!r} is not a Qwen3-VL Instruct model")]
+        return [
+            Finding("format_tags", "ok", f"format {think}…{answer}; model {model!r} is not a Qwen3-VL Instruct model")
+        ]
     findings = []
     if settings.think_tag == "think":
         findings.append(
             Finding(
-                "format_tags", "warn",
+                "format_tags",
+                "warn",
                 f"{reward} needs <think> and {model!r} is a Qwen3-VL Instruct model, which does not reliably write "
                 "<think> even when asked but does write <thinking> (Qwen3-VL #1663, EasyR1 #597): the format reward "
                 "may stay 0. Use reward_kwargs.preset=reference (tag <thinking>) with data converted by the default "
@@ -429,7 +441,8 @@ def check_format_tags(config, summary: DataSummary) -> list[Finding]:
     if prompts and asking < len(prompts):
         findings.append(
             Finding(
-                "format_tags", "warn",
+                "format_tags",
+                "warn",
                 f"{len(prompts) - asking} of {len(prompts)} prompts do not ask for {think}…{answer}, {reward} requires "
                 f"{think}, and {model!r} is a Qwen3-VL Instruct model, which does not write a think block unless "
                 "asked (EasyR1 #597): their format reward would always be 0. Convert with the default prompts "
@@ -491,7 +504,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-path", required=True, help="directory of the config (as for verl's main_ppo)")
     parser.add_argument("--config-name", required=True)
     parser.add_argument("--gpus", type=float, help="GPUs available in total (skips detection)")
-    parser.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"), help="count the GPUs of this Ray cluster")
+    parser.add_argument(
+        "--ray-address", default=os.environ.get("RAY_ADDRESS"), help="count the GPUs of this Ray cluster"
+    )
     parser.add_argument("--skip", default="", help=f"comma-separated checks to skip: {','.join(CHECKS)}")
     parser.add_argument("--max-rows", type=int, help="rows read per data file (default: all)")
     parser.add_argument("--gpu-memory-gib", type=float, help="memory of one GPU (default: this node's GPU 0)")

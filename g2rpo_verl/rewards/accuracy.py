@@ -29,10 +29,9 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Callable
 
 from g2rpo_verl.rewards.answers import (
     match_option_text,
@@ -133,7 +132,9 @@ def canonical_problem_type(name: Any) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------
-def _multiple_choice(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True) -> Scored:
+def _multiple_choice(
+    answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True
+) -> Scored:
     options = parse_options(extra_info.get("options"))
     truth_s = str(truth).strip()
     true_letter = parse_choice_letter(truth_s) or match_option_text(truth_s, options)
@@ -178,7 +179,9 @@ def _answer_number(answer: str) -> tuple[tuple[float, bool] | None, float]:
     return parse_number(answer, strict=False), 0.0
 
 
-def _numerical(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True) -> Scored:
+def _numerical(
+    answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True
+) -> Scored:
     true_num = _truth_number(truth)
     if answer is None:
         return Scored(0.0, 0.0)
@@ -201,7 +204,9 @@ def mean_relative_accuracy(pred: float, truth: float, thresholds: tuple[float, .
     return sum(1.0 for t in thresholds if rel < 1.0 - t) / len(thresholds)
 
 
-def _regression(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True) -> Scored:
+def _regression(
+    answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True
+) -> Scored:
     true_value, _ = _truth_number(truth)
     if answer is None:
         return Scored(0.0, 0.0)
@@ -328,7 +333,9 @@ def match_boxes(pred: list[tuple[float, ...]], truth: list[tuple[float, ...]], s
     return float(min(1.0, ious[rows, cols].sum() / max(len(pred), len(truth))))
 
 
-def _grounding(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True) -> Scored:
+def _grounding(
+    answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True
+) -> Scored:
     true_boxes = parse_boxes(truth, strict=True) or parse_boxes(truth, strict=False)
     if true_boxes is None:
         raise ValueError(f"ground truth {str(truth)[:80]!r} has no box")
@@ -353,7 +360,9 @@ def _free_form_norm(text: str) -> str:
     return s.rstrip(".。!").strip()
 
 
-def _free_form(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True) -> Scored:
+def _free_form(
+    answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True
+) -> Scored:
     if answer is None:
         return Scored(0.0, 0.0)
     truth_n = _free_form_norm(str(truth))

@@ -175,7 +175,9 @@ def format_score(
     if n_open_t != 1 or n_close_t != 1:
         return 0.0
     # the only think tags are the ones delimiting ``head``, so the answer holds none
-    return 1.0 if head.startswith(open_t) and head.endswith(close_t) and len(head) >= len(open_t) + len(close_t) else 0.0
+    return (
+        1.0 if head.startswith(open_t) and head.endswith(close_t) and len(head) >= len(open_t) + len(close_t) else 0.0
+    )
 
 
 def loose_format(text: str, think_tag: str = "think", answer_tag: str = "answer", require_think: bool = True) -> float:
@@ -497,7 +499,7 @@ def parse_boxes(answer: Any, strict: bool = True) -> list[Box] | None:
         return _boxes_from_obj(answer)
     s = _strip_fence(answer.strip())
     if strict:
-        if len(s) > _MAX_JSON_CHARS or not s[:1] in ("{", "["):
+        if len(s) > _MAX_JSON_CHARS or s[:1] not in ("{", "["):
             return None
         try:
             obj = json.loads(s)

@@ -27,7 +27,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["RewardSettings", "settings_from_kwargs", "preset_settings", "PRESETS", "DEFAULT_PRESET", "CHOICES", "VERL_KWARGS"]
+__all__ = [
+    "RewardSettings",
+    "settings_from_kwargs",
+    "preset_settings",
+    "PRESETS",
+    "DEFAULT_PRESET",
+    "CHOICES",
+    "VERL_KWARGS",
+]
 
 #: keys verl may pass that are not ours (reward-model routing in the reward managers)
 VERL_KWARGS = frozenset({"reward_router_address", "reward_model_tokenizer"})
@@ -163,7 +171,13 @@ _FIELDS = {f.name: f for f in fields(RewardSettings)}
 _BOOLS = frozenset(n for n, f in _FIELDS.items() if f.type in ("bool", bool))
 _TAGS = ("think_tag", "answer_tag")
 _SECONDS = ("math_timeout_s", "math_queue_timeout_s")
-_COUNTS = {"math_workers": 0, "max_solution_chars": 16, "max_math_chars": 16, "max_math_depth": 1, "max_math_digits": 16}
+_COUNTS = {
+    "math_workers": 0,
+    "max_solution_chars": 16,
+    "max_math_chars": 16,
+    "max_math_depth": 1,
+    "max_math_digits": 16,
+}
 
 
 def _as_float(key: str, value: Any, low: float = -math.inf) -> float:

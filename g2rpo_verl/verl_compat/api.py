@@ -271,21 +271,16 @@ PRIVATE_SYMBOLS = {
     "PPOTrainer._save_checkpoint / _load_checkpoint / on_init_end / __init__": "trainer mixins (call verl's own)",
     "PPOTrainer.global_steps / tokenizer / actor_rollout_wg / distillation_config": "attributes read by the mixins",
     "RayWorkerGroup._dispatch_info / _query_dispatch_info('actor')": "actor data-parallel size (entropy shaping)",
-    "engine worker train_mini_batch: contiguous dp chunks, make_iterator(seed=data_loader_seed+rank)":
-        "the actor mini-batch split entropy shaping and task_mean predict (checked per row in the loss)",
+    "engine worker train_mini_batch: contiguous dp chunks, make_iterator(seed=data_loader_seed+rank)": "the actor mini-batch split entropy shaping and task_mean predict (checked per row in the loss)",
     "loss micro-batch keys dp_size / batch_num_tokens / global_batch_size": "entropy-shaping loss; task_mean loss",
     "ppo_loss(config, model_output, data) reads batch_num_tokens / global_batch_size from the micro-batch on "
-    "every call and every policy loss aggregates with agg_loss(**config.global_batch_info)":
-        "task_mean (verl_hooks/actor_loss.py): verl's ppo_loss called per task with that task's normalisers",
-    "verl.utils.metric.Metric(value, aggregation).values / .aggregation (SUM, MEAN)":
-        "task_mean recombines the per-task ppo_loss metrics",
+    "every call and every policy loss aggregates with agg_loss(**config.global_batch_info)": "task_mean (verl_hooks/actor_loss.py): verl's ppo_loss called per task with that task's normalisers",
+    "verl.utils.metric.Metric(value, aggregation).values / .aggregation (SUM, MEAN)": "task_mean recombines the per-task ppo_loss metrics",
     "verl.workers.engine.fsdp.transformer_impl.FSDPEngine.train_batch(data, loss_function) / "
     "forward_backward_batch(data, loss_function, forward_only) / optimizer_zero_grad() / "
-    "is_mp_src_rank_with_outputs() / module":
-        "per-task gradient diagnostics (verl_hooks/grad_diagnostics.py): extra passes before each mini-batch",
+    "is_mp_src_rank_with_outputs() / module": "per-task gradient diagnostics (verl_hooks/grad_diagnostics.py): extra passes before each mini-batch",
     "batch.extra_info reaches the worker as non-tensor data of every mini-batch; worker metrics logged as "
-    "actor/<name>, one-element lists per mini-batch averaged by reduce_metrics":
-        "per-task gradient diagnostics: the request and the Gram entries",
+    "actor/<name>, one-element lists per mini-batch averaged by reduce_metrics": "per-task gradient diagnostics: the request and the Gram entries",
     "TransferQueue fields uid, data_source, extra_info, extra_fields.reward_extra_info, rm_scores, "
     "response_mask, responses, advantages, entropy, old_log_probs": "per-sample task keys, shaping, metrics",
     "TransferQueue key format {uid}_{session}_{index}": "group filtering (group of a key)",
@@ -296,18 +291,13 @@ PRIVATE_SYMBOLS = {
     "tracker file latest_checkpointed_iteration.txt": "the demo's resume check; g2rpo-eval",
     "console logger line 'step:N - key:value - ...'": "the demo's progress bar",
     "verl.workers.rollout.base._ROLLOUT_REGISTRY": "CPU backend: the hf rollout",
-    "ReplayBuffer._materialize_batch(partition_id, selected_prompt_uids, partition_snapshot)":
-        "CPU backend: batches in request order (cpu/replay_buffer.py)",
+    "ReplayBuffer._materialize_batch(partition_id, selected_prompt_uids, partition_snapshot)": "CPU backend: batches in request order (cpu/replay_buffer.py)",
     "TransferQueue fields index, data_source, prompts": "CPU backend: the request-order sort key",
     "SingleTurnAgentLoop.run(sampling_params, priority, **sample) with sample fields global_steps, index, "
-    "session_id; server_manager.generate(request_id, prompt_ids=, sampling_params=, ...)":
-        "the seeded agent loop (verl_hooks/seeded_agent_loop.py)",
+    "session_id; server_manager.generate(request_id, prompt_ids=, sampling_params=, ...)": "the seeded agent loop (verl_hooks/seeded_agent_loop.py)",
     "init_process_group backend string 'cpu:gloo,{device}:{backend}'": "CPU backend: duplicate-backend fix",
     "VERL_ENGINE_DEVICE environment variable": "CPU backend: FSDP engine looked up under cuda",
-    "verl.workers.engine.fsdp.transformer_impl.CPUOffloadPolicy (forward-only engines pin)":
-        "CPU backend: the reference model's offload policy unpinned (cpu/engine_fixes.py)",
-    "verl.utils.model.load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code)":
-        "CPU backend: the critic loads with its configured attention (cpu/engine_fixes.py)",
-    "RLHFDataset._process_multi_modal_info(messages, image_patch_size, config)":
-        "CPU backend: images without qwen_vl_utils / torchvision (cpu/vl_dataset.py)",
+    "verl.workers.engine.fsdp.transformer_impl.CPUOffloadPolicy (forward-only engines pin)": "CPU backend: the reference model's offload policy unpinned (cpu/engine_fixes.py)",
+    "verl.utils.model.load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code)": "CPU backend: the critic loads with its configured attention (cpu/engine_fixes.py)",
+    "RLHFDataset._process_multi_modal_info(messages, image_patch_size, config)": "CPU backend: images without qwen_vl_utils / torchvision (cpu/vl_dataset.py)",
 }

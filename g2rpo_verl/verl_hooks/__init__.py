@@ -171,7 +171,9 @@ def check_registered() -> None:
     for spec in estimators.ESTIMATORS:
         fn = registry.get(spec.name)
         if getattr(fn, "g2rpo_spec", None) is not spec:
-            raise RuntimeError(f"g2rpo_verl: advantage estimator '{spec.name}' is not registered with verl (got {fn!r})")
+            raise RuntimeError(
+                f"g2rpo_verl: advantage estimator '{spec.name}' is not registered with verl (got {fn!r})"
+            )
     unwrapped = [n for n, c in trainer_registry().items() if not issubclass(c, G2RPOTrainerMixin)]
     if unwrapped:
         raise RuntimeError(f"g2rpo_verl: verl trainers {unwrapped} are missing the plugin's mixin")

@@ -96,7 +96,6 @@ over the mini-batches containing τ; and ``actor/entropy_shaping_loss`` from the
 surrogate's value, which shows the term reached the loss).
 """
 
-
 from __future__ import annotations
 
 from functools import partial
@@ -140,9 +139,10 @@ class G2RPOActorLoss:
         self.inner = inner
         self.estimator = estimator
         self.task_mean = bool(task_mean)
-        self.label = " / ".join(
-            ([] if estimator is None else ["g2rpo.entropy"]) + (["g2rpo.loss_agg"] if task_mean else [])
-        ) or "g2rpo"
+        self.label = (
+            " / ".join(([] if estimator is None else ["g2rpo.entropy"]) + (["g2rpo.loss_agg"] if task_mean else []))
+            or "g2rpo"
+        )
         self.tracker = MiniBatchTracker(self.label)
 
     def __getstate__(self):

@@ -172,9 +172,8 @@ def register_estimators(specs: Sequence[EstimatorSpec] | None = None) -> None:
     """
     from verl.trainer.ppo.core_algos import register_adv_est
 
-    from g2rpo_verl.verl_compat.api import adv_estimator_registry
-
     from g2rpo_verl import estimators
+    from g2rpo_verl.verl_compat.api import adv_estimator_registry
 
     registry = adv_estimator_registry()
     for spec in estimators.ESTIMATORS if specs is None else specs:

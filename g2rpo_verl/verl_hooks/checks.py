@@ -42,7 +42,9 @@ def estimator_problem(name: str, known: Iterable[str]) -> str | None:
         return None
     guess = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
     hint = f"did you mean {' or '.join(repr(g) for g in guess)}? " if guess else ""
-    return f"algorithm.adv_estimator={name!r} is not a registered advantage estimator; {hint}(known: {', '.join(known)})"
+    return (
+        f"algorithm.adv_estimator={name!r} is not a registered advantage estimator; {hint}(known: {', '.join(known)})"
+    )
 
 
 def uses_project_reward(config: Any) -> bool:
@@ -187,7 +189,9 @@ def _task_mean_problems(config: Any) -> list[str]:
             "the whole micro-batch, so it cannot be split into per-task parts exactly"
         )
     if _get(config, "distillation.enabled", False):
-        problems.append(f"{key} with distillation.enabled=true is not supported (the distillation loss is not split by task)")
+        problems.append(
+            f"{key} with distillation.enabled=true is not supported (the distillation loss is not split by task)"
+        )
     if int(_get(config, "actor_rollout_ref.actor.ppo_epochs", 1)) < 1:
         problems.append(f"{key} but actor_rollout_ref.actor.ppo_epochs < 1: no actor update")
     return problems
@@ -212,12 +216,16 @@ def _diagnostics_problems(config: Any) -> list[str]:
             f"{key} with actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode}: that loss picks tokens across "
             "the whole batch, so one task's part of the gradient is not the loss restricted to its rows"
         )
-    if (_get(config, "distillation.enabled", False)):
-        problems.append(f"{key} with distillation.enabled=true is not supported (the distillation loss is not split by task)")
+    if _get(config, "distillation.enabled", False):
+        problems.append(
+            f"{key} with distillation.enabled=true is not supported (the distillation loss is not split by task)"
+        )
     return problems
 
 
-def validate_run_config(config: Any, trainer: str | None = None, known_estimators: Iterable[str] | None = None) -> G2RPOConfig:
+def validate_run_config(
+    config: Any, trainer: str | None = None, known_estimators: Iterable[str] | None = None
+) -> G2RPOConfig:
     """The validated ``g2rpo`` section; raises :class:`G2RPOConfigError` listing every problem."""
     problems, g2rpo = config_problems(config, trainer, known_estimators)
     if problems:

@@ -172,14 +172,17 @@ class EntropyShapingMixin(G2RPOBase):
         if loss_agg.task_mean:
             logger.info(
                 "g2rpo: task_mean loss aggregation on (inside each task: %s; weights %s)",
-                self.config.actor_rollout_ref.actor.loss_agg_mode, dict(loss_agg.weights) or "equal",
+                self.config.actor_rollout_ref.actor.loss_agg_mode,
+                dict(loss_agg.weights) or "equal",
             )
         if shaping.enable:
             logger.info(
                 "g2rpo: task-level entropy shaping on (controller=%s, %s, band %s, per_task=%s, estimator=%s)",
                 shaping.controller,
                 f"beta={shaping.beta}" if shaping.controller == "fixed" else shaping.adaptive,
-                shaping.band(), dict(shaping.per_task), shaping.estimator,
+                shaping.band(),
+                dict(shaping.per_task),
+                shaping.estimator,
             )
 
     def entropy_coefficients(self, task_names: Sequence[str]) -> torch.Tensor:

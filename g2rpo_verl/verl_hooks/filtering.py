@@ -165,7 +165,8 @@ class BandFilter:
             logger.warning(
                 "g2rpo: online filtering generated %d extra prompts this step (max_num_gen_batches budget); "
                 "the rest of the batch is filled without the %s band",
-                self.refilled, self.band,
+                self.refilled,
+                self.band,
             )
         self.budget_hit = True
         return False
@@ -240,7 +241,10 @@ class GroupFilterMixin(G2RPOBase):
         logger.info(
             "g2rpo: online group filtering keeps groups with %s < mean(%s) < %s; at most %s prompts per step "
             "(algorithm.filter_groups.max_num_gen_batches=%s is honoured here, whatever verl logs)",
-            band.low, buffer.filter_groups_metric, band.high,
-            "unbounded" if band_filter.max_refill is None else band_filter.max_refill + batch, max_batches,
+            band.low,
+            buffer.filter_groups_metric,
+            band.high,
+            "unbounded" if band_filter.max_refill is None else band_filter.max_refill + batch,
+            max_batches,
         )
         return buffer

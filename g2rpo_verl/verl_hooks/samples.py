@@ -113,7 +113,9 @@ class SampleInfo:
 
     def with_component(self, name: str, values: torch.Tensor) -> SampleInfo:
         """A copy whose reward dicts carry ``name: values[i]`` (e.g. the length score as a GS-GDPO component)."""
-        infos = tuple({**(info or {}), name: float(v)} for info, v in zip(self.reward_infos, values.tolist(), strict=True))
+        infos = tuple(
+            {**(info or {}), name: float(v)} for info, v in zip(self.reward_infos, values.tolist(), strict=True)
+        )
         return replace(self, reward_infos=infos)
 
 
@@ -167,12 +169,16 @@ class ResponseBatch:
         import transfer_queue as tq
 
         data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=[TQ.RM_SCORES, TQ.RESPONSE_MASK, TQ.RESPONSES]
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            select_fields=[TQ.RM_SCORES, TQ.RESPONSE_MASK, TQ.RESPONSES],
         )
         nested_mask = data[TQ.RESPONSE_MASK]
         padded = data.to_padded_tensor()
         lengths, truncated = response_stats(padded[TQ.RESPONSES], padded[TQ.RESPONSE_MASK], eos_ids)
-        return cls(nested_mask, padded[TQ.RESPONSE_MASK], padded[TQ.RESPONSES], padded[TQ.RM_SCORES], lengths, truncated)
+        return cls(
+            nested_mask, padded[TQ.RESPONSE_MASK], padded[TQ.RESPONSES], padded[TQ.RM_SCORES], lengths, truncated
+        )
 
     def get(self, batch, field: str) -> torch.Tensor:
         """A per-token field of these rows, padded ``(N, T)``."""

@@ -55,7 +55,9 @@ class SeededSingleTurnAgentLoop(SingleTurnAgentLoop):
     async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs: Any):
         missing = [k for k in ("global_steps", "index") if kwargs.get(k) is None]
         if missing:
-            raise KeyError(f"{SEEDED_AGENT_LOOP} agent loop needs the sample fields {missing} (verl sets them per prompt)")
+            raise KeyError(
+                f"{SEEDED_AGENT_LOOP} agent loop needs the sample fields {missing} (verl sets them per prompt)"
+            )
         sample = kwargs.get("session_id")
         sample = int(priority) if sample is None else int(sample)
         self.server_manager = _SeedingClient(

@@ -96,7 +96,9 @@ class G2RPOTrainerMixin(GradDiagnosticsMixin, EntropyShapingMixin, LengthShaping
         advantages = responses.token_mean(batch, TQ.ADVANTAGES)
         rewards = responses.rm_scores.sum(-1) + bonus
         metrics.update(
-            task_step_metrics(info.tasks, info.reward_infos, rewards, advantages, responses.lengths, responses.truncated)
+            task_step_metrics(
+                info.tasks, info.reward_infos, rewards, advantages, responses.lengths, responses.truncated
+            )
         )
         if batch.fields is None or TQ.ENTROPY in batch.fields:  # verl stores it unless bypass_mode
             metrics.update(task_entropy_metrics(info.tasks, responses.get(batch, TQ.ENTROPY), responses.response_mask))

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from g2rpo_verl import gs_gdpo_advantages, gs_grpo_advantages
-
 from support.reference_impl import gs_gdpo_loop, gs_grpo_loop
 
 
@@ -149,7 +148,9 @@ def test_gs_grpo_rejects_non_finite_rewards_and_bad_shapes():
 def random_components(rng, n, k, p_missing=0.2):
     rows = []
     for _ in range(n):
-        rows.append([None if rng.random() < p_missing else rng.choice([0.0, 0.5, 1.0, rng.uniform(0, 1)]) for _ in range(k)])
+        rows.append(
+            [None if rng.random() < p_missing else rng.choice([0.0, 0.5, 1.0, rng.uniform(0, 1)]) for _ in range(k)]
+        )
     return rows
 
 

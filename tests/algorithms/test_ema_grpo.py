@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from g2rpo_verl.algorithms.ema_grpo import TaskMoments, ema_grpo_advantages
-
 from support.reference_impl import ema_grpo_loop
 
 
@@ -99,9 +98,13 @@ def test_tied_group_and_singleton_get_zero_and_the_floor_bounds_sigma():
 
 def test_bad_ids_are_refused():
     with pytest.raises(ValueError, match="group_ids"):
-        ema_grpo_advantages(torch.zeros(3), torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.long), ["t"], {})
+        ema_grpo_advantages(
+            torch.zeros(3), torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.long), ["t"], {}
+        )
     with pytest.raises(ValueError, match="task names"):
-        ema_grpo_advantages(torch.zeros(2), torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long), ["t"], {})
+        ema_grpo_advantages(
+            torch.zeros(2), torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long), ["t"], {}
+        )
 
 
 def test_state_round_trips_through_json():

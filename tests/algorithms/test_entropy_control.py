@@ -16,8 +16,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from g2rpo_verl.config import EntropyShapingConfig, load_g2rpo_config
 from g2rpo_verl.algorithms.entropy_control import AdaptiveEntropyControl, EntropyController, in_band
+from g2rpo_verl.config import EntropyShapingConfig, load_g2rpo_config
 
 LOW, HIGH = 0.2, 0.6
 
@@ -78,7 +78,9 @@ def test_non_finite_entropy_and_bad_gains_are_errors_naming_the_key():
         EntropyShapingConfig(controller="pid")
     with pytest.raises(ValueError, match="controller=adaptive needs g2rpo.entropy.estimator=exact"):
         EntropyShapingConfig(controller="adaptive", estimator="sampled")
-    cfg = load_g2rpo_config(OmegaConf.create({"g2rpo": {"entropy": {"controller": "adaptive", "adaptive": {"coef_max": 3}}}}))
+    cfg = load_g2rpo_config(
+        OmegaConf.create({"g2rpo": {"entropy": {"controller": "adaptive", "adaptive": {"coef_max": 3}}}})
+    )
     assert cfg.entropy.adaptive.coef_max == 3.0 and cfg.entropy.controller == "adaptive"
 
 

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from g2rpo_verl import gaussianize
-
 from support.reference_impl import gaussianize_list
 
 
@@ -107,7 +106,10 @@ def test_rank_invariance_zero_sum_and_bound(xs):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from([0.0, 0.25, 1.0, 3.0])), min_size=1, max_size=60), st.randoms())
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.sampled_from([0.0, 0.25, 1.0, 3.0])), min_size=1, max_size=60),
+    st.randoms(),
+)
 def test_permuting_the_input_permutes_the_output(pairs, rnd):
     groups = torch.tensor([g for g, _ in pairs])
     values = torch.tensor([v for _, v in pairs], dtype=torch.float64)

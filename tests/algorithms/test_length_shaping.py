@@ -7,13 +7,14 @@ import torch
 from omegaconf import OmegaConf
 
 from g2rpo_verl import gs_grpo_advantages
-from g2rpo_verl.config import LengthShapingConfig, load_g2rpo_config
 from g2rpo_verl.algorithms.length import LengthShaper, TaskLengthRule, ties_within_groups, trapezoid
+from g2rpo_verl.config import LengthShapingConfig, load_g2rpo_config
 from g2rpo_verl.verl_hooks.samples import response_stats
 
 
 @pytest.mark.parametrize(
-    "length, expected", [(5, 0.0), (10, 0.0), (15, 0.5), (20, 1.0), (25, 1.0), (30, 1.0), (40, 0.5), (50, 0.0), (51, 0.0)]
+    "length, expected",
+    [(5, 0.0), (10, 0.0), (15, 0.5), (20, 1.0), (25, 1.0), (30, 1.0), (40, 0.5), (50, 0.0), (51, 0.0)],
 )
 def test_trapezoid_envelope(length, expected):
     assert trapezoid(torch.tensor([length]), 10, 20, 30, 50).item() == pytest.approx(expected)
@@ -22,7 +23,9 @@ def test_trapezoid_envelope(length, expected):
 def test_trapezoid_with_zero_width_ramps_is_a_step_and_bounds_may_differ_per_sample():
     assert trapezoid(torch.tensor([9, 10, 30, 31]), 10, 10, 30, 30).tolist() == [0.0, 1.0, 1.0, 0.0]
     L = torch.tensor([15.0, 15.0])
-    out = trapezoid(L, torch.tensor([10.0, 0.0]), torch.tensor([20.0, 0.0]), torch.tensor([30.0, 10.0]), torch.tensor([50.0, 20.0]))
+    out = trapezoid(
+        L, torch.tensor([10.0, 0.0]), torch.tensor([20.0, 0.0]), torch.tensor([30.0, 10.0]), torch.tensor([50.0, 20.0])
+    )
     assert out.tolist() == [0.5, 0.5]
 
 
@@ -48,9 +51,13 @@ def test_neutral_profile_scores_every_length_one():
 
 
 def test_config_rules_per_task_profile_defaults_and_errors_name_the_task():
-    cfg = load_g2rpo_config(OmegaConf.create({"g2rpo": {"length": {"tasks": {"math": {"floor": 100}, "chart": {"profile": "reasoning"}}}}}))
+    cfg = load_g2rpo_config(
+        OmegaConf.create({"g2rpo": {"length": {"tasks": {"math": {"floor": 100}, "chart": {"profile": "reasoning"}}}}})
+    )
     length = cfg.length
-    assert length.rule("math") == TaskLengthRule("reasoning", floor=100, ceiling=2048, stretch=0.1, width=0.5, ramp=0.5, rate=0.05)
+    assert length.rule("math") == TaskLengthRule(
+        "reasoning", floor=100, ceiling=2048, stretch=0.1, width=0.5, ramp=0.5, rate=0.05
+    )
     assert length.rule("chart").profile == "reasoning"
     assert length.rule("spatial grounding").profile == "perception"  # built-in name
     assert length.rule("unknown task").profile == "neutral"
@@ -165,7 +172,7 @@ def test_simulated_training_lengthens_reasoning_and_shortens_grounding():
     mu = {"math": math.log(40.0), "spatial grounding": math.log(80.0)}
     sigma, lr, prompts, n = 0.3, 0.05, 32, 8
     names = list(mu)
-    for step in range(120):
+    for _step in range(120):
         tasks = [names[(i // n) % 2] for i in range(prompts * n)]
         log_len = torch.tensor([mu[t] for t in tasks]) + sigma * torch.randn(len(tasks))
         lengths = log_len.exp().round().clamp(min=1)

@@ -35,7 +35,8 @@ def test_minimum_detectable_difference_worked_example():
     assert minimum_detectable_difference([0.01, 0.03, -0.01]) == pytest.approx(5.3634 * 0.02 / math.sqrt(3), rel=1e-4)
     # unpaired: two arms of 3 seeds, sd 0.1, df 4: (2.7764 + 0.9410) · 0.1 · sqrt(2/3)
     assert minimum_detectable_difference([0.3, 0.4, 0.5], paired=False) == pytest.approx(
-        3.7174 * 0.1 * math.sqrt(2 / 3), rel=1e-4)
+        3.7174 * 0.1 * math.sqrt(2 / 3), rel=1e-4
+    )
     # more seeds, same spread: smaller; one seed: undefined
     assert minimum_detectable_difference([0.01, 0.03, -0.01] * 3) < minimum_detectable_difference([0.01, 0.03, -0.01])
     assert math.isnan(minimum_detectable_difference([0.1]))
@@ -58,11 +59,15 @@ def _write_run(path: Path, val: dict[int, dict[str, tuple[float, float]]], train
                 data[f"val-core/{source}/acc/mean@2"] = acc
                 data[f"val-aux/{source}/reward/mean@2"] = reward
             for task, (std, lo, hi, skew, reward) in train.get(step, {}).items():
-                data.update({
-                    f"task_{task}/advantage/std": std, f"task_{task}/advantage/min": lo,
-                    f"task_{task}/advantage/max": hi, f"task_{task}/advantage/skew": skew,
-                    f"task_{task}/reward/total": reward,
-                })
+                data.update(
+                    {
+                        f"task_{task}/advantage/std": std,
+                        f"task_{task}/advantage/min": lo,
+                        f"task_{task}/advantage/max": hi,
+                        f"task_{task}/advantage/skew": skew,
+                        f"task_{task}/reward/total": reward,
+                    }
+                )
             f.write(json.dumps({"step": step, "data": data}) + "\n")
 
 
@@ -72,15 +77,19 @@ def test_summary_numbers_are_the_runs_own_metrics(tmp_path):
     for (arm, seed), (count_acc, ocr_acc) in finals.items():
         _write_run(
             tmp_path / f"{arm}_seed{seed}",
-            val={0: {"demo_counting": (0.1, 0.5), "demo_ocr": (0.0, 0.4)},
-                 2: {"demo_counting": (count_acc, 1.0 + seed), "demo_ocr": (ocr_acc, 0.9)}},
+            val={
+                0: {"demo_counting": (0.1, 0.5), "demo_ocr": (0.0, 0.4)},
+                2: {"demo_counting": (count_acc, 1.0 + seed), "demo_ocr": (ocr_acc, 0.9)},
+            },
             train={1: {"numerical": (1.0, -2.0, 1.5, -0.5, 0.3)}, 2: {"numerical": (0.8, -1.0, 3.0, 0.1, 0.5)}},
         )
     s = summarize(tmp_path, arms, [0, 1, 7])
     assert s["missing_runs"] == ["grpo_seed7", "gs_grpo_seed7"]
     assert s["sources"] == ["demo_counting", "demo_ocr"] and s["tasks"] == ["numerical"]
-    assert s["runs"]["gs_grpo_seed1"]["final"] == {"demo_counting": {"accuracy": 0.9, "reward": 2.0},
-                                                   "demo_ocr": {"accuracy": 0.3, "reward": 0.9}}
+    assert s["runs"]["gs_grpo_seed1"]["final"] == {
+        "demo_counting": {"accuracy": 0.9, "reward": 2.0},
+        "demo_ocr": {"accuracy": 0.3, "reward": 0.9},
+    }
     fin = s["final"]["gs_grpo"]
     assert fin["demo_counting"]["accuracy"]["values"] == [0.7, 0.9]
     assert fin["demo_counting"]["accuracy"]["mean"] == pytest.approx(0.8)
@@ -99,9 +108,11 @@ def test_summary_numbers_are_the_runs_own_metrics(tmp_path):
     assert s["paired_auc_vs_baseline"]["gs_grpo"]["demo_counting"]["accuracy"]["values"] == pytest.approx([0.1, 0.15])
     # minimum detectable differences: paired for gs_grpo, two-arm spread for the baseline
     assert s["mde"]["final"]["gs_grpo"]["demo_counting"]["accuracy"] == pytest.approx(
-        minimum_detectable_difference([0.2, 0.3]))
+        minimum_detectable_difference([0.2, 0.3])
+    )
     assert s["mde"]["final"]["grpo"]["demo_counting"]["accuracy"] == pytest.approx(
-        minimum_detectable_difference([0.5, 0.6], paired=False))
+        minimum_detectable_difference([0.5, 0.6], paired=False)
+    )
     assert s["mde"]["auc"]["gs_grpo"]["mean over tasks"]["accuracy"] > 0
 
     written = write_report(tmp_path, s, command="g2rpo-compare ...")
@@ -154,8 +165,12 @@ def _v1_advantages(estimator: str, rewards: list[list[float]], **algorithm) -> t
     )
     config = OmegaConf.create({"adv_estimator": estimator, "gamma": 1.0, "lam": 1.0, **algorithm})
     out = compute_advantage_for_multi_trajectories(
-        data, batch_keys=keys, adv_estimator=estimator, num_repeat=len(rewards[0]),
-        norm_adv_by_std_in_grpo=algorithm.get("norm_adv_by_std_in_grpo", True), config=config,
+        data,
+        batch_keys=keys,
+        adv_estimator=estimator,
+        num_repeat=len(rewards[0]),
+        norm_adv_by_std_in_grpo=algorithm.get("norm_adv_by_std_in_grpo", True),
+        config=config,
     )
     assert torch.equal(out.batch["advantages"], out.batch["advantages"][:, :1].expand(-1, 3))
     return out.batch["advantages"][:, 0]
@@ -180,7 +195,10 @@ def test_verls_rloo_and_grpo_without_std_run_in_the_harness(arm, estimator, algo
     from g2rpo_verl.verl_compat.api import adv_estimator_registry
     from g2rpo_verl.verl_hooks.checks import validate_run_config
 
-    overrides = [f"algorithm.adv_estimator={estimator}", *(f"algorithm.{k}={str(v).lower()}" for k, v in algorithm.items())]
+    overrides = [
+        f"algorithm.adv_estimator={estimator}",
+        *(f"algorithm.{k}={str(v).lower()}" for k, v in algorithm.items()),
+    ]
     (spec,) = parse_arms([], [f"{arm}={' '.join(overrides)}"])
     cmd = run_command(Path("/w") / f"{arm}_seed0", 0, ["trainer.total_training_steps=2"], spec)
     assert cmd[-2 - len(overrides) : -2] == overrides  # then data.seed / rollout.seed
@@ -200,8 +218,12 @@ def test_arms_from_estimators_and_overrides():
     with pytest.raises(ValueError, match="directory"):
         parse_arms([], ["a/b=x=1"])
     cmd = run_command(Path("/w/grpo_seed3"), 3, ["trainer.total_training_steps=2"], arms[0])
-    assert cmd[-4:] == ["trainer.total_training_steps=2", "algorithm.adv_estimator=grpo", "data.seed=3",
-                        "actor_rollout_ref.rollout.seed=3"]
+    assert cmd[-4:] == [
+        "trainer.total_training_steps=2",
+        "algorithm.adv_estimator=grpo",
+        "data.seed=3",
+        "actor_rollout_ref.rollout.seed=3",
+    ]
     assert cmd[cmd.index("--seed") + 1] == "3"
     assert total_steps(["trainer.total_training_steps=2"]) == 2
     assert total_steps([]) == 40  # the demo YAML's
@@ -244,7 +266,9 @@ def comparison(tmp_path_factory) -> Path:
 
 
 def _reproducible(metrics: dict) -> dict:
-    return {step: {k: v for k, v in data.items() if not any(m in k for m in _MACHINE)} for step, data in metrics.items()}
+    return {
+        step: {k: v for k, v in data.items() if not any(m in k for m in _MACHINE)} for step, data in metrics.items()
+    }
 
 
 def _rounding_only(key: str) -> bool:
@@ -256,14 +280,21 @@ def test_compare_reports_every_task_and_estimator_with_the_runs_own_numbers(comp
     summary = json.loads((comparison / "summary.json").read_text())
     report = (comparison / "report.md").read_text()
     assert summary["missing_runs"] == [] and sorted(summary["runs"]) == [
-        "ema_grpo_seed0", "ema_grpo_seed1", "grpo_seed0", "grpo_seed1"]
+        "ema_grpo_seed0",
+        "ema_grpo_seed1",
+        "grpo_seed0",
+        "grpo_seed1",
+    ]
     assert summary["sources"] == sorted(TASKS)
     for name in [*TASKS, *summary["tasks"], "grpo", "ema_grpo"]:
         assert name in report, name
     assert {spec.problem_type.replace(" ", "_") for spec in TASKS.values()} == set(summary["tasks"])
     for arm in ("grpo", "ema_grpo"):
         for source in TASKS:
-            for kind, key in (("accuracy", f"val-core/{source}/acc/mean@2"), ("reward", f"val-aux/{source}/reward/mean@2")):
+            for kind, key in (
+                ("accuracy", f"val-core/{source}/acc/mean@2"),
+                ("reward", f"val-aux/{source}/reward/mean@2"),
+            ):
                 own = []
                 for seed in (0, 1):
                     metrics = load_metrics([comparison / f"{arm}_seed{seed}" / "metrics.jsonl"])
@@ -276,12 +307,17 @@ def test_compare_reports_every_task_and_estimator_with_the_runs_own_numbers(comp
             std = summary["advantage"][arm][task]["std"]["values"]
             assert len(std) == 2 and all(math.isfinite(v) and v >= 0 for v in std)
     diff = summary["paired_vs_baseline"]["ema_grpo"]["demo_counting"]["accuracy"]
-    grpo, ema = summary["final"]["grpo"]["demo_counting"]["accuracy"], summary["final"]["ema_grpo"]["demo_counting"]["accuracy"]
+    grpo, ema = (
+        summary["final"]["grpo"]["demo_counting"]["accuracy"],
+        summary["final"]["ema_grpo"]["demo_counting"]["accuracy"],
+    )
     assert diff["values"] == pytest.approx([e - g for e, g in zip(ema["values"], grpo["values"])])
     for name in ("validation.png", "final.png"):
         assert (comparison / "plots" / name).stat().st_size > 10_000
     # ema_grpo's per-task moments are checkpointed next to the length-shaping state
-    state = json.loads((comparison / "ema_grpo_seed0" / "checkpoints" / "global_step_2" / "g2rpo_state.json").read_text())
+    state = json.loads(
+        (comparison / "ema_grpo_seed0" / "checkpoints" / "global_step_2" / "g2rpo_state.json").read_text()
+    )
     assert set(state["ema_std"]) == {spec.problem_type for spec in TASKS.values()} and "length" in state
     metrics = load_metrics([comparison / "ema_grpo_seed0" / "metrics.jsonl"])
     assert math.isfinite(metrics[2]["task_numerical/ema/std"])
@@ -324,9 +360,27 @@ def test_the_cheap_profile_sets_its_seeds_and_overrides_and_the_command_line_win
     # the profile keeps the demo's rows per step (prompts x rollouts), so its cost per step
     values = dict(o.split("=", 1) for o in cheap.overrides)
     assert int(values["data.train_batch_size"]) * int(values["actor_rollout_ref.rollout.n"]) == 12 * 8
-    assert main(["--profile", "cheap", "--estimators", "grpo", "--workdir", str(tmp_path), "--report-only",
-                 "--no-plots"]) == 0
+    assert (
+        main(["--profile", "cheap", "--estimators", "grpo", "--workdir", str(tmp_path), "--report-only", "--no-plots"])
+        == 0
+    )
     assert json.loads((tmp_path / "summary.json").read_text())["seeds"] == list(cheap.seeds)
-    assert main(["--profile", "cheap", "--seeds", "3", "--estimators", "grpo", "--workdir", str(tmp_path),
-                 "--report-only", "--no-plots", "trainer.total_training_steps=2"]) == 0
+    assert (
+        main(
+            [
+                "--profile",
+                "cheap",
+                "--seeds",
+                "3",
+                "--estimators",
+                "grpo",
+                "--workdir",
+                str(tmp_path),
+                "--report-only",
+                "--no-plots",
+                "trainer.total_training_steps=2",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "summary.json").read_text())["seeds"] == [3]

@@ -23,9 +23,9 @@ import torch
 import torch.distributed
 
 from g2rpo_verl import cpu
-from g2rpo_verl.demo.fixtures import tiny
 from g2rpo_verl.cpu.hf_generation import HFGenerator, SamplingSpec, load_hf_model, vision_token_ids
 from g2rpo_verl.cpu.platform import PlatformCPU, collapse_duplicate_backends, install_backend_string_fix
+from g2rpo_verl.demo.fixtures import tiny
 from g2rpo_verl.demo.fixtures.toy_reward import ADDITION, CHOICE, compute_score
 
 MAX_NEW = 12
@@ -791,18 +791,24 @@ def _vl_log_probs(model, processor, prompt: list[int], image, response: list[int
     token_types = (ids == processor.image_token_id).to(torch.int)
     # verl's agent loop: the processor's bound get_rope_index gives the (3, B, L) positions
     positions, _ = processor.get_rope_index(
-        input_ids=ids, mm_token_type_ids=token_types, image_grid_thw=features["image_grid_thw"],
+        input_ids=ids,
+        mm_token_type_ids=token_types,
+        image_grid_thw=features["image_grid_thw"],
         attention_mask=torch.ones_like(ids),
     )
     with torch.no_grad():
-        logits = model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            position_ids=positions,
-            pixel_values=features["pixel_values"],
-            image_grid_thw=features["image_grid_thw"],
-            mm_token_type_ids=token_types,
-        ).logits[0, len(prompt) - 1 : -1].float()
+        logits = (
+            model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                position_ids=positions,
+                pixel_values=features["pixel_values"],
+                image_grid_thw=features["image_grid_thw"],
+                mm_token_type_ids=token_types,
+            )
+            .logits[0, len(prompt) - 1 : -1]
+            .float()
+        )
     logp = torch.log_softmax(logits / temperature, dim=-1)
     return logp.gather(-1, torch.tensor(response).unsqueeze(-1)).squeeze(-1)
 
@@ -827,7 +833,10 @@ def test_vl_rollout_with_images_matches_the_trainer_after_a_weight_sync(vl_model
 
     async def batch(sampling):  # concurrent requests, served as one batched generate()
         return await asyncio.gather(
-            *(server.generate(f"r{i}", p, dict(sampling), image_data=[im]) for i, (p, im) in enumerate(zip(prompts, images)))
+            *(
+                server.generate(f"r{i}", p, dict(sampling), image_data=[im])
+                for i, (p, im) in enumerate(zip(prompts, images))
+            )
         )
 
     outs = asyncio.run(batch(params))
@@ -933,7 +942,10 @@ def test_row_sampler_draws_from_the_warped_softmax():
             warped = torch.where(warped >= warped.topk(spec.top_k).values[-1], warped, float("-inf"))
         expected = torch.softmax(warped.double(), -1)
         # 4000 draws: a binomial frequency is within 4 standard deviations
-        assert ((freq - expected).abs() <= 4 * (expected * (1 - expected) / draws).sqrt() + 1e-9).all(), (freq, expected)
+        assert ((freq - expected).abs() <= 4 * (expected * (1 - expected) / draws).sqrt() + 1e-9).all(), (
+            freq,
+            expected,
+        )
 
 
 def test_fast_poll_replay_buffer_is_verls_sync_buffer_with_a_short_poll():
@@ -942,7 +954,9 @@ def test_fast_poll_replay_buffer_is_verls_sync_buffer_with_a_short_poll():
     from g2rpo_verl.cpu.replay_buffer import POLL_INTERVAL_S, FastPollReplayBuffer
 
     kwargs = dict(
-        trainer_config=OmegaConf.create({}), max_off_policy_threshold=8, max_off_policy_strategy="drop",
+        trainer_config=OmegaConf.create({}),
+        max_off_policy_threshold=8,
+        max_off_policy_strategy="drop",
         sampler_kwargs=OmegaConf.create({}),
     )
     buffer = FastPollReplayBuffer("sync", **kwargs)
@@ -958,8 +972,10 @@ def test_request_seed_depends_on_the_request_identity_only():
     assert base == request_seed(42, 3, 7, 0, [1, 2, 3])  # stable (no per-process hash salt)
     assert 0 <= base < 2**63
     others = {
-        request_seed(43, 3, 7, 0, [1, 2, 3]), request_seed(42, 4, 7, 0, [1, 2, 3]),
-        request_seed(42, 3, 8, 0, [1, 2, 3]), request_seed(42, 3, 7, 1, [1, 2, 3]),
+        request_seed(43, 3, 7, 0, [1, 2, 3]),
+        request_seed(42, 4, 7, 0, [1, 2, 3]),
+        request_seed(42, 3, 8, 0, [1, 2, 3]),
+        request_seed(42, 3, 7, 1, [1, 2, 3]),
         request_seed(42, 3, 7, 0, [1, 2, 4]),
     }
     assert base not in others and len(others) == 5
@@ -991,7 +1007,9 @@ def test_replay_buffer_hands_out_a_batch_in_request_order_whatever_the_finishing
     from g2rpo_verl.cpu import replay_buffer
 
     # two prompts with the same dataset index (two validation files), n = 3 samples each
-    requests = [(index, source, session) for index, source in ((0, "ocr"), (0, "math"), (5, "math")) for session in range(3)]
+    requests = [
+        (index, source, session) for index, source in ((0, "ocr"), (0, "math"), (5, "math")) for session in range(3)
+    ]
     prompts = {"ocr": [7, 8, 9], "math": [1, 2]}
 
     def batch_in(order: list[int]) -> tuple[KVBatchMeta, dict]:

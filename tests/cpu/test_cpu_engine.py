@@ -15,8 +15,8 @@ import torch.distributed
 from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 
 from g2rpo_verl.cpu import engine_fixes
-from g2rpo_verl.demo.fixtures import tiny
 from g2rpo_verl.cpu.engine_fixes import UnpinnedCPUOffloadPolicy
+from g2rpo_verl.demo.fixtures import tiny
 
 
 @pytest.fixture

@@ -55,15 +55,22 @@ def test_row_matches_verl_multimodal_dataset():
     assert row["reward_model"] == {"style": "rule", "ground_truth": "7"}
     assert row["data_source"] == "src" and row["ability"] == "general_vqa"
     assert row["extra_info"] == {
-        "problem_id": "p1", "problem_type": "numerical", "task_type": "general_vqa", "options": [],
-        "data_type": "image", "index": 3, "split": "train",
+        "problem_id": "p1",
+        "problem_type": "numerical",
+        "task_type": "general_vqa",
+        "options": [],
+        "data_type": "image",
+        "index": 3,
+        "split": "train",
     }
 
 
 def test_verl_builds_the_chat_messages_from_the_row():
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    row = convert_record(record(problem="<image> <image> Compare.", images=["images/dots3.png", "images/dots7.png"]), 0, "train", OPTS)
+    row = convert_record(
+        record(problem="<image> <image> Compare.", images=["images/dots3.png", "images/dots7.png"]), 0, "train", OPTS
+    )
     ds = RLHFDataset.__new__(RLHFDataset)  # only the message builder, no tokenizer / processor files
     ds.image_key, ds.video_key, ds.audio_key, ds.processor = "images", "videos", "audios", object()
     messages = ds._build_messages(json.loads(json.dumps(row)), "prompt")
@@ -87,7 +94,9 @@ def test_default_prompts_ask_for_each_problem_types_answer_with_the_presets_tag(
     assert asks in reference and "<thinking> </thinking>" in reference and "<answer> </answer>" in reference
     strict = convert_record(rec, 0, "train", ConvertOptions(image_root=SAMPLE, preset="strict"))["prompt"][0]["content"]
     assert "<think> </think>" in strict and asks in strict
-    custom = convert_record(rec, 0, "train", ConvertOptions(image_root=SAMPLE, think_tag="reasoning"))["prompt"][0]["content"]
+    custom = convert_record(rec, 0, "train", ConvertOptions(image_root=SAMPLE, think_tag="reasoning"))["prompt"][0][
+        "content"
+    ]
     assert "<reasoning> </reasoning>" in custom
 
 
@@ -96,7 +105,13 @@ def test_the_grounding_example_is_what_the_reference_reward_reads():
     from g2rpo_verl.rewards import compute_score
 
     for problem_type, (_, example) in ANSWER_FORMS.items():
-        out = compute_score("s", f"<thinking>r</thinking><answer>{example}</answer>", example, {"problem_type": problem_type}, preset="reference")
+        out = compute_score(
+            "s",
+            f"<thinking>r</thinking><answer>{example}</answer>",
+            example,
+            {"problem_type": problem_type},
+            preset="reference",
+        )
         assert out["score"] == pytest.approx(1.5), problem_type
 
 
@@ -110,7 +125,9 @@ def test_bad_preset_or_tag_is_an_error():
 def test_problem_type_is_canonicalised_and_options_appended():
     row = convert_record(
         record(problem_type="multiple_choice", options=["A. red", "B. blue"], problem="<image> Which colour?"),
-        0, "train", ConvertOptions(image_root=SAMPLE, format_prompt=""),
+        0,
+        "train",
+        ConvertOptions(image_root=SAMPLE, format_prompt=""),
     )
     assert row["extra_info"]["problem_type"] == "multiple choice"
     assert row["prompt"][0]["content"] == "<image> Which colour?\nOptions:\nA. red\nB. blue"
@@ -161,7 +178,10 @@ def test_task_file_name():
 
 def test_cli_converts_the_sample(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["convert", "--input", str(SAMPLE / "train.json"), "--val", str(SAMPLE / "val.json"), "--out", str(out)]) == 0
+    assert (
+        main(["convert", "--input", str(SAMPLE / "train.json"), "--val", str(SAMPLE / "val.json"), "--out", str(out)])
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["files"] == ["train.parquet", "val.parquet", "val_OCR.parquet", "val_numerical.parquet"]
     assert manifest["max_images_per_sample"] == 2 and manifest["rows"]["train.parquet"] == 6
@@ -186,7 +206,10 @@ def test_cli_val_fraction_and_jsonl(tmp_path):
 
 def test_cli_bad_records_write_nothing_and_keep_old_output(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["convert", "--input", str(SAMPLE / "train.json"), "--val", str(SAMPLE / "val.json"), "--out", str(out)]) == 0
+    assert (
+        main(["convert", "--input", str(SAMPLE / "train.json"), "--val", str(SAMPLE / "val.json"), "--out", str(out)])
+        == 0
+    )
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     bad = json.loads((SAMPLE / "train.json").read_text())
     bad[2]["problem_type"] = "haiku"

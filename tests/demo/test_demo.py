@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from g2rpo_verl.algorithms.entropy_control import AdaptiveEntropyControl
 from g2rpo_verl.demo import data as demo_data
 from g2rpo_verl.demo import tasks
-from g2rpo_verl.demo.run_metrics import load_metrics, merge_run_metrics, series, task_names, validation_summary
 from g2rpo_verl.demo.overrides import demo_overrides, flatten, format_value, load_config, override_value
+from g2rpo_verl.demo.run_metrics import load_metrics, merge_run_metrics, series, task_names, validation_summary
 from g2rpo_verl.demo.trainer_process import parse_step_line
-from g2rpo_verl.algorithms.entropy_control import AdaptiveEntropyControl
 from g2rpo_verl.rewards import compute_score
 
 SOURCES = list(tasks.TASKS)
@@ -147,7 +147,11 @@ def test_demo_config_composes_with_verls_config_and_user_overrides_win(tmp_path)
 
 @pytest.mark.parametrize(
     ("estimator", "mode", "keys"),
-    [("gs_grpo", "reward", None), ("grpo", "reward", None), ("gs_gdpo", "component", ["accuracy", "format", "structure", "length"])],
+    [
+        ("gs_grpo", "reward", None),
+        ("grpo", "reward", None),
+        ("gs_gdpo", "component", ["accuracy", "format", "structure", "length"]),
+    ],
 )
 def test_each_estimator_gets_a_length_shaping_setting_the_plugin_accepts(tmp_path, estimator, mode, keys):
     from hydra import compose, initialize_config_module
@@ -217,7 +221,14 @@ def _synthetic_run(workdir: Path, steps: int = 6) -> dict:
             for g in range(2 * len(SOURCES)):
                 sample = tasks.make_sample(SOURCES[g % len(SOURCES)], sample_rng)
                 for r in range(8):
-                    rows.append({"input": sample.question, "output": "", "score": float(rng.random() > 0.5), "uid": f"u{step}-{g}_{r}_0"})
+                    rows.append(
+                        {
+                            "input": sample.question,
+                            "output": "",
+                            "score": float(rng.random() > 0.5),
+                            "uid": f"u{step}-{g}_{r}_0",
+                        }
+                    )
             (workdir / "rollouts").mkdir(parents=True, exist_ok=True)
             (workdir / "rollouts" / f"{step}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
         metrics[step] = data
@@ -271,7 +282,9 @@ def test_shaping_summary_reports_each_tasks_share_in_band_and_length_change():
     assert ocr_row.length_met is False
     lines = shaping_summary(metrics)
     assert "last 20 steps" in lines[0]
-    assert any(line.strip().startswith("math") and "75%" in line and "x2.00" in line and ": yes" in line for line in lines)
+    assert any(
+        line.strip().startswith("math") and "75%" in line and "x2.00" in line and ": yes" in line for line in lines
+    )
     assert any(line.strip().startswith("OCR") and "shorter wanted: NO" in line for line in lines)
     assert shaping_summary({1: {"task_math/reward/total": 0.1}}) == []
 
@@ -409,7 +422,10 @@ def test_the_demo_exports_the_policy_and_compares_it_with_the_base_model(demo_ru
     exported = AutoModelForImageTextToText.from_pretrained(hf, dtype=torch.float32).eval()
     exported.generation_config = GenerationConfig()  # as load_hf_model: no sampling defaults
     processor = AutoProcessor.from_pretrained(hf, trust_remote_code=True)
-    assert processor.tokenizer.get_vocab() == AutoProcessor.from_pretrained(demo_run / "model", trust_remote_code=True).tokenizer.get_vocab()
+    assert (
+        processor.tokenizer.get_vocab()
+        == AutoProcessor.from_pretrained(demo_run / "model", trust_remote_code=True).tokenizer.get_vocab()
+    )
     # the checkpoint's weights as verl's trainer held them (float32), in the base model's architecture
     shard = torch.load(actor / "model_world_size_1_rank_0.pt", map_location="cpu", weights_only=False)
     weights = {k: (v.to_local() if isinstance(v, DTensor) else v).float() for k, v in shard.items()}
@@ -433,11 +449,18 @@ def test_the_demo_exports_the_policy_and_compares_it_with_the_base_model(demo_ru
     for path in sorted((demo_run / "data").glob("val_*.parquet")):
         prompts = list(builder.prompts(path, list(range(len(pd.read_parquet(path, columns=["data_source"]))))))
         for k, g in generators.items():
-            tokens[k] += [r.token_ids for r in g.generate_batch([p.prompt_ids for p in prompts], spec, [g.multi_modal_inputs(p.images) for p in prompts])]
+            tokens[k] += [
+                r.token_ids
+                for r in g.generate_batch(
+                    [p.prompt_ids for p in prompts], spec, [g.multi_modal_inputs(p.images) for p in prompts]
+                )
+            ]
     assert len(tokens["export"]) == len(SOURCES) * 32
     assert tokens["export"] == tokens["bf16"]
     same = sum(a == b for a, b in zip(tokens["export"], tokens["fp32"], strict=True))
-    assert same >= 0.95 * len(tokens["export"]), f"only {same} of {len(tokens['export'])} greedy responses match the float32 checkpoint"
+    assert same >= 0.95 * len(tokens["export"]), (
+        f"only {same} of {len(tokens['export'])} greedy responses match the float32 checkpoint"
+    )
 
     # base vs trained, greedy, on the validation files; hand-off configs for the export
     table = (demo_run / "eval" / "base_vs_trained.md").read_text()

@@ -67,7 +67,14 @@ def test_real_verl_run_logs_per_task_metrics_from_the_estimator(tmp_path, estima
             assert abs(mean) < 1e-5, f"step {step}: task {task} advantages are not zero-sum"
             lo, hi = data[task_metric(task, "advantage/min")], data[task_metric(task, "advantage/max")]
             assert lo <= mean <= hi and max(-lo, hi) < 3.0
-            for name in ("reward/total", "reward/accuracy", "reward/format", "length/mean", "length/truncation_rate", "entropy"):
+            for name in (
+                "reward/total",
+                "reward/accuracy",
+                "reward/format",
+                "length/mean",
+                "length/truncation_rate",
+                "entropy",
+            ):
                 assert math.isfinite(data[task_metric(task, name)]), name
             if estimator == "grpo":
                 assert data[task_metric(task, "reward/reward_failure")] == 0.0
@@ -122,9 +129,9 @@ ENTROPY_OVERRIDES = ["g2rpo.entropy.enable=true", "g2rpo.entropy.controller=adap
 def test_length_shaping_runs_in_real_verl_and_its_state_survives_a_resume(tmp_path):
     from omegaconf import OmegaConf
 
-    from g2rpo_verl.config import load_g2rpo_config
     from g2rpo_verl.algorithms.entropy_control import EntropyController
     from g2rpo_verl.algorithms.length import LengthShaper
+    from g2rpo_verl.config import load_g2rpo_config
 
     shaping = LENGTH_OVERRIDES + ENTROPY_OVERRIDES
     common = ["algorithm.adv_estimator=gs_grpo", "trainer.save_freq=1", *("+" + o for o in shaping)]

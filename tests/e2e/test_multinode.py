@@ -64,10 +64,14 @@ def _node_ray_args(standin: Path, ray_tmp: Path) -> None:
     for i, node in enumerate(NODES):
         p = _free_ports(7)
         args = [
-            f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}",
-            f"--dashboard-agent-listen-port={p[2]}", f"--dashboard-agent-grpc-port={p[3]}",
-            f"--runtime-env-agent-port={p[4]}", f"--metrics-export-port={p[5]}",
-            f"--min-worker-port={20000 + 1000 * i + p[6] % 400}", f"--max-worker-port={20000 + 1000 * i + p[6] % 400 + 500}",
+            f"--node-manager-port={p[0]}",
+            f"--object-manager-port={p[1]}",
+            f"--dashboard-agent-listen-port={p[2]}",
+            f"--dashboard-agent-grpc-port={p[3]}",
+            f"--runtime-env-agent-port={p[4]}",
+            f"--metrics-export-port={p[5]}",
+            f"--min-worker-port={20000 + 1000 * i + p[6] % 400}",
+            f"--max-worker-port={20000 + 1000 * i + p[6] % 400 + 500}",
             "--disable-usage-stats",
             "--object-store-memory=300000000",  # Ray's default, 30% of RAM per node, is far too much here
         ]
@@ -75,8 +79,10 @@ def _node_ray_args(standin: Path, ray_tmp: Path) -> None:
             # other Ray clusters on this machine may hold the default dashboard port (8265)
             head_ports = _free_ports(2)
             args += [
-                f"--temp-dir={ray_tmp}", "--include-dashboard=false",
-                f"--ray-client-server-port={head_ports[0]}", f"--dashboard-port={head_ports[1]}",
+                f"--temp-dir={ray_tmp}",
+                "--include-dashboard=false",
+                f"--ray-client-server-port={head_ports[0]}",
+                f"--dashboard-port={head_ports[1]}",
             ]
         (standin / f"{node}.ray_args").write_text(" ".join(args) + "\n")
 
@@ -177,8 +183,8 @@ def _finish(proc: subprocess.Popen, standin: Path, timeout: float) -> int | None
 def test_two_node_cluster_trains_survives_a_lost_node_and_resumes(tmp_path, request):
     from omegaconf import OmegaConf
 
-    from g2rpo_verl.config import load_g2rpo_config
     from g2rpo_verl.algorithms.length import LengthShaper
+    from g2rpo_verl.config import load_g2rpo_config
 
     standin = tmp_path / "standin"
     standin.mkdir()
@@ -212,7 +218,9 @@ def test_two_node_cluster_trains_survives_a_lost_node_and_resumes(tmp_path, requ
         _finish(proc, standin, timeout=0)
     out1 = log1.read_text()
     assert code is not None, "the run hung after the worker node was lost:\n" + out1[-6000:]
-    print(f"\nrun 1: {killed_at - start:.0f} s to the step-1 checkpoint, ended {time.monotonic() - killed_at:.0f} s after the node was lost (exit {code})")
+    print(
+        f"\nrun 1: {killed_at - start:.0f} s to the step-1 checkpoint, ended {time.monotonic() - killed_at:.0f} s after the node was lost (exit {code})"
+    )
     assert code != 0
     assert "ray_wait:" in out1 and "ready" in out1  # the script's barrier saw both nodes
     first = _metrics(workdir / "metrics.jsonl")

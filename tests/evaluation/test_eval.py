@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 
 from g2rpo_verl.demo.tasks import TASKS as DEMO_TASKS
 from g2rpo_verl.evaluation import eval_cli as cli
-from g2rpo_verl.evaluation.paired import compare_records, paired_delta
+from g2rpo_verl.evaluation.aggregates import IOU_THRESHOLDS, compute_metrics, group_metrics
 from g2rpo_verl.evaluation.eval_loop import EvalSettings, evaluate
 from g2rpo_verl.evaluation.generation import Decoding, select_backend
 from g2rpo_verl.evaluation.handoff import LMMS_EVAL_TASKS, VLMEVALKIT_DATA, lmms_eval_commands, write_handoff
-from g2rpo_verl.evaluation.aggregates import IOU_THRESHOLDS, compute_metrics, group_metrics
+from g2rpo_verl.evaluation.paired import compare_records, paired_delta
 from g2rpo_verl.evaluation.predictions import PredictionStore
 from g2rpo_verl.evaluation.run_config import load_run_config
 
@@ -33,11 +33,26 @@ N_VAL = 4  # validation prompts per demo task in the fixture
 
 
 def _record(row: int, task: str = "OCR", acc: float = 1.0, sample: int = 0, **reward) -> dict:
-    base = {"score": 0.9 * acc + 0.1 * reward.get("format", 1.0) + reward.get("structure", 0.5), "accuracy": acc, "format": 1.0, "structure": 0.5, "reward_failure": 0.0, "problem_type": task}
+    base = {
+        "score": 0.9 * acc + 0.1 * reward.get("format", 1.0) + reward.get("structure", 0.5),
+        "accuracy": acc,
+        "format": 1.0,
+        "structure": 0.5,
+        "reward_failure": 0.0,
+        "problem_type": task,
+    }
     base.update(reward)
     return {
-        "key": f"f.parquet:{row}#{sample}", "file": "/d/f.parquet", "row": row, "sample": sample, "id": row,
-        "data_source": f"ds_{task}", "task": task, "response_tokens": 10 + row, "finish_reason": "stop", "reward": base,
+        "key": f"f.parquet:{row}#{sample}",
+        "file": "/d/f.parquet",
+        "row": row,
+        "sample": sample,
+        "id": row,
+        "data_source": f"ds_{task}",
+        "task": task,
+        "response_tokens": 10 + row,
+        "finish_reason": "stop",
+        "reward": base,
     }
 
 
@@ -233,7 +248,9 @@ def test_two_data_files_with_one_name_are_refused(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     files = (str(tmp_path / "a" / "val.parquet"), str(tmp_path / "b" / "val.parquet"))
-    settings = EvalSettings(model="m", model_dir="m", data=files, decoding=Decoding(max_new_tokens=4), run=load_run_config(None))
+    settings = EvalSettings(
+        model="m", model_dir="m", data=files, decoding=Decoding(max_new_tokens=4), run=load_run_config(None)
+    )
     with pytest.raises(ValueError, match=r"file names must be distinct, got \['val.parquet', 'val.parquet'\]"):
         evaluate(settings, tmp_path / "out", progress=False, log=lambda _: None)
 
@@ -272,8 +289,14 @@ def tiny_demo(tmp_path_factory):
 
 def _settings(model: Path, data, **kw) -> EvalSettings:
     return EvalSettings(
-        model=str(model), model_dir=str(model), data=tuple(str(p) for p in data.val_files),
-        decoding=Decoding(max_new_tokens=32), run=load_run_config(None), backend="hf", batch_size=kw.pop("batch_size", 8), **kw,
+        model=str(model),
+        model_dir=str(model),
+        data=tuple(str(p) for p in data.val_files),
+        decoding=Decoding(max_new_tokens=32),
+        run=load_run_config(None),
+        backend="hf",
+        batch_size=kw.pop("batch_size", 8),
+        **kw,
     )
 
 
@@ -341,7 +364,9 @@ def test_a_rerun_resumes_after_a_crash_and_refuses_other_settings(tiny_eval, tmp
     with pytest.raises(ValueError, match=r"max_new_tokens: 32 -> 16"):
         evaluate(
             EvalSettings(**{**_settings(model, data).__dict__, "decoding": Decoding(max_new_tokens=16)}),
-            resumed, progress=False, log=lambda _: None,
+            resumed,
+            progress=False,
+            log=lambda _: None,
         )
 
 
@@ -365,7 +390,21 @@ def test_vllm_asked_for_but_missing_fails_before_any_model_loads(tiny_demo, tmp_
 def test_cli_evaluates_and_compares(tiny_eval, tmp_path, capsys):
     root, model, data, out, _ = tiny_eval
     files = [str(p) for p in data.val_files[:2]]
-    code = cli.main(["--model", str(model), "--data", *files, "--out", str(tmp_path / "cli"), "--max-new-tokens", "32", "--no-progress", "--limit", "2"])
+    code = cli.main(
+        [
+            "--model",
+            str(model),
+            "--data",
+            *files,
+            "--out",
+            str(tmp_path / "cli"),
+            "--max-new-tokens",
+            "32",
+            "--no-progress",
+            "--limit",
+            "2",
+        ]
+    )
     assert code == 0 and "## Per task" in capsys.readouterr().out
     assert len(PredictionStore(tmp_path / "cli" / "predictions.jsonl").load()) == 4
     assert cli.main(["--compare", str(out), str(tmp_path / "cli")]) == 0
@@ -378,8 +417,13 @@ def test_cli_evaluates_and_compares(tiny_eval, tmp_path, capsys):
 def test_sampled_evaluation_reports_mean_and_pass_at_n(tiny_eval, tmp_path):
     _, model, data, _, _ = tiny_eval
     sampled = EvalSettings(
-        model=str(model), model_dir=str(model), data=(str(data.val_files[0]),), run=load_run_config(None),
-        decoding=Decoding(max_new_tokens=32, n=3, temperature=1.0), backend="hf", limit=2,
+        model=str(model),
+        model_dir=str(model),
+        data=(str(data.val_files[0]),),
+        run=load_run_config(None),
+        decoding=Decoding(max_new_tokens=32, n=3, temperature=1.0),
+        backend="hf",
+        limit=2,
     )
     result = evaluate(sampled, tmp_path / "sampled", progress=False, log=lambda _: None)
     records = PredictionStore(tmp_path / "sampled" / "predictions.jsonl").load()

@@ -21,8 +21,11 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.sh"
 
 def run(*args, **env):
     return subprocess.run(
-        ["bash", str(SCRIPT), *args], env={**os.environ, "PYTHON": sys.executable, **env},
-        capture_output=True, text=True, timeout=300,
+        ["bash", str(SCRIPT), *args],
+        env={**os.environ, "PYTHON": sys.executable, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -33,7 +36,9 @@ def test_cpu_mode_runs_every_check_and_prints_one_table(tmp_path):
     result = json.loads(out.read_text())
     assert result["failures"] == []
     rows = result["rows"]
-    assert [r["check"] for r in rows] == ["entropy_memory", "entropy_loss", "fsdp_rank", "fsdp_rank"] + ["estimators"] * 6
+    assert [r["check"] for r in rows] == ["entropy_memory", "entropy_loss", "fsdp_rank", "fsdp_rank"] + [
+        "estimators"
+    ] * 6
     assert [r["ok"] for r in rows] == [None] + [True] * 9  # peak memory is CUDA-only
     assert float(rows[1]["value"]) >= 0.99  # bf16 vs fp32 gradient cosine
     assert rows[2]["case"].startswith("gloo FSDP2") and rows[3]["value"].split()[0] == rows[3]["value"].split()[2]

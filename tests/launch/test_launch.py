@@ -11,12 +11,11 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from support.tools import shellcheck_binary
 import yaml
 
 from g2rpo_verl.launch.node_loss import describe_nodes, lost_node_report
 from g2rpo_verl.launch.ray_wait import HeadConnection, wait_for_cluster
+from support.tools import shellcheck_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
@@ -25,7 +24,9 @@ SHELL_SCRIPTS = sorted([*SCRIPTS.glob("*.sh"), *SCRIPTS.glob("*.sbatch")])
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
 def test_shellcheck_clean(script):
-    proc = subprocess.run([shellcheck_binary(), "--external-sources", "--severity=style", str(script)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [shellcheck_binary(), "--external-sources", "--severity=style", str(script)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -37,7 +38,9 @@ def test_the_launchers_exist():
 def dry_run(script: str, env: dict[str, str], *args: str) -> list[list[str]]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     full_env.update(env, DRY_RUN="1", HOME="/home/u")
-    proc = subprocess.run(["bash", str(SCRIPTS / script), *args], env=full_env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / script), *args], env=full_env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
 
@@ -104,14 +107,15 @@ def test_slurm_gpu_count_forms_and_errors():
     bad = subprocess.run(
         ["bash", str(SCRIPTS / "slurm_multinode.sbatch")],
         env={**os.environ, **slurm_env(3), "DRY_RUN": "1", "DRY_RUN_HOSTNAMES": "gpu01 gpu02"},
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert bad.returncode == 2 and "expands to 2 hosts, SLURM_NNODES=3" in bad.stderr
 
 
 def test_slurm_head_address_is_the_first_non_loopback_ipv4():
     def first(words: str) -> subprocess.CompletedProcess:
-        script = f'source {shlex.quote(str(SCRIPTS / "common.sh"))}; first_ipv4 {words}'
+        script = f"source {shlex.quote(str(SCRIPTS / 'common.sh'))}; first_ipv4 {words}"
         return subprocess.run(["bash", "-c", script], capture_output=True, text=True)
 
     assert first("fe80::1ff:fe23:4567:890a 127.0.1.1 10.1.2.3 192.168.0.9").stdout == "10.1.2.3\n"
@@ -140,8 +144,10 @@ def test_slurm_missing_gpu_count_gives_the_message_not_an_unbound_variable():
     env = {k: v for k, v in slurm_env(2).items() if k != "SLURM_GPUS_ON_NODE"}
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     proc = subprocess.run(
-        ["bash", str(SCRIPTS / "slurm_multinode.sbatch")], env={**full_env, **env, "DRY_RUN": "1"},
-        capture_output=True, text=True,
+        ["bash", str(SCRIPTS / "slurm_multinode.sbatch")],
+        env={**full_env, **env, "DRY_RUN": "1"},
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "no GPU count (request --gpus-per-node" in proc.stderr
     assert "unbound variable" not in proc.stderr
@@ -156,8 +162,10 @@ def test_multinode_launchers_pass_an_absolute_checkpoint_dir(script, env):
     assert value.startswith("/") and value.endswith("/g2rpo_qwen3vl8b")
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     proc = subprocess.run(
-        ["bash", str(SCRIPTS / script)], env={**full_env, **base, "DRY_RUN": "1", "CHECKPOINT_DIR": "checkpoints"},
-        capture_output=True, text=True,
+        ["bash", str(SCRIPTS / script)],
+        env={**full_env, **base, "DRY_RUN": "1", "CHECKPOINT_DIR": "checkpoints"},
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "must be absolute" in proc.stderr
 
@@ -228,7 +236,9 @@ def test_ray_wait_until_every_node_joined():
         return s
 
     clock, logs = FakeClock(), []
-    assert wait_for_cluster(state, nodes=2, gpus=16, timeout_s=60, poll_s=5, clock=clock, sleep=clock.sleep, log=logs.append)
+    assert wait_for_cluster(
+        state, nodes=2, gpus=16, timeout_s=60, poll_s=5, clock=clock, sleep=clock.sleep, log=logs.append
+    )
     assert logs[0].startswith("ray_wait: cluster not reachable yet") and logs[-1].endswith("ready")
     assert clock.now == 15
 
@@ -245,7 +255,9 @@ def test_ray_wait_gives_up_on_a_head_that_never_answers():
     head = HeadConnection("10.9.9.9:6379", connect=lambda address: never.wait(), patience_s=0.01)
     clock, logs = FakeClock(), []
     assert not wait_for_cluster(head.state, 2, 2, 30, 5, clock, clock.sleep, logs.append)
-    assert logs[0] == "ray_wait: cluster not reachable yet (ConnectionError: no answer from the Ray head at 10.9.9.9:6379)"
+    assert (
+        logs[0] == "ray_wait: cluster not reachable yet (ConnectionError: no answer from the Ray head at 10.9.9.9:6379)"
+    )
     assert logs[-1] == "ray_wait: timed out after 30s; joined: []" and clock.now == 30
     assert head.hanging and not head.connected
     never.set()
@@ -272,7 +284,19 @@ def test_ray_wait_cli_ends_with_a_clear_error_when_nothing_listens():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    cmd = [sys.executable, "-m", "g2rpo_verl.launch.ray_wait", "--address", f"127.0.0.1:{port}", "--nodes", "2", "--timeout", "6", "--poll", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "g2rpo_verl.launch.ray_wait",
+        "--address",
+        f"127.0.0.1:{port}",
+        "--nodes",
+        "2",
+        "--timeout",
+        "6",
+        "--poll",
+        "2",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"the Ray head at 127.0.0.1:{port} did not answer within 6s" in proc.stdout
@@ -280,13 +304,21 @@ def test_ray_wait_cli_ends_with_a_clear_error_when_nothing_listens():
 
 # --- node_loss ---------------------------------------------------------------------------------
 def node(i, alive, reason=""):
-    return {"NodeID": f"{i:02d}" * 14, "Alive": alive, "NodeManagerAddress": "10.0.0.%d" % i,
-            "NodeManagerHostname": f"gpu{i:02d}", "NodeManagerPort": 7000 + i, "DeathReasonMessage": reason}
+    return {
+        "NodeID": f"{i:02d}" * 14,
+        "Alive": alive,
+        "NodeManagerAddress": "10.0.0.%d" % i,
+        "NodeManagerHostname": f"gpu{i:02d}",
+        "NodeManagerPort": 7000 + i,
+        "DeathReasonMessage": reason,
+    }
 
 
 def test_node_loss_names_the_dead_node_and_how_to_resume():
     line = describe_nodes([node(1, True), node(2, False, "health check failed")], expected=2)
-    assert line.startswith("node_loss: 1 of 2 node(s) lost: gpu02 (10.0.0.2:7002, node 02020202): health check failed. ")
+    assert line.startswith(
+        "node_loss: 1 of 2 node(s) lost: gpu02 (10.0.0.2:7002, node 02020202): health check failed. "
+    )
     assert "same command" in line and "trainer.resume_mode=auto" in line
     assert describe_nodes([node(1, True), node(2, True)], expected=2) is None
     # gone from the table before Ray marked it dead: still a lost node
@@ -303,11 +335,16 @@ def test_node_loss_waits_for_ray_to_mark_the_node_dead():
 def test_node_loss_other_failures_and_a_lost_head():
     clock = FakeClock()
     line = lost_node_report(lambda: [node(1, True), node(2, True)], 2, 10, 5, clock, clock.sleep)
-    assert line == "node_loss: all 2 node(s) alive 10s after the failure: the trainer failed for another reason (its error is above)."
+    assert (
+        line
+        == "node_loss: all 2 node(s) alive 10s after the failure: the trainer failed for another reason (its error is above)."
+    )
 
     def gone():
         raise ConnectionError("no answer from the Ray head at h:1")
 
     line = lost_node_report(gone, 2, 10, 5, clock, clock.sleep)
-    assert line.startswith("node_loss: the Ray head does not answer (ConnectionError: no answer from the Ray head at h:1)")
+    assert line.startswith(
+        "node_loss: the Ray head does not answer (ConnectionError: no answer from the Ray head at h:1)"
+    )
     assert "trainer.resume_mode=auto" in line

@@ -40,7 +40,10 @@ def data_dir(tmp_path_factory):
 
 
 def config(data: Path, *overrides: str):
-    base = [f"data.train_files={data / 'train.parquet'}", f"data.val_files=[{data / 'val_OCR.parquet'},{data / 'val_numerical.parquet'}]"]
+    base = [
+        f"data.train_files={data / 'train.parquet'}",
+        f"data.val_files=[{data / 'val_OCR.parquet'},{data / 'val_numerical.parquet'}]",
+    ]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         return compose(config_name="g2rpo_qwen3vl8b", overrides=[*base, *overrides])
 
@@ -129,7 +132,9 @@ def test_data_check_failures(data_dir, tmp_path):
     assert any("row 1 (problem_id=ground-0001): 0 <image> placeholder(s) for 1 image(s)" in m for m in fails)
     assert any("row 2 (problem_id=ocr-0001): no 'problem_type' (g2rpo.task_key)" in m for m in fails)
     # verl's grpo needs no task key
-    findings, _ = scan_data(config(data_dir, f"data.train_files={tmp_path / 'broken.parquet'}", "algorithm.adv_estimator=grpo"))
+    findings, _ = scan_data(
+        config(data_dir, f"data.train_files={tmp_path / 'broken.parquet'}", "algorithm.adv_estimator=grpo")
+    )
     assert not any("task_key" in m for m in only(findings, "fail"))
 
 
@@ -200,7 +205,11 @@ def test_format_tags_prompt_reward_and_model_must_agree(data_dir, tmp_path):
     assert levels(fail) == [("format_tags", "fail")]
     assert "prompts ask for <thinking> (8 of 8)" in fail[0].message and "needs <think>" in fail[0].message
     # the mismatch fails for any model: the format reward would be 0 whatever the model writes
-    other_model = config(data_dir, "reward.custom_reward_function.reward_kwargs.preset=strict", "actor_rollout_ref.model.path=org/any-vlm")
+    other_model = config(
+        data_dir,
+        "reward.custom_reward_function.reward_kwargs.preset=strict",
+        "actor_rollout_ref.model.path=org/any-vlm",
+    )
     assert check_format_tags(other_model, reference_prompts)[0].level == "fail"
 
     # <think> asked for and required, but Qwen3-VL Instruct does not reliably write it
@@ -209,7 +218,11 @@ def test_format_tags_prompt_reward_and_model_must_agree(data_dir, tmp_path):
     warn = check_format_tags(strict, think_prompts)
     assert levels(warn) == [("format_tags", "warn")]
     assert "does not reliably write <think>" in warn[0].message and "preset=reference" in warn[0].message
-    thinking_model = config(think_data, "reward.custom_reward_function.reward_kwargs.preset=strict", "actor_rollout_ref.model.path=Qwen/Qwen3-VL-8B-Thinking")
+    thinking_model = config(
+        think_data,
+        "reward.custom_reward_function.reward_kwargs.preset=strict",
+        "actor_rollout_ref.model.path=Qwen/Qwen3-VL-8B-Thinking",
+    )
     assert check_format_tags(thinking_model, think_prompts)[0].level == "ok"
 
 
@@ -224,8 +237,10 @@ def test_run_checks_and_cli(data_dir, capsys, monkeypatch):
     with pytest.raises(ValueError, match="unknown check"):
         run_checks(config(data_dir), skip=["gpu"])
     args = [
-        f"--config-path={ROOT / 'configs'}", "--config-name=g2rpo_qwen3vl8b",
-        f"data.train_files={data_dir / 'train.parquet'}", f"data.val_files={data_dir / 'val.parquet'}",
+        f"--config-path={ROOT / 'configs'}",
+        "--config-name=g2rpo_qwen3vl8b",
+        f"data.train_files={data_dir / 'train.parquet'}",
+        f"data.val_files={data_dir / 'val.parquet'}",
     ]
     args += ["--skip", cluster]
     assert preflight.main([*args, "--gpus", "8"]) == 0

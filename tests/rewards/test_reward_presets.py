@@ -62,7 +62,12 @@ def test_2_structure_is_flat_for_non_json_types_in_reference():
         ("regression", "about 11 m", "10"),
     ]:
         assert run(problem_type, f"<think>r</think><answer>{answer}</answer>", truth)["structure"] == 0.0
-        assert run(problem_type, f"<thinking>r</thinking><answer>{answer}</answer>", truth, preset="reference")["structure"] == 0.5
+        assert (
+            run(problem_type, f"<thinking>r</thinking><answer>{answer}</answer>", truth, preset="reference")[
+                "structure"
+            ]
+            == 0.5
+        )
 
 
 @pytest.mark.parametrize(
@@ -76,7 +81,9 @@ def test_2_structure_is_flat_for_non_json_types_in_reference():
         ('{"boxes": [10, 10, 0, 0]}', 1.0, 0.5, 0.0, 0.5),  # swapped corners
     ],
 )
-def test_3_grounding_reads_only_the_boxes_key_in_reference(answer, strict_acc, strict_structure, reference_acc, reference_structure):
+def test_3_grounding_reads_only_the_boxes_key_in_reference(
+    answer, strict_acc, strict_structure, reference_acc, reference_structure
+):
     truth = '{"boxes": [0, 0, 10, 10]}'
     strict = run("spatial grounding", f"<think>r</think><answer>{answer}</answer>", truth)
     reference = run("spatial grounding", f"<thinking>r</thinking><answer>{answer}</answer>", truth, preset="reference")
@@ -86,7 +93,9 @@ def test_3_grounding_reads_only_the_boxes_key_in_reference(answer, strict_acc, s
 
 def test_4_first_answer_block_in_reference_last_in_strict():
     strict = run("multiple choice", "<think>r</think><answer>A</answer><answer>B</answer>", "B")
-    reference = run("multiple choice", "<thinking>r</thinking><answer>A</answer><answer>B</answer>", "B", preset="reference")
+    reference = run(
+        "multiple choice", "<thinking>r</thinking><answer>A</answer><answer>B</answer>", "B", preset="reference"
+    )
     assert parts(strict) == (1.0, 0.0, 0.5)  # the last block; several blocks fail the exact format
     assert parts(reference) == (0.0, 1.0, 0.5)  # the first block; the loose format passes
 
@@ -97,13 +106,23 @@ def test_5_whole_response_fallback_and_empty_answer_block():
     assert parts(run("numerical", "15", "15", preset="reference")) == (1.0, 0.0, 0.0)
     # an empty answer block passes the reference format; the whole response is then scored
     assert parts(run("numerical", "<think>15</think><answer></answer>", "15")) == (0.0, 0.0, 0.0)
-    assert parts(run("numerical", "<thinking>15</thinking><answer></answer>", "15", preset="reference")) == (1.0, 1.0, 0.5)
+    assert parts(run("numerical", "<thinking>15</thinking><answer></answer>", "15", preset="reference")) == (
+        1.0,
+        1.0,
+        0.5,
+    )
 
 
 def test_6_ocr_is_case_sensitive_in_reference():
     assert run("OCR", "<think>r</think><answer>hello world</answer>", "Hello World")["accuracy"] == 1.0
-    assert run("OCR", "<thinking>r</thinking><answer>hello world</answer>", "Hello World", preset="reference")["accuracy"] == 0.0
-    assert run("OCR", "<thinking>r</thinking><answer>hello World</answer>", "Hello World", preset="reference")["accuracy"] == 0.5
+    assert (
+        run("OCR", "<thinking>r</thinking><answer>hello world</answer>", "Hello World", preset="reference")["accuracy"]
+        == 0.0
+    )
+    assert (
+        run("OCR", "<thinking>r</thinking><answer>hello World</answer>", "Hello World", preset="reference")["accuracy"]
+        == 0.5
+    )
 
 
 def test_7_the_tag_is_thinking_in_reference():
@@ -191,16 +210,32 @@ def test_reference_preset_through_verls_custom_reward_hook():
     from verl.trainer.ppo.reward import get_custom_reward_fn
 
     config = OmegaConf.create(
-        {"reward": {"custom_reward_function": {"path": "pkg://g2rpo_verl.rewards", "name": "compute_score", "reward_kwargs": {"preset": "reference"}}}}
+        {
+            "reward": {
+                "custom_reward_function": {
+                    "path": "pkg://g2rpo_verl.rewards",
+                    "name": "compute_score",
+                    "reward_kwargs": {"preset": "reference"},
+                }
+            }
+        }
     )
     fn = get_custom_reward_fn(config)
-    out = fn(data_source="s", solution_str="<thinking>r</thinking><answer>15 objects</answer>", ground_truth="15", extra_info={"problem_type": "numerical"})
+    out = fn(
+        data_source="s",
+        solution_str="<thinking>r</thinking><answer>15 objects</answer>",
+        ground_truth="15",
+        extra_info={"problem_type": "numerical"},
+    )
     assert out["score"] == pytest.approx(1.5)
 
 
 # ------------------------------------------------------------------ parsing helpers
 def test_tag_space_collapse_and_loose_format():
-    assert collapse_tag_space("< thinking > a / b </ thinking >\n<answer> 1 </answer>") == "<thinking>a/b</thinking><answer>1</answer>"
+    assert (
+        collapse_tag_space("< thinking > a / b </ thinking >\n<answer> 1 </answer>")
+        == "<thinking>a/b</thinking><answer>1</answer>"
+    )
     assert collapse_tag_space(" " * 10_000 + "x") == " " * 10_000 + "x"  # no tag character: untouched
     assert loose_format("<thinking>r</thinking> <answer>x</answer>", "thinking") == 1.0
     assert loose_format("<thinking></thinking><answer></answer>", "thinking") == 1.0
@@ -222,9 +257,27 @@ def test_read_answer_blocks_and_fallbacks():
 
 # ------------------------------------------------------------------ junk is cheap and still judged
 JUNK = [
-    "!" * 40, "[[" * 50, "(" * 300, "\\sqrt{" * 200, "[" * 1000, "9^{9^{9^9}}", "(10^{10})!", ")" * 300,
-    "([{" * 100, "{}" * 200, "\\frac{" * 100, "x^" * 300, "10^{10^{10}}", "1000000!", "!" * 400, "?" * 200,
-    "." * 400, "((((((((((1))))))))))", "(1)^" * 200 + "1", "2^{2^{2^{2^{2^{2}}}}}", "5!!!!!!",
+    "!" * 40,
+    "[[" * 50,
+    "(" * 300,
+    "\\sqrt{" * 200,
+    "[" * 1000,
+    "9^{9^{9^9}}",
+    "(10^{10})!",
+    ")" * 300,
+    "([{" * 100,
+    "{}" * 200,
+    "\\frac{" * 100,
+    "x^" * 300,
+    "10^{10^{10}}",
+    "1000000!",
+    "!" * 400,
+    "?" * 200,
+    "." * 400,
+    "((((((((((1))))))))))",
+    "(1)^" * 200 + "1",
+    "2^{2^{2^{2^{2^{2}}}}}",
+    "5!!!!!!",
 ]
 
 
@@ -240,10 +293,17 @@ def test_math_junk_never_reaches_math_verify(preset):
     assert pool.stats["calls"] == calls
 
 
-@pytest.mark.parametrize("problem_type,truth", [
-    ("multiple choice", "B"), ("numerical", "15"), ("regression", "3.5"), ("OCR", "hello world"),
-    ("spatial grounding", '{"boxes": [1, 2, 3, 4]}'), ("free-form", "Paris"),
-])
+@pytest.mark.parametrize(
+    "problem_type,truth",
+    [
+        ("multiple choice", "B"),
+        ("numerical", "15"),
+        ("regression", "3.5"),
+        ("OCR", "hello world"),
+        ("spatial grounding", '{"boxes": [1, 2, 3, 4]}'),
+        ("free-form", "Paris"),
+    ],
+)
 def test_junk_scores_zero_accuracy_on_every_type(problem_type, truth):
     # a junk answer holding exactly one number ("5!!!!!!") is read as that number by the
     # numeric types, which is right: only the digit-free junk must score 0 there
@@ -320,5 +380,7 @@ def test_magnitude_estimate_is_an_upper_bound():
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem_type=st.sampled_from(PROBLEM_TYPES), response=responses, truth=truths)
 def test_any_input_gives_a_bounded_score_with_the_reference_preset(problem_type, response, truth):
-    out = run(problem_type, response.replace("think>", "thinking>"), truth, {"options": ["A. x", "B. y"]}, preset="reference")
+    out = run(
+        problem_type, response.replace("think>", "thinking>"), truth, {"options": ["A. x", "B. y"]}, preset="reference"
+    )
     check_bounded(out)

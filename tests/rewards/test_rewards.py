@@ -90,7 +90,14 @@ CASES = [
     ("math", "x = 2", "2", {}, 1.0, 0.5),
     ("spatial grounding", '{"boxes": [0, 0, 100, 100]}', '{"boxes": [50, 50, 150, 150]}', {}, 2500 / 17500, 0.5),
     ("spatial grounding", "[10, 20, 110, 220]", '<answer>{"boxes": [10, 20, 110, 220]}</answer>', {}, 1.0, 0.5),
-    ("spatial grounding", '```json\n[{"bbox_2d": [10, 20, 110, 220], "label": "cat"}]\n```', [10, 20, 110, 220], {}, 1.0, 0.5),
+    (
+        "spatial grounding",
+        '```json\n[{"bbox_2d": [10, 20, 110, 220], "label": "cat"}]\n```',
+        [10, 20, 110, 220],
+        {},
+        1.0,
+        0.5,
+    ),
     ("spatial grounding", "The cat is at [10, 20, 110, 220].", "[10, 20, 110, 220]", {}, 1.0, 0.0),
     ("spatial grounding", '{"boxes": [110, 220, 10, 20]}', "[10, 20, 110, 220]", {}, 1.0, 0.5),  # swapped corners
     ("spatial grounding", '{"boxes": [0, 0, "a", 100]}', "[0, 0, 100, 100]", {}, 0.0, 0.0),
@@ -160,7 +167,9 @@ def test_format_rule(response, require_think, expected):
 
 def test_custom_tags_and_optional_think():
     response = "<thinking>r</thinking><final>B</final>"
-    out = compute_score("s", response, "B", {"problem_type": "multiple choice"}, think_tag="thinking", answer_tag="final")
+    out = compute_score(
+        "s", response, "B", {"problem_type": "multiple choice"}, think_tag="thinking", answer_tag="final"
+    )
     assert (out["format"], out["accuracy"], out["structure"]) == (1.0, 1.0, 0.5)
     out = compute_score("s", "<answer>B</answer>", "B", {"problem_type": "mc"}, format_requires_think="false")
     assert out["format"] == 1.0 and out["problem_type"] == "multiple choice"
@@ -172,7 +181,9 @@ def test_last_answer_block_is_scored_and_missing_answer_scores_zero():
     assert out["accuracy"] == 1.0 and out["format"] == 0.0
     out = compute_score("s", "<think>B</think> B", "B", {"problem_type": "multiple choice"})
     assert out["accuracy"] == 0.0 and out["structure"] == 0.0 and out["reward_failure"] == 0.0
-    out = compute_score("s", "<think>r</think> B", "B", {"problem_type": "multiple choice"}, answer_fallback="after_think")
+    out = compute_score(
+        "s", "<think>r</think> B", "B", {"problem_type": "multiple choice"}, answer_fallback="after_think"
+    )
     assert out["accuracy"] == 1.0 and out["structure"] == 0.5 and out["format"] == 0.0
 
 
@@ -365,14 +376,22 @@ ADVERSARIAL = [
     "1000000!",
     TOWER,
 ]
-text = st.one_of(st.text(max_size=300), st.sampled_from(ADVERSARIAL), st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
+text = st.one_of(
+    st.text(max_size=300), st.sampled_from(ADVERSARIAL), st.binary(max_size=200).map(lambda b: b.decode("latin-1"))
+)
 responses = st.one_of(
     text,
     st.builds(wrap, text),
     st.builds(lambda a, b: f"<think>{a}</think><answer>{b}", text, text),  # unclosed answer
-    st.builds(lambda a, n: a * n, st.sampled_from(["<answer>1</answer>", "\\frac{", "[0,0,1,1]", "x "]), st.integers(1, 25_000)),
+    st.builds(
+        lambda a, n: a * n,
+        st.sampled_from(["<answer>1</answer>", "\\frac{", "[0,0,1,1]", "x "]),
+        st.integers(1, 25_000),
+    ),
 )
-truths = st.one_of(text, st.sampled_from(["B", "0.5", "\\frac{1}{2}", "[0, 0, 10, 10]", "hello world", "<answer>7</answer>"]))
+truths = st.one_of(
+    text, st.sampled_from(["B", "0.5", "\\frac{1}{2}", "[0, 0, 10, 10]", "hello world", "<answer>7</answer>"])
+)
 
 
 def check_bounded(out):
@@ -387,7 +406,9 @@ def check_bounded(out):
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem_type=st.sampled_from(PROBLEM_TYPES), response=responses, truth=truths)
 def test_any_input_gives_a_bounded_score(problem_type, response, truth):
-    out = compute_score("prop", response, truth, {"problem_type": problem_type, "options": ["A. x", "B. y"]}, math_timeout_s=1.0)
+    out = compute_score(
+        "prop", response, truth, {"problem_type": problem_type, "options": ["A. x", "B. y"]}, math_timeout_s=1.0
+    )
     check_bounded(out)
 
 
@@ -408,7 +429,15 @@ def test_pathological_math_answers_are_bounded(answer):
 
 
 @settings(max_examples=60, deadline=None)
-@given(junk=st.one_of(st.none(), st.integers(), st.floats(), st.lists(st.integers(), max_size=5), st.dictionaries(st.text(max_size=3), st.integers(), max_size=3)))
+@given(
+    junk=st.one_of(
+        st.none(),
+        st.integers(),
+        st.floats(),
+        st.lists(st.integers(), max_size=5),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=3),
+    )
+)
 def test_non_string_inputs(junk):
     out = compute_score(junk, junk, junk, junk if isinstance(junk, dict) else None)
     check_bounded(out)

@@ -60,7 +60,11 @@ def gs_gdpo_loop(components: list[list[float | None]], weights: list[float], gro
 
 
 def ema_grpo_loop(
-    steps: list[tuple[list[float], list, list]], decay: float = 0.99, floor: float = 1e-3, guard: float = 5.0, eps: float = 1e-6
+    steps: list[tuple[list[float], list, list]],
+    decay: float = 0.99,
+    floor: float = 1e-3,
+    guard: float = 5.0,
+    eps: float = 1e-6,
 ) -> list[list[float]]:
     """OneThinker's EMA-std GRPO over several batches ``(rewards, groups, tasks)``, one step at a time.
 

@@ -43,7 +43,9 @@ def test_the_environment_variable_turns_the_refusal_into_a_warning(caplog):
 def _fresh(code: str, **env) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("VERL_", "G2RPO_"))}
     environ.update(env)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=environ, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=environ, timeout=180
+    )
 
 
 FAKE_VERSION = """
@@ -119,7 +121,11 @@ def test_the_actor_mini_batch_split_the_entropy_shaping_predicts():
     assert "tu.make_iterator(" in source and "seed=seed + self.engine.get_data_parallel_rank()" in source
     assert "mini_batch_size // self.engine.get_data_parallel_size()" in source
     assert list(inspect.signature(tu.make_iterator).parameters) == [
-        "tensordict", "mini_batch_size", "epochs", "seed", "dataloader_kwargs"
+        "tensordict",
+        "mini_batch_size",
+        "epochs",
+        "seed",
+        "dataloader_kwargs",
     ]
     update = _source(PPOTrainer._update_actor)
     for key in ('"seed": self.config.actor_rollout_ref.actor.data_loader_seed', '"dataloader_kwargs"', '"epochs"'):
@@ -159,8 +165,10 @@ def test_the_fsdp_engine_members_the_gradient_diagnostics_wrap_and_call():
     assert original is BaseEngine.train_batch  # the FSDP engine inherits it: zero, forward/backward, step
     assert tuple(inspect.signature(original).parameters) == ("self", "data", "loss_function")
     body = _source(original)
-    assert body.index("self.optimizer_zero_grad()") < body.index("self.forward_backward_batch(") < body.index(
-        "self.optimizer_step()"
+    assert (
+        body.index("self.optimizer_zero_grad()")
+        < body.index("self.forward_backward_batch(")
+        < body.index("self.optimizer_step()")
     )
     for name, params in verl_api.ENGINE_MEMBERS.items():
         assert tuple(inspect.signature(getattr(engine, name)).parameters)[: len(params)] == params, name
@@ -266,10 +274,11 @@ def test_verl_config_dir_is_found_without_importing_verl():
 
 
 def test_cpu_backend_private_names():
-    from g2rpo_verl.cpu import engine_fixes
     from verl.utils import distributed
     from verl.workers.engine import base as engine_base
     from verl.workers.rollout import base as rollout_base
+
+    from g2rpo_verl.cpu import engine_fixes
 
     assert isinstance(rollout_base._ROLLOUT_REGISTRY, dict)
     assert 'os.getenv("VERL_ENGINE_DEVICE")' in _source(engine_base)
@@ -281,7 +290,12 @@ def test_cpu_backend_private_names():
     assert transformer_impl.CPUOffloadPolicy in (CPUOffloadPolicy, engine_fixes.UnpinnedCPUOffloadPolicy)
     assert "CPUOffloadPolicy(pin_memory=True)" in _source(transformer_impl)
     loader = getattr(verl_model.load_valuehead_model, "__wrapped__", verl_model.load_valuehead_model)
-    assert list(inspect.signature(loader).parameters) == ["local_path", "torch_dtype", "model_config", "trust_remote_code"]
+    assert list(inspect.signature(loader).parameters) == [
+        "local_path",
+        "torch_dtype",
+        "model_config",
+        "trust_remote_code",
+    ]
     assert 'attn_implementation="flash_attention_2"' in _source(loader)
 
 

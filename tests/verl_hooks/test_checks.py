@@ -81,9 +81,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_shaping_that_the_rest_of_the_config_turns_off_is_refused():
-    (message,) = problems(
-        "+g2rpo.entropy.enable=true", "algorithm.rollout_correction.bypass_mode=true"
-    )
+    (message,) = problems("+g2rpo.entropy.enable=true", "algorithm.rollout_correction.bypass_mode=true")
     assert "bypass_mode" in message
     (message,) = problems(
         "algorithm.adv_estimator=gs_grpo", "+g2rpo.length.enable=true", "+g2rpo.length.mode=component"
@@ -140,9 +138,14 @@ def test_g2rpo_train_stops_on_a_typo_before_building_anything(tmp_path, capsys):
 def test_preflight_reports_each_problem():
     from g2rpo_verl.launch.preflight import check_config
 
-    micro = ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
-             "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2"]  # verl's own validate_config passes
-    findings = check_config(config(*micro, "algorithm.adv_estimator=gs_gdpo", "algorithm.use_kl_in_reward=true", "+g2rpo.x=1"))
+    micro = [
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2",
+    ]  # verl's own validate_config passes
+    findings = check_config(
+        config(*micro, "algorithm.adv_estimator=gs_gdpo", "algorithm.use_kl_in_reward=true", "+g2rpo.x=1")
+    )
     assert [f.level for f in findings] == ["fail", "fail"]
     assert any("use_kl_in_reward" in f.message for f in findings)
 

@@ -163,8 +163,15 @@ def _rank_main(rank: int, world: int, init_file: str, model_dir: str, io_path: s
         unshaped, _ = update(torch.zeros_like(weights))
         diag = _rank_diagnostics(model, model_dir, rows, mine, weights, loss_fn, world, n_tokens)
         if rank == 0:
-            result = {"entropy": entropy, "weights": weights, "metrics": metrics, "grads": grads,
-                      "unshaped": unshaped, "shaping_loss": shaping_loss, **diag}
+            result = {
+                "entropy": entropy,
+                "weights": weights,
+                "metrics": metrics,
+                "grads": grads,
+                "unshaped": unshaped,
+                "shaping_loss": shaping_loss,
+                **diag,
+            }
             torch.save(result, io_path + ".out")
     finally:
         torch.distributed.destroy_process_group()
@@ -236,7 +243,9 @@ def _rank_diagnostics(model, model_dir, rows, mine, weights, loss_fn, world, n_t
         apply_fsdp2(m, {"mesh": init_device_mesh("cpu", (world,))}, {})
         m.train()
         opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-        run = partial(_micro_batched_pass, m, rows, mine, weights, world=world, n_tokens=n_tokens, split=splits["fixed"])
+        run = partial(
+            _micro_batched_pass, m, rows, mine, weights, world=world, n_tokens=n_tokens, split=splits["fixed"]
+        )
         step_loss = copy.deepcopy(loss_fn)
         for _ in range(2):
             if diagnosed:
@@ -267,8 +276,11 @@ def _reference_gram(model_dir, rows, weights, actor_config) -> torch.Tensor:
         loss_fn = G2RPOActorLoss(partial(ppo_loss, config=copy.deepcopy(actor_config)), "exact")
         loss, _ = loss_fn(model_output={"log_probs": log_probs, "entropy": token_entropy}, data=data)
         grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
-        parts.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                for g, p in zip(grads, model.parameters())]))
+        parts.append(
+            torch.cat(
+                [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, model.parameters())]
+            )
+        )
     flat = torch.stack(parts)
     return flat @ flat.T
 
@@ -412,20 +424,32 @@ def test_demo_pipeline_trains_with_two_data_parallel_ranks(tmp_path):
     from g2rpo_verl.demo.run_metrics import load_metrics
 
     cmd = [
-        sys.executable, "-m", "g2rpo_verl.demo", "--workdir", str(tmp_path), "--warm-start-steps", "30", "--no-plots",
+        sys.executable,
+        "-m",
+        "g2rpo_verl.demo",
+        "--workdir",
+        str(tmp_path),
+        "--warm-start-steps",
+        "30",
+        "--no-plots",
         # two fake GPU units: two FSDP ranks on gloo and two hf rollout replicas
         "trainer.n_gpus_per_node=2",
-        "trainer.total_training_steps=2", "trainer.val_before_train=false", "trainer.test_freq=-1",
+        "trainer.total_training_steps=2",
+        "trainer.val_before_train=false",
+        "trainer.test_freq=-1",
         "trainer.save_freq=-1",
         # the reference model and the KL loss, next to the demo's length and entropy shaping
-        "actor_rollout_ref.actor.use_kl_loss=true", "actor_rollout_ref.actor.kl_loss_coef=0.01",
+        "actor_rollout_ref.actor.use_kl_loss=true",
+        "actor_rollout_ref.actor.kl_loss_coef=0.01",
         # and the critic (the demo's VL value head) in the same run; `gae` would build the same one
         "critic.enable=true",
         # band group filtering on verl's own replay buffer (the demo's fast-poll sampler has none)
-        "algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=accuracy",
+        "algorithm.filter_groups.enable=true",
+        "algorithm.filter_groups.metric=accuracy",
         "algorithm.filter_groups.max_num_gen_batches=2",
         "++trainer.v1.sampler.sampler_kwargs.filter_band={low:0.01,high:0.99}",
-        "trainer.v1.sampler.custom_sampler.path=null", "trainer.v1.sampler.custom_sampler.name=null",
+        "trainer.v1.sampler.custom_sampler.path=null",
+        "trainer.v1.sampler.custom_sampler.name=null",
     ]
     env = {k: v for k, v in os.environ.items() if k != "VERL_FILE_LOGGER_PATH"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)

@@ -16,7 +16,6 @@ from omegaconf import OmegaConf
 from tensordict import TensorDict
 from torch import nn
 
-from g2rpo_verl.config import EntropyShapingConfig
 from g2rpo_verl.algorithms.entropy import (
     band_slope,
     band_violation,
@@ -26,6 +25,7 @@ from g2rpo_verl.algorithms.entropy import (
     shaping_surrogate,
     task_entropy_penalty,
 )
+from g2rpo_verl.config import EntropyShapingConfig
 from g2rpo_verl.verl_hooks import actor_loss as hooks
 from g2rpo_verl.verl_hooks.actor_loss import WEIGHT_FIELD, G2RPOActorLoss
 from g2rpo_verl.verl_hooks.entropy import EntropyShapingMixin, entropy_shaping_metrics, task_bands
@@ -376,7 +376,7 @@ def test_exact_penalty_moves_task_entropy_into_the_band_from_below_and_above_wit
     loss_fn = G2RPOActorLoss(zero_loss, "exact")
     low, high = torch.full((3,), LOW, dtype=torch.float64), torch.full((3,), HIGH, dtype=torch.float64)
     history = []
-    for step in range(25):
+    for _step in range(25):
         rows = sample_rows(model, [0] * 6 + [1] * 6 + [2] * 6, 4, gen)
         out = model_output(model, rows)
         h_old, mask = padded(rows, out["entropy"].detach())  # the "old policy" entropy verl stores
@@ -517,7 +517,9 @@ def test_metrics_are_per_task_with_sanitised_names():
     assert m["task_multiple_choice/entropy/coef"] == 0.0 and m["task_math/entropy/coef"] == BETA
     # the adaptive controller's coefficients are logged as given, and no β penalty
     coef = torch.tensor([-0.3, 0.8, 0.0], dtype=torch.float64)
-    m = entropy_shaping_metrics(["multiple choice", "math", "empty"], row_sum, row_cnt, tasks, groups, low, high, BETA, coef)
+    m = entropy_shaping_metrics(
+        ["multiple choice", "math", "empty"], row_sum, row_cnt, tasks, groups, low, high, BETA, coef
+    )
     assert m["task_multiple_choice/entropy/coef"] == pytest.approx(-0.3) and m["task_math/entropy/coef"] == 0.8
     assert not any(k.endswith("entropy_penalty") for k in m)
 
@@ -635,12 +637,17 @@ def test_adaptive_trainer_updates_each_tasks_coefficient_from_the_step_and_weigh
     ent = [torch.full((n,), v, dtype=torch.float32) for n, v in zip(lengths, values)]
     store = {"entropy": jagged(ent), "response_mask": jagged([torch.ones(len(e), dtype=torch.long) for e in ent])}
     put = {}
-    monkeypatch.setattr(tq, "kv_batch_get", lambda keys, partition_id, select_fields: TensorDict(
-        {f: store[f] for f in select_fields}, batch_size=[len(keys)]))
+    monkeypatch.setattr(
+        tq,
+        "kv_batch_get",
+        lambda keys, partition_id, select_fields: TensorDict(
+            {f: store[f] for f in select_fields}, batch_size=[len(keys)]
+        ),
+    )
     monkeypatch.setattr(tq, "kv_batch_put", lambda keys, partition_id, fields: put.update(fields.to_dict()))
     trainer = _Trainer(config, shaping, tasks)
     reference = EntropyController(gains)
-    for step in range(3):
+    for _step in range(3):
         metrics = {}
         batch = SimpleNamespace(keys=[f"k{i}" for i in range(8)], partition_id="train", fields=["input_ids"])
         trainer._update_actor(batch, metrics)
@@ -708,7 +715,9 @@ def _worker_micro_batches(tokens, dp_size, mini_batch_size, epochs, seed, shuffl
 def _feed(tracker, plan, micro_batches, nonce=1):
     for rows, total in micro_batches:
         cols = tracker.epoch_columns(rows, torch.tensor([nonce]), plan.groups.shape[0])
-        picked = [x.T[rows].gather(1, cols.unsqueeze(-1)).squeeze(1) for x in (plan.groups, plan.tokens, plan.rank_rows)]
+        picked = [
+            x.T[rows].gather(1, cols.unsqueeze(-1)).squeeze(1) for x in (plan.groups, plan.tokens, plan.rank_rows)
+        ]
         tracker.check(rows, cols, *picked, total)
 
 
@@ -761,7 +770,9 @@ def test_the_loss_runs_the_check_on_the_plan_fields_the_trainer_writes():
 
     def call(idx, batch_num_tokens):
         sub = {k: v[idx] for k, v in extra.items()}
-        data = micro_batch([rows[i] for i in idx], torch.ones(len(idx), 1), batch_num_tokens=batch_num_tokens, extra=sub)
+        data = micro_batch(
+            [rows[i] for i in idx], torch.ones(len(idx), 1), batch_num_tokens=batch_num_tokens, extra=sub
+        )
         return loss_fn.shaping_term({"log_probs": out["log_probs"][: 3 * len(idx)]}, data)
 
     call([0, 1], 4)  # mini-batch 0 as predicted

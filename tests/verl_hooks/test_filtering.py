@@ -42,8 +42,10 @@ REF = FilterBand(0.01, 0.99)
 )
 def test_band_keeps_a_group_iff_its_mean_is_strictly_inside(values, kept):
     means = group_means(["u"] * len(values), values)
-    assert classify_groups(means, REF)["u"] is None if kept else classify_groups(means, REF)["u"] == pytest.approx(
-        sum(values) / len(values)
+    assert (
+        classify_groups(means, REF)["u"] is None
+        if kept
+        else classify_groups(means, REF)["u"] == pytest.approx(sum(values) / len(values))
     )
 
 

@@ -68,7 +68,9 @@ def test_metric_names_follow_the_per_task_convention_and_pairs_are_sorted():
     m = grad_diagnostic_metrics(g)
     assert set(m) == {
         *(f"task_{t}/grad/{q}" for t in ("spatial_grounding", "OCR", "math") for q in ("norm", "share")),
-        "grad/cosine/OCR__math", "grad/cosine/OCR__spatial_grounding", "grad/cosine/math__spatial_grounding",
+        "grad/cosine/OCR__math",
+        "grad/cosine/OCR__spatial_grounding",
+        "grad/cosine/math__spatial_grounding",
     }
     assert m["task_OCR/grad/norm"] == pytest.approx(math.sqrt(2))
     assert m["grad/cosine/math__spatial_grounding"] == pytest.approx(0.0)
@@ -88,9 +90,16 @@ def test_the_gram_travels_through_the_workers_metrics_and_back():
 
 def test_undefined_cosines_and_shares_are_left_out_not_logged_as_nan():
     m = grad_diagnostic_metrics(_gram([1.0, 2.0], [0.0, 0.0], names=["a", "b"]))
-    assert m == {"task_a/grad/norm": pytest.approx(math.sqrt(5)), "task_a/grad/share": 1.0,
-                 "task_b/grad/norm": 0.0, "task_b/grad/share": 0.0}
-    assert set(grad_diagnostic_metrics(_gram([0.0], [0.0], names=["a", "b"]))) == {"task_a/grad/norm", "task_b/grad/norm"}
+    assert m == {
+        "task_a/grad/norm": pytest.approx(math.sqrt(5)),
+        "task_a/grad/share": 1.0,
+        "task_b/grad/norm": 0.0,
+        "task_b/grad/share": 0.0,
+    }
+    assert set(grad_diagnostic_metrics(_gram([0.0], [0.0], names=["a", "b"]))) == {
+        "task_a/grad/norm",
+        "task_b/grad/norm",
+    }
 
 
 def test_a_worker_that_returned_no_diagnostics_fails_loudly():
@@ -102,7 +111,9 @@ def test_a_worker_that_returned_no_diagnostics_fails_loudly():
 
 
 def test_mask_rows_zeroes_whole_rows_of_dense_and_jagged_masks():
-    jagged = torch.nested.as_nested_tensor([torch.ones(3, dtype=torch.long), torch.ones(2, dtype=torch.long)], layout=torch.jagged)
+    jagged = torch.nested.as_nested_tensor(
+        [torch.ones(3, dtype=torch.long), torch.ones(2, dtype=torch.long)], layout=torch.jagged
+    )
     out = mask_rows(jagged, torch.tensor([False, True]))
     assert out.is_nested and out.to_padded_tensor(0).tolist() == [[0, 0, 0], [1, 1, 0]]
     dense = mask_rows(torch.ones(2, 3, dtype=torch.bool), torch.tensor([True, False]))
@@ -125,13 +136,17 @@ def _ppo_micro_batch(seed: int = 0):
             "responses": jagged([torch.randint(3, 50, (n,), generator=g) for n in lengths]),
             "response_mask": jagged([torch.ones(n, dtype=torch.long) for n in lengths]),
             "old_log_probs": jagged([-torch.rand(n, generator=g, dtype=torch.float64) for n in lengths]),
-            "advantages": jagged([torch.full((n,), float(torch.randn(1, generator=g)), dtype=torch.float64) for n in lengths]),
+            "advantages": jagged(
+                [torch.full((n,), float(torch.randn(1, generator=g)), dtype=torch.float64) for n in lengths]
+            ),
             TASK_FIELD: torch.tensor([0, 1, 0, 2, 1]),
         },
         batch_size=[len(lengths)],
     )
     tu.assign_non_tensor(td, dp_size=1, batch_num_tokens=sum(lengths), global_batch_size=len(lengths))
-    flat = torch.cat([torch.cat([torch.zeros(prompt - 1), -torch.rand(n, generator=g), torch.zeros(1)]) for n in lengths])
+    flat = torch.cat(
+        [torch.cat([torch.zeros(prompt - 1), -torch.rand(n, generator=g), torch.zeros(1)]) for n in lengths]
+    )
     return td, flat.double().requires_grad_()
 
 
@@ -174,7 +189,9 @@ def test_task_gradient_gram_on_one_process_is_the_gram_of_per_task_autograd_and_
         parts.append(torch.cat([g.reshape(-1) for g in grads]))
     ref = torch.stack(parts) @ torch.stack(parts).T
     assert torch.allclose(gram.gram, ref, rtol=1e-14, atol=0)
-    full = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss(torch.ones(6, dtype=torch.float64)), list(model.parameters()))])
+    full = torch.cat(
+        [g.reshape(-1) for g in torch.autograd.grad(loss(torch.ones(6, dtype=torch.float64)), list(model.parameters()))]
+    )
     assert gram.total_norm == pytest.approx(full.norm().item(), rel=1e-12)
 
 

@@ -24,7 +24,9 @@ def sample_info(uids, tasks, reward_infos):
 
 def run_fresh(code: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERL_")}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_import_verl_registers_estimators_and_trainer_mixin_in_a_fresh_process():
@@ -91,7 +93,9 @@ def verl_batch():
     rewards = torch.zeros(12, 5)
     rewards[torch.arange(12), mask.sum(-1).long() - 1] = scores
     tasks = ["math"] * 4 + ["grounding"] * 4 + ["math"] * 4
-    infos = [{"accuracy": float(s), "format": 1.0, "structure": None if i % 4 == 0 else 0.5} for i, s in enumerate(scores)]
+    infos = [
+        {"accuracy": float(s), "format": 1.0, "structure": None if i % 4 == 0 else 0.5} for i, s in enumerate(scores)
+    ]
     return uids, scores, mask, rewards, tasks, infos
 
 
@@ -101,7 +105,9 @@ def test_registered_gs_grpo_reads_task_ids_from_the_trainer_context():
     uids, scores, mask, rewards, tasks, infos = verl_batch()
     side = build_task_batch(sample_info(uids, tasks, infos))
     with task_batch(side):
-        adv, ret = get_adv_estimator_fn("gs_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids, config=None)
+        adv, ret = get_adv_estimator_fn("gs_grpo")(
+            token_level_rewards=rewards, response_mask=mask, index=uids, config=None
+        )
     groups = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
     expected = gs_grpo_advantages(scores, groups, side.task_ids)
     assert torch.allclose(adv, expected.unsqueeze(-1) * mask)
@@ -127,7 +133,9 @@ def test_registered_ema_grpo_carries_the_trainers_task_moments_and_its_configure
     g2rpo = G2RPOConfig(ema_grpo=cfg)
     side = build_task_batch(sample_info(uids, tasks, infos), state=EmaStdState(dict(prior)), g2rpo=g2rpo)
     with task_batch(side):
-        adv, ret = get_adv_estimator_fn("ema_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids, config=None)
+        adv, ret = get_adv_estimator_fn("ema_grpo")(
+            token_level_rewards=rewards, response_mask=mask, index=uids, config=None
+        )
     groups = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
     constants = {"decay": cfg.decay, "floor": cfg.floor, "guard": cfg.guard, "eps": cfg.eps}
     expected = ema_grpo_advantages(scores.double(), groups, side.task_ids, list(side.task_names), prior, **constants)
@@ -148,8 +156,8 @@ def test_registered_ema_grpo_carries_the_trainers_task_moments_and_its_configure
 def test_ema_grpo_constants_are_config_keys_validated_at_load():
     from omegaconf import OmegaConf
 
-    from g2rpo_verl.config import load_g2rpo_config
     from g2rpo_verl.algorithms.ema_grpo import DECAY, EPS, FLOOR, GUARD
+    from g2rpo_verl.config import load_g2rpo_config
 
     cfg = load_g2rpo_config(OmegaConf.create({})).ema_grpo
     assert (cfg.decay, cfg.floor, cfg.guard, cfg.eps) == (DECAY, FLOOR, GUARD, EPS) == (0.99, 1e-3, 5.0, 1e-6)
@@ -163,11 +171,19 @@ def test_ema_grpo_constants_are_config_keys_validated_at_load():
 
 def test_per_task_step_metrics():
     tasks = ["math", "math", "OCR task", "math"]
-    infos = [{"accuracy": 1.0, "format": 1, "problem_type": "math"}, {"accuracy": 0.0, "format": None},
-             {"accuracy": 0.5}, {"accuracy": 1.0, "format": 0, "junk": float("nan")}]
+    infos = [
+        {"accuracy": 1.0, "format": 1, "problem_type": "math"},
+        {"accuracy": 0.0, "format": None},
+        {"accuracy": 0.5},
+        {"accuracy": 1.0, "format": 0, "junk": float("nan")},
+    ]
     m = task_step_metrics(
-        tasks, infos, rewards=torch.tensor([1.0, 0.0, 0.5, 1.0]), advantages=torch.tensor([1.0, -2.0, 0.0, 1.0]),
-        lengths=torch.tensor([10, 20, 5, 30]), truncated=torch.tensor([False, True, False, False]),
+        tasks,
+        infos,
+        rewards=torch.tensor([1.0, 0.0, 0.5, 1.0]),
+        advantages=torch.tensor([1.0, -2.0, 0.0, 1.0]),
+        lengths=torch.tensor([10, 20, 5, 30]),
+        truncated=torch.tensor([False, True, False, False]),
     )
     assert m["task_math/count"] == 3 and m["task_OCR_task/count"] == 1
     assert m["task_math/advantage/mean"] == 0.0 and m["task_math/advantage/min"] == -2.0
@@ -225,7 +241,10 @@ def test_non_finite_reward_is_an_error_naming_the_sample(bad):
 
     uids, _, mask, rewards, tasks, infos = verl_batch()
     rewards[5, 0] = bad
-    with task_batch(build_task_batch(sample_info(uids, tasks, infos))), pytest.raises(ValueError, match="sample 5 of 12"):
+    with (
+        task_batch(build_task_batch(sample_info(uids, tasks, infos))),
+        pytest.raises(ValueError, match="sample 5 of 12"),
+    ):
         get_adv_estimator_fn("gs_grpo")(token_level_rewards=rewards, response_mask=mask, index=uids)
 
 
@@ -243,14 +262,21 @@ def test_task_key_lookup_order_column_then_extra_info_then_reward_dict():
 
 def test_missing_task_key_names_the_key_the_sample_and_where_it_looked():
     columns = {"uid": ["a", "b"], "data_source": ["geo3k", "chartqa"]}
-    with pytest.raises(ValueError, match=r"task_key='problem_type' is missing for 1 of 2 samples \(first: sample 1, data_source='chartqa'\)"):
-        resolve_task_keys("problem_type", columns, [{"problem_type": "math"}, {"task_type": "x"}], [None, {"score": 1.0}])
+    with pytest.raises(
+        ValueError,
+        match=r"task_key='problem_type' is missing for 1 of 2 samples \(first: sample 1, data_source='chartqa'\)",
+    ):
+        resolve_task_keys(
+            "problem_type", columns, [{"problem_type": "math"}, {"task_type": "x"}], [None, {"score": 1.0}]
+        )
 
 
 def test_unknown_or_non_numeric_component_is_an_error():
     uids = ["a", "a"]
     with pytest.raises(ValueError, match=r"\['format'\].*returned for no sample.*\['accuracy', 'score'\]"):
-        build_task_batch(sample_info(uids, ["t", "t"], [{"accuracy": 1.0, "score": 1.0}] * 2), (["accuracy", "format"], [1.0, 1.0]))
+        build_task_batch(
+            sample_info(uids, ["t", "t"], [{"accuracy": 1.0, "score": 1.0}] * 2), (["accuracy", "format"], [1.0, 1.0])
+        )
     with pytest.raises(ValueError, match="component 'accuracy' of sample 1 is 'yes'"):
         build_task_batch(sample_info(uids, ["t", "t"], [{"accuracy": 1.0}, {"accuracy": "yes"}]), (["accuracy"], [1.0]))
 
@@ -261,7 +287,10 @@ def test_config_defaults_and_validation():
     with pytest.raises(ValueError, match="invalid 'g2rpo' config section.*tasks_key"):
         load_g2rpo_config(OmegaConf.create({"g2rpo": {"tasks_key": "x"}}))
     assert gdpo_components(OmegaConf.create({})) == (list(DEFAULT_GDPO_COMPONENTS), [1.0, 1.0, 1.0])
-    assert gdpo_components(OmegaConf.create({"gdpo_reward_keys": ["acc"], "gdpo_reward_weights": [2]})) == (["acc"], [2.0])
+    assert gdpo_components(OmegaConf.create({"gdpo_reward_keys": ["acc"], "gdpo_reward_weights": [2]})) == (
+        ["acc"],
+        [2.0],
+    )
     with pytest.raises(ValueError, match="gdpo_reward_weights has 1 entries"):
         gdpo_components(OmegaConf.create({"gdpo_reward_keys": ["a", "b"], "gdpo_reward_weights": [1.0]}))
 
