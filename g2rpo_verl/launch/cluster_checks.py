@@ -159,7 +159,11 @@ def check_world_size(config) -> list:
                 f"actor.ppo_micro_batch_size_per_gpu={micro} does not divide the {per_rank_mini} rows of a mini-batch "
                 f"per rank ({mini_rows} / {dp})"
             )
-        for role in ("rollout", "ref"):
+        # the reference model exists only with a KL term (verl's need_reference_policy)
+        uses_ref = bool(_get(config, "actor_rollout_ref.actor.use_kl_loss", False)) or bool(
+            _get(config, "algorithm.use_kl_in_reward", False)
+        )
+        for role in ("rollout", "ref") if uses_ref else ("rollout",):
             key = f"actor_rollout_ref.{role}.log_prob_micro_batch_size_per_gpu"
             value = _get(config, key)
             if value and per_rank_rows % int(value):
