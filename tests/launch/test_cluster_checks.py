@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from g2rpo_verl.launch import cluster_checks as cc
 from g2rpo_verl.launch.preflight import CHECKS, run_checks
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Qwen/Qwen3-VL-8B-Instruct config.json (the fields the estimates read)
 QWEN3_VL_8B = {
     "architectures": ["Qwen3VLForConditionalGeneration"],
