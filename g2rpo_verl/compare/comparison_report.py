@@ -269,6 +269,24 @@ def _iv(d: Mapping | None) -> Interval | None:
     return Interval(d["mean"], d["low"], d["high"], d["n"], tuple(d["values"]))
 
 
+def _arm_table(values: Mapping, arms: Sequence[str], rows: Sequence[str], kind: str) -> list[str]:
+    """Markdown lines: one row per task, one column per arm, ``values[arm][row][kind]``, then a blank line."""
+    out = ["| task | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    for row in rows:
+        out.append(f"| {row} | " + " | ".join(_cell(values[a].get(row, {}).get(kind)) for a in arms) + " |")
+    return out + [""]
+
+
+def _paired_table(paired: Mapping, baseline: str, paired_arms: Sequence[str], rows: Sequence[str]) -> list[str]:
+    """Markdown lines: one row per task, a column per (arm, kind) of ``paired[arm][row][kind]``, then a blank line."""
+    header = " | ".join(f"{a} − {baseline}: {kind}" for a in paired_arms for kind in KINDS)
+    out = [f"| task | {header} |", "|---" * (1 + len(paired_arms) * len(KINDS)) + "|"]
+    for row in rows:
+        cells = [_cell(paired[a].get(row, {}).get(kind), mark_zero=True) for a in paired_arms for kind in KINDS]
+        out.append(f"| {row} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def _cell(d: Mapping | None, mark_zero: bool = False) -> str:
     iv = _iv(d)
     if iv is None:
@@ -302,30 +320,11 @@ def render_markdown(summary: Mapping, command: str | None = None) -> str:
     if summary["missing_runs"]:
         out += [f"Missing runs (no validation metrics): {', '.join(summary['missing_runs'])}", ""]
     for kind in KINDS:
-        out += [
-            f"## Final validation {kind}",
-            "",
-            "| task | " + " | ".join(arms) + " |",
-            "|---" * (len(arms) + 1) + "|",
-        ]
-        for row in rows:
-            out.append(
-                f"| {row} | " + " | ".join(_cell(summary["final"][a].get(row, {}).get(kind)) for a in arms) + " |"
-            )
-        out.append("")
+        out += [f"## Final validation {kind}", ""] + _arm_table(summary["final"], arms, rows, kind)
     paired_arms = [a for a in arms if a != summary["baseline"]]
     if paired_arms:
         out += [f"## Paired differences against `{summary['baseline']}`", ""]
-        header = " | ".join(f"{a} − {summary['baseline']}: {kind}" for a in paired_arms for kind in KINDS)
-        out += [f"| task | {header} |", "|---" * (1 + len(paired_arms) * len(KINDS)) + "|"]
-        for row in rows:
-            cells = [
-                _cell(summary["paired_vs_baseline"][a].get(row, {}).get(kind), mark_zero=True)
-                for a in paired_arms
-                for kind in KINDS
-            ]
-            out.append(f"| {row} | " + " | ".join(cells) + " |")
-        out.append("")
+        out += _paired_table(summary["paired_vs_baseline"], summary["baseline"], paired_arms, rows)
     if summary.get("auc"):
         out += [
             "## Area under the validation curve",
@@ -335,24 +334,10 @@ def render_markdown(summary: Mapping, command: str | None = None) -> str:
             "",
         ]
         for kind in KINDS:
-            out += [f"### {kind}", "", "| task | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
-            for row in rows:
-                out.append(
-                    f"| {row} | " + " | ".join(_cell(summary["auc"][a].get(row, {}).get(kind)) for a in arms) + " |"
-                )
-            out.append("")
+            out += [f"### {kind}", ""] + _arm_table(summary["auc"], arms, rows, kind)
         if paired_arms:
             out += [f"### Paired differences of the area against `{summary['baseline']}`", ""]
-            header = " | ".join(f"{a} − {summary['baseline']}: {kind}" for a in paired_arms for kind in KINDS)
-            out += [f"| task | {header} |", "|---" * (1 + len(paired_arms) * len(KINDS)) + "|"]
-            for row in rows:
-                cells = [
-                    _cell(summary["paired_auc_vs_baseline"][a].get(row, {}).get(kind), mark_zero=True)
-                    for a in paired_arms
-                    for kind in KINDS
-                ]
-                out.append(f"| {row} | " + " | ".join(cells) + " |")
-            out.append("")
+            out += _paired_table(summary["paired_auc_vs_baseline"], summary["baseline"], paired_arms, rows)
     if summary.get("mde"):
         power = round(summary.get("power", 0.8) * 100)
         out += [
