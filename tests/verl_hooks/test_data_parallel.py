@@ -29,6 +29,7 @@ import torch
 import torch.multiprocessing as mp
 
 from g2rpo_verl.demo.fixtures import tiny
+from support.verl_config import actor_config
 
 TASKS = ["numerical", "OCR", "math"]
 ROW_TASKS = [0, 1, 2, 0, 1, 2, 0, 1]  # 8 rows: dp = 2 gives each rank 4 contiguous rows
@@ -294,22 +295,12 @@ def _run_ranks(world: int, tmp: Path, model_dir: Path, io: dict) -> dict:
 
 
 def _actor_config(*extra: str):
-    import verl
-    from hydra import compose, initialize_config_dir
-    from verl.utils.config import omega_conf_to_dataclass
-
-    cfgdir = os.path.join(os.path.dirname(verl.__file__), "trainer/config")
-    with initialize_config_dir(config_dir=cfgdir, version_base=None):
-        cfg = compose(
-            config_name="ppo_trainer",
-            overrides=[
-                "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-                "actor_rollout_ref.actor.use_kl_loss=true",
-                "actor_rollout_ref.actor.kl_loss_coef=0.1",
-                *extra,
-            ],
-        )
-    return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    return actor_config(
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.actor.use_kl_loss=true",
+        "actor_rollout_ref.actor.kl_loss_coef=0.1",
+        *extra,
+    )
 
 
 def _trainer_side(rows, entropy: list[torch.Tensor], dp_size: int):

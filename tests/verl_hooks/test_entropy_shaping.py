@@ -6,7 +6,6 @@ so the real :class:`G2RPOActorLoss` and verl's own ``ppo_loss`` run unmodified. 
 """
 
 import math
-import os
 import pickle
 from types import SimpleNamespace
 
@@ -40,6 +39,7 @@ from g2rpo_verl.verl_hooks.minibatch import (
 )
 from g2rpo_verl.verl_hooks.samples import SampleInfo
 from support.smoke_runs import run_smoke
+from support.verl_config import ppo_trainer_config
 
 LOW, HIGH, BETA = 0.2, 0.6, 0.02
 
@@ -161,23 +161,12 @@ def zero_loss(model_output=None, data=None, dp_group=None, **kwargs):
     return torch.zeros((), dtype=torch.float64), {}
 
 
-_VERL_CFG = None
-
-
 def actor_config(**overrides):
     """verl's own actor config (``ppo_trainer.yaml`` defaults) as the worker builds it."""
-    global _VERL_CFG
-    import verl
-    from hydra import compose, initialize_config_dir
     from verl.utils.config import omega_conf_to_dataclass
 
-    if _VERL_CFG is None:
-        cfgdir = os.path.join(os.path.dirname(verl.__file__), "trainer/config")
-        with initialize_config_dir(config_dir=cfgdir, version_base=None):
-            _VERL_CFG = compose(
-                config_name="ppo_trainer", overrides=["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2"]
-            )
-    section = OmegaConf.create(OmegaConf.to_container(_VERL_CFG.actor_rollout_ref.actor, resolve=True))
+    verl_cfg = ppo_trainer_config("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2")
+    section = OmegaConf.create(OmegaConf.to_container(verl_cfg.actor_rollout_ref.actor, resolve=True))
     for key, value in overrides.items():
         OmegaConf.update(section, key, value, merge=False)
     return section, omega_conf_to_dataclass(section)

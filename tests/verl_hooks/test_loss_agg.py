@@ -9,8 +9,6 @@ FSDP2/gloo run is in tests/test_data_parallel.py. No Ray, seconds.
 """
 
 import copy
-import functools
-import os
 from functools import partial
 
 import pytest
@@ -29,6 +27,7 @@ from g2rpo_verl.verl_hooks.minibatch import (
     plan_fields,
     task_plan_fields,
 )
+from support.verl_config import actor_config
 
 TASKS = [0, 1, 2, 0, 1, 2, 0, 1, 1, 0, 2, 2]
 LENGTHS = [9, 2, 5, 7, 1, 3, 8, 2, 3, 6, 4, 0]  # one empty response: excluded from S, contributes nothing
@@ -36,28 +35,13 @@ LENGTHS = [9, 2, 5, 7, 1, 3, 8, 2, 3, 6, 4, 0]  # one empty response: excluded f
 
 def _actor_config(*extra):
     """verl's actor config (its ppo_trainer.yaml, KL loss and entropy bonus on), a fresh copy per call."""
-    return copy.deepcopy(_composed(tuple(extra)))
-
-
-@functools.cache
-def _composed(extra):
-    import verl
-    from hydra import compose, initialize_config_dir
-    from verl.utils.config import omega_conf_to_dataclass
-
-    cfgdir = os.path.join(os.path.dirname(verl.__file__), "trainer/config")
-    with initialize_config_dir(config_dir=cfgdir, version_base=None):
-        cfg = compose(
-            config_name="ppo_trainer",
-            overrides=[
-                "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-                "actor_rollout_ref.actor.use_kl_loss=true",
-                "actor_rollout_ref.actor.kl_loss_coef=0.1",
-                "actor_rollout_ref.actor.entropy_coeff=0.01",
-                *extra,
-            ],
-        )
-    return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    return actor_config(
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.actor.use_kl_loss=true",
+        "actor_rollout_ref.actor.kl_loss_coef=0.1",
+        "actor_rollout_ref.actor.entropy_coeff=0.01",
+        *extra,
+    )
 
 
 def _rows(seed=0):
