@@ -40,8 +40,17 @@ PROBLEM_TYPES = [pt for pt, _ in TOY_TASKS.values()]
             list(TOY_TASKS),
         ),
         # verl's own estimator gets the per-task metrics too; scored by the project's reward
-        # function in verl's reward workers (the toy data's problem types are real ones)
-        ("grpo", ["reward.custom_reward_function.path=pkg://g2rpo_verl.rewards"], PROBLEM_TYPES),
+        # function in verl's reward workers (the toy data's problem types are real ones); the
+        # task-balanced loss aggregation in verl's real actor, its gradient diagnosed
+        (
+            "grpo",
+            [
+                "reward.custom_reward_function.path=pkg://g2rpo_verl.rewards",
+                "+g2rpo.loss_agg.mode=task_mean",
+                "+g2rpo.diagnostics.grad_every=1",
+            ],
+            PROBLEM_TYPES,
+        ),
     ],
 )
 def test_real_verl_run_logs_per_task_metrics_from_the_estimator(tmp_path, estimator, extra, tasks):
@@ -82,10 +91,18 @@ def test_real_verl_run_logs_per_task_metrics_from_the_estimator(tmp_path, estima
                 assert 0 <= data[task_metric(task, "length/score")] <= 1
         # every sample of the step was assigned to one of the toy tasks, under the chosen key
         assert counted == prompts * rollouts, sorted(k for k in data if k.startswith("task_"))
+        present = [t for t in tasks if task_metric(t, "count") in data]
         if "+g2rpo.diagnostics.grad_every=1" in extra:
-            check_grad_diagnostics(data, [t for t in tasks if task_metric(t, "count") in data])
+            check_grad_diagnostics(data, present)
         else:
             assert not any("/grad/" in k or k.startswith("grad/") for k in data)
+        if "+g2rpo.loss_agg.mode=task_mean" in extra:
+            # one mini-batch a step: each present task weighs 1/T, whatever its share of the tokens
+            weights = [data[task_metric(t, "loss_agg/weight")] for t in present]
+            assert weights == pytest.approx([1 / len(present)] * len(present))
+            assert sum(data[task_metric(t, "loss_agg/token_share")] for t in present) == pytest.approx(1.0)
+        else:
+            assert not any("/loss_agg/" in k for k in data)
 
 
 def check_grad_diagnostics(data: dict, tasks: list[str]) -> None:
