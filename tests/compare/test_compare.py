@@ -240,6 +240,17 @@ import sys  # noqa: E402
 from g2rpo_verl.demo.run_metrics import load_metrics  # noqa: E402
 from g2rpo_verl.demo.tasks import TASKS  # noqa: E402
 
+#: two estimators and, for the determinism check, the second one again under another arm name:
+#: three runs of seed 0 from one base model (the seeds' aggregation is checked on copies of them)
+E2E_ARMS = [
+    "--estimators",
+    "grpo",
+    "ema_grpo",
+    "--arm",
+    "ema_grpo_again=algorithm.adv_estimator=ema_grpo",
+    "--seeds",
+    "0",
+]
 E2E_RUN = ["--warm-start-steps", "30", "trainer.total_training_steps=2", "trainer.test_freq=2", "trainer.save_freq=2"]
 #: metrics that measure the machine, not the run (wall time, throughput, memory)
 _MACHINE = ("timing_s/", "timing_per_token_ms/", "perf/", "memory")
@@ -261,7 +272,7 @@ def _compare(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("compare")
-    _compare(workdir, "--estimators", "grpo", "ema_grpo", "--seeds", "0", "1", *E2E_RUN)
+    _compare(workdir, *E2E_ARMS, *E2E_RUN)
     return workdir
 
 
@@ -276,42 +287,33 @@ def _rounding_only(key: str) -> bool:
 
 
 @pytest.mark.e2e
-def test_compare_reports_every_task_and_estimator_with_the_runs_own_numbers(comparison):
+def test_compare_reports_every_task_and_estimator_with_the_runs_own_numbers(comparison, tmp_path):
     summary = json.loads((comparison / "summary.json").read_text())
     report = (comparison / "report.md").read_text()
-    assert summary["missing_runs"] == [] and sorted(summary["runs"]) == [
-        "ema_grpo_seed0",
-        "ema_grpo_seed1",
-        "grpo_seed0",
-        "grpo_seed1",
-    ]
+    runs = ["ema_grpo_again_seed0", "ema_grpo_seed0", "grpo_seed0"]
+    assert summary["missing_runs"] == [] and sorted(summary["runs"]) == runs
     assert summary["sources"] == sorted(TASKS)
     for name in [*TASKS, *summary["tasks"], "grpo", "ema_grpo"]:
         assert name in report, name
     assert {spec.problem_type.replace(" ", "_") for spec in TASKS.values()} == set(summary["tasks"])
+    finals = {}  # (arm, source, kind) -> the run's own last validation value
     for arm in ("grpo", "ema_grpo"):
+        metrics = load_metrics([comparison / f"{arm}_seed0" / "metrics.jsonl"])
         for source in TASKS:
             for kind, key in (
                 ("accuracy", f"val-core/{source}/acc/mean@2"),
                 ("reward", f"val-aux/{source}/reward/mean@2"),
             ):
-                own = []
-                for seed in (0, 1):
-                    metrics = load_metrics([comparison / f"{arm}_seed{seed}" / "metrics.jsonl"])
-                    last = metrics[max(step for step in metrics if key in metrics[step])]
-                    own.append(last[key])
-                    assert summary["runs"][f"{arm}_seed{seed}"]["final"][source][kind] == last[key]
-                assert summary["final"][arm][source][kind]["values"] == own
-                assert summary["final"][arm][source][kind]["mean"] == pytest.approx(sum(own) / 2)
+                last = metrics[max(step for step in metrics if key in metrics[step])][key]
+                finals[arm, source, kind] = last
+                assert summary["runs"][f"{arm}_seed0"]["final"][source][kind] == last
+                assert summary["final"][arm][source][kind]["values"] == [last]
         for task in summary["tasks"]:
             std = summary["advantage"][arm][task]["std"]["values"]
-            assert len(std) == 2 and all(math.isfinite(v) and v >= 0 for v in std)
+            assert len(std) == 1 and all(math.isfinite(v) and v >= 0 for v in std)
     diff = summary["paired_vs_baseline"]["ema_grpo"]["demo_counting"]["accuracy"]
-    grpo, ema = (
-        summary["final"]["grpo"]["demo_counting"]["accuracy"],
-        summary["final"]["ema_grpo"]["demo_counting"]["accuracy"],
-    )
-    assert diff["values"] == pytest.approx([e - g for e, g in zip(ema["values"], grpo["values"])])
+    expected = finals["ema_grpo", "demo_counting", "accuracy"] - finals["grpo", "demo_counting", "accuracy"]
+    assert diff["values"] == pytest.approx([expected])
     for name in ("validation.png", "final.png"):
         assert (comparison / "plots" / name).stat().st_size > 10_000
     # ema_grpo's per-task moments are checkpointed next to the length-shaping state
@@ -323,20 +325,32 @@ def test_compare_reports_every_task_and_estimator_with_the_runs_own_numbers(comp
     assert math.isfinite(metrics[2]["task_numerical/ema/std"])
 
     # finished runs are skipped: a second call only rewrites the report
-    proc = _compare(comparison, "--estimators", "grpo", "ema_grpo", "--seeds", "0", "1", *E2E_RUN)
-    assert proc.stdout.count("finished (step 2), skipped") == 4
+    proc = _compare(comparison, *E2E_ARMS, *E2E_RUN)
+    assert proc.stdout.count("finished (step 2), skipped") == 3
+
+    # two seeds from the real runs' files: seed 1 of each arm is a copy of the other arm's seed 0,
+    # so each arm's values are (own, other's), the paired differences ±d and their mean 0
+    seeds = tmp_path / "seeds"
+    for arm, other in (("grpo", "ema_grpo"), ("ema_grpo", "grpo")):
+        shutil.copytree(comparison / f"{arm}_seed0", seeds / f"{arm}_seed0")
+        shutil.copytree(comparison / f"{other}_seed0", seeds / f"{arm}_seed1")
+    _compare(seeds, "--estimators", "grpo", "ema_grpo", "--seeds", "0", "1", "--report-only", "--no-plots")
+    two = json.loads((seeds / "summary.json").read_text())
+    for arm, other in (("grpo", "ema_grpo"), ("ema_grpo", "grpo")):
+        cell = two["final"][arm]["demo_counting"]["accuracy"]
+        own, theirs = finals[arm, "demo_counting", "accuracy"], finals[other, "demo_counting", "accuracy"]
+        assert cell["values"] == [own, theirs] and cell["mean"] == pytest.approx((own + theirs) / 2)
+    paired = two["paired_vs_baseline"]["ema_grpo"]["demo_counting"]["accuracy"]
+    assert paired["values"] == pytest.approx([expected, -expected]) and paired["mean"] == pytest.approx(0, abs=1e-12)
+    assert "demo_counting" in (seeds / "report.md").read_text()
 
 
 @pytest.mark.e2e
-def test_same_command_and_seed_give_identical_metrics(comparison, tmp_path):
-    # the same (estimator, seed) again, from the same model and data, in another work directory:
+def test_same_command_and_seed_give_identical_metrics(comparison):
+    # the same (estimator, seed) again, from the same model and data, in another run directory:
     # every logged number but the machine's timings, throughput and memory is identical
-    again = tmp_path / "again"
-    again.mkdir()
-    shutil.copytree(comparison / "_base_seed1", again / "_base_seed1")
-    _compare(again, "--estimators", "ema_grpo", "--seeds", "1", "--no-plots", *E2E_RUN)
-    first = _reproducible(load_metrics([comparison / "ema_grpo_seed1" / "metrics.jsonl"]))
-    second = _reproducible(load_metrics([again / "ema_grpo_seed1" / "metrics.jsonl"]))
+    first = _reproducible(load_metrics([comparison / "ema_grpo_seed0" / "metrics.jsonl"]))
+    second = _reproducible(load_metrics([comparison / "ema_grpo_again_seed0" / "metrics.jsonl"]))
     assert sorted(first) == sorted(second) == [0, 1, 2]
     assert first[1]["actor/pg_loss"] != 0  # a real update happened
     compared = 0

@@ -23,12 +23,36 @@ def task_metric(task: str, name: str) -> str:
 PROBLEM_TYPES = [pt for pt, _ in TOY_TASKS.values()]
 
 
+FILTER_OVERRIDES = [
+    "algorithm.filter_groups.enable=true",
+    "algorithm.filter_groups.metric=accuracy",
+    "algorithm.filter_groups.max_num_gen_batches=2",
+    "+trainer.v1.sampler.sampler_kwargs.filter_band={low:0.01,high:0.99}",
+]
+ENTROPY_SHAPING_OVERRIDES = [
+    "+g2rpo.entropy.enable=true",
+    "+g2rpo.entropy.estimator=exact",
+    # the KL loss on: a reference model runs next to the actor, and the term is added to
+    # verl's loss with the KL term in it (as checked against verl's ppo_loss in the unit tests)
+    "actor_rollout_ref.actor.use_kl_loss=true",
+    "actor_rollout_ref.actor.kl_loss_coef=0.1",
+    # two mini-batches in two micro-batches each, two epochs with shuffling: rows change
+    # mini-batch between epochs, the hardest case for the per-row weights
+    "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+    "actor_rollout_ref.actor.ppo_epochs=2",
+    "actor_rollout_ref.actor.shuffle=True",
+]
+
+
 @pytest.mark.parametrize(
     "estimator, extra, tasks",
     [
-        # default task key: problem_type; per-task gradient diagnostics every step
-        ("gs_grpo", ["+g2rpo.diagnostics.grad_every=1"], PROBLEM_TYPES),
-        # data_source as task key; length as a fourth GS-GDPO component
+        # default task key: problem_type; per-task gradient diagnostics every step; the
+        # reference's online group filtering (band on verl's own replay buffer)
+        ("gs_grpo", ["+g2rpo.diagnostics.grad_every=1", *FILTER_OVERRIDES], PROBLEM_TYPES),
+        # data_source as task key; length as a fourth GS-GDPO component; the exact-entropy
+        # shaping in verl's loss with the KL loss on, over shuffled mini-batches
         (
             "gs_gdpo",
             [
@@ -36,6 +60,7 @@ PROBLEM_TYPES = [pt for pt, _ in TOY_TASKS.values()]
                 "+algorithm.gdpo_reward_keys=[accuracy,format,structure,length]",
                 "+g2rpo.length.enable=true",
                 "+g2rpo.length.mode=component",
+                *ENTROPY_SHAPING_OVERRIDES,
             ],
             list(TOY_TASKS),
         ),
@@ -96,6 +121,10 @@ def test_real_verl_run_logs_per_task_metrics_from_the_estimator(tmp_path, estima
             check_grad_diagnostics(data, present)
         else:
             assert not any("/grad/" in k or k.startswith("grad/") for k in data)
+        if FILTER_OVERRIDES[0] in extra:
+            check_filtering(data)
+        if ENTROPY_SHAPING_OVERRIDES[0] in extra:
+            check_entropy_shaping(data, present)
         if "+g2rpo.loss_agg.mode=task_mean" in extra:
             # one mini-batch a step: each present task weighs 1/T, whatever its share of the tokens
             weights = [data[task_metric(t, "loss_agg/weight")] for t in present]
@@ -103,6 +132,39 @@ def test_real_verl_run_logs_per_task_metrics_from_the_estimator(tmp_path, estima
             assert sum(data[task_metric(t, "loss_agg/token_share")] for t in present) == pytest.approx(1.0)
         else:
             assert not any("/loss_agg/" in k for k in data)
+
+    if ENTROPY_SHAPING_OVERRIDES[0] in extra:
+        # KL(actor || ref) > 0 once the actor has moved away from the reference (step 2 trains
+        # on updated weights); the tiny model's entropy is above the default band for some task
+        assert metrics[2]["actor/kl_loss"] > 0
+        assert (
+            max(
+                data[task_metric(t, "entropy_penalty")]
+                for data in metrics.values()
+                for t in tasks
+                if task_metric(t, "entropy_penalty") in data
+            )
+            > 0
+        )
+
+
+def check_filtering(data: dict) -> None:
+    """The tiny model mostly fails: groups are filtered and counted per task, and the refill
+    budget (max_num_gen_batches=2) ends the step's filtering instead of looping on toy data."""
+    filtered = {k: v for k, v in data.items() if k.endswith("/filtered_groups")}
+    evicted = data.get("training/filter_groups/evicted_samples", 0)
+    assert evicted > 0 and all(k.startswith("task_") for k in filtered), sorted(data)
+    assert sum(filtered.values()) == evicted
+
+
+def check_entropy_shaping(data: dict, tasks: list[str]) -> None:
+    """Per-task entropy and penalty logged; the term reached verl's loss on the workers, which
+    computed the exact entropy for it; the reference model's log-probs reached the loss."""
+    for t in tasks:
+        h, pen = data[task_metric(t, "entropy")], data[task_metric(t, "entropy_penalty")]
+        assert math.isfinite(h) and h >= 0 and math.isfinite(pen) and pen >= 0
+    assert math.isfinite(data["actor/entropy_shaping_loss"]) and math.isfinite(data["actor/entropy_loss"])
+    assert math.isfinite(data["actor/kl_loss"]) and data["actor/kl_loss"] >= 0
 
 
 def check_grad_diagnostics(data: dict, tasks: list[str]) -> None:

@@ -5,7 +5,6 @@ them to the loss (jagged prompts/responses/masks from TransferQueue, flat per-to
 so the real :class:`G2RPOActorLoss` and verl's own ``ppo_loss`` run unmodified. No Ray.
 """
 
-import math
 import pickle
 from types import SimpleNamespace
 
@@ -38,7 +37,6 @@ from g2rpo_verl.verl_hooks.minibatch import (
     minibatch_plan,
 )
 from g2rpo_verl.verl_hooks.samples import SampleInfo
-from support.smoke_runs import run_smoke
 from support.verl_config import ppo_trainer_config
 
 LOW, HIGH, BETA = 0.2, 0.6, 0.02
@@ -769,49 +767,5 @@ def test_the_loss_runs_the_check_on_the_plan_fields_the_trainer_writes():
         call([2], 6)  # verl's mini-batch has 6 tokens: not the predicted one
 
 
-# ------------------------------------------------------------------ the real pipeline
-
-
-@pytest.mark.e2e
-def test_real_verl_run_adds_the_entropy_penalty_per_task(tmp_path):
-    from g2rpo_verl.demo.fixtures.toy_reward import TOY_TASKS
-
-    overrides = [
-        "algorithm.adv_estimator=gs_grpo",
-        "+g2rpo.entropy.enable=true",
-        "+g2rpo.entropy.estimator=exact",
-        "trainer.total_training_steps=2",
-        "data.train_batch_size=4",
-        "actor_rollout_ref.rollout.n=2",
-        # the KL loss on: a reference model runs next to the actor, and the term is added to
-        # verl's loss with the KL term in it (as checked against verl's ppo_loss above)
-        "actor_rollout_ref.actor.use_kl_loss=true",
-        "actor_rollout_ref.actor.kl_loss_coef=0.1",
-        # two mini-batches of 4 responses in two micro-batches each, two epochs with shuffling:
-        # rows change mini-batch between epochs, the hardest case for the per-row weights.
-        "actor_rollout_ref.actor.ppo_mini_batch_size=2",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-        "actor_rollout_ref.actor.ppo_epochs=2",
-        "actor_rollout_ref.actor.shuffle=True",
-    ]
-    steps = run_smoke(tmp_path, *overrides)
-    assert sorted(steps) == [1, 2]
-    tasks = [pt for pt, _ in TOY_TASKS.values()]
-    penalties = []
-    for data in steps.values():
-        seen = [t for t in tasks if f"task_{t.replace(' ', '_')}/entropy" in data]
-        assert seen, sorted(k for k in data if k.startswith("task_"))
-        for t in seen:
-            prefix = f"task_{t.replace(' ', '_')}"
-            h, pen = data[f"{prefix}/entropy"], data[f"{prefix}/entropy_penalty"]
-            assert math.isfinite(h) and h >= 0 and math.isfinite(pen) and pen >= 0
-            penalties.append(pen)
-        # the term reached verl's loss on the workers, which computed the exact entropy for it
-        assert math.isfinite(data["actor/entropy_shaping_loss"])
-        assert math.isfinite(data["actor/entropy_loss"])
-        # the reference model's log-probs reached the loss: KL(actor || ref) >= 0, and > 0 once
-        # the actor has moved away from the reference (step 2 trains on updated weights)
-        assert math.isfinite(data["actor/kl_loss"]) and data["actor/kl_loss"] >= 0
-    assert steps[2]["actor/kl_loss"] > 0
-    # the tiny random model's entropy is above the default band for some task
-    assert max(penalties) > 0
+# The real pipeline (exact entropy, KL loss, shuffled mini-batches over two epochs) is the gs_gdpo
+# case of tests/e2e/test_e2e_g2rpo.py.

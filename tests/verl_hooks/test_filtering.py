@@ -16,7 +16,6 @@ from omegaconf import OmegaConf
 from g2rpo_verl.config import FilterBand, load_filter_band
 from g2rpo_verl.verl_hooks import filtering
 from g2rpo_verl.verl_hooks.filtering import BUDGET_METRIC, BandFilter, classify_groups, group_means
-from support.smoke_runs import run_smoke
 
 replay_buffer = pytest.importorskip("verl.trainer.ppo.v1.replay_buffer")
 
@@ -251,29 +250,4 @@ def test_the_trainer_mixin_carries_the_filter():
     assert issubclass(G2RPOTrainerMixin, filtering.GroupFilterMixin)
 
 
-# ---------------------------------------------------------------------------------------------
-# the real main_ppo on CPU with the band on (slow)
-# ---------------------------------------------------------------------------------------------
-@pytest.mark.e2e
-def test_real_verl_run_with_band_filtering(tmp_path):
-    overrides = [
-        "algorithm.adv_estimator=gs_grpo",
-        "trainer.total_training_steps=2",
-        "data.train_batch_size=4",
-        "actor_rollout_ref.rollout.n=4",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=4",
-        "algorithm.filter_groups.enable=true",
-        "algorithm.filter_groups.metric=accuracy",
-        "algorithm.filter_groups.max_num_gen_batches=2",
-        "+trainer.v1.sampler.sampler_kwargs.filter_band={low:0.01,high:0.99}",
-    ]
-    steps = list(run_smoke(tmp_path, *overrides).values())
-    assert len(steps) == 2
-    for step in steps:
-        filtered = {k: v for k, v in step.items() if k.endswith("/filtered_groups")}
-        evicted = step.get("training/filter_groups/evicted_samples", 0)
-        # the tiny model mostly fails: groups are filtered and counted per task, and the refill
-        # budget (max_num_gen_batches=2) ends the step's filtering instead of looping on toy data
-        assert evicted > 0 and all(k.startswith("task_") for k in filtered), sorted(step)
-        assert sum(filtered.values()) == evicted
-    assert all(s.get("task_numerical/count", 0) + s.get("task_multiple_choice/count", 0) == 16 for s in steps)
+# The real main_ppo with the band on is the gs_grpo case of tests/e2e/test_e2e_g2rpo.py.
