@@ -5,7 +5,6 @@ mixin reads each sample's task key from TransferQueue, the estimator ranks per t
 per-task advantage statistics it logs reach verl's file logger.
 """
 
-import json
 import math
 
 import pytest
@@ -30,8 +29,8 @@ FILTER_OVERRIDES = [
     "+trainer.v1.sampler.sampler_kwargs.filter_band={low:0.01,high:0.99}",
 ]
 ENTROPY_SHAPING_OVERRIDES = [
-    "+g2rpo.entropy.enable=true",
-    "+g2rpo.entropy.estimator=exact",
+    "++g2rpo.entropy.enable=true",
+    "++g2rpo.entropy.estimator=exact",
     # the KL loss on: a reference model runs next to the actor, and the term is added to
     # verl's loss with the KL term in it (as checked against verl's ppo_loss in the unit tests)
     "actor_rollout_ref.actor.use_kl_loss=true",
@@ -71,7 +70,7 @@ ENTROPY_SHAPING_OVERRIDES = [
             "grpo",
             [
                 "reward.custom_reward_function.path=pkg://g2rpo_verl.rewards",
-                "+g2rpo.loss_agg.mode=task_mean",
+                "++g2rpo.loss_agg.mode=task_mean",
                 "+g2rpo.diagnostics.grad_every=1",
             ],
             PROBLEM_TYPES,
@@ -125,7 +124,7 @@ def test_real_verl_run_logs_per_task_metrics_from_the_estimator(tmp_path, estima
             check_filtering(data)
         if ENTROPY_SHAPING_OVERRIDES[0] in extra:
             check_entropy_shaping(data, present)
-        if "+g2rpo.loss_agg.mode=task_mean" in extra:
+        if "++g2rpo.loss_agg.mode=task_mean" in extra:
             # one mini-batch a step: each present task weighs 1/T, whatever its share of the tokens
             weights = [data[task_metric(t, "loss_agg/weight")] for t in present]
             assert weights == pytest.approx([1 / len(present)] * len(present))
@@ -188,63 +187,5 @@ def check_grad_diagnostics(data: dict, tasks: list[str]) -> None:
     assert math.sqrt(total) == pytest.approx(data["actor/grad_norm"], rel=1e-4)
 
 
-LENGTH_OVERRIDES = [
-    "g2rpo.length.enable=true",
-    # every non-truncated response counts as a success, so the running statistics must move
-    "g2rpo.length.success_threshold=0",
-    "g2rpo.length.default_profile=perception",
-    "g2rpo.length.profiles.perception.floor=2",
-    "g2rpo.length.profiles.perception.ceiling=6",
-    "g2rpo.length.tasks.numerical.profile=reasoning",
-    "g2rpo.length.tasks.numerical.floor=6",
-    "g2rpo.length.tasks.numerical.ceiling=10",
-]
-
-
-# the adaptive entropy controller rides along: its coefficients are saved and restored the same way
-ENTROPY_OVERRIDES = ["g2rpo.entropy.enable=true", "g2rpo.entropy.controller=adaptive"]
-
-
-def test_length_shaping_runs_in_real_verl_and_its_state_survives_a_resume(tmp_path):
-    from omegaconf import OmegaConf
-
-    from g2rpo_verl.algorithms.entropy_control import EntropyController
-    from g2rpo_verl.algorithms.length import LengthShaper
-    from g2rpo_verl.config import load_g2rpo_config
-
-    shaping = LENGTH_OVERRIDES + ENTROPY_OVERRIDES
-    common = ["algorithm.adv_estimator=gs_grpo", "trainer.save_freq=1", *("+" + o for o in shaping)]
-    first = run_smoke(tmp_path, "trainer.total_training_steps=2", *common)
-    tasks = [pt for pt, _ in TOY_TASKS.values()]
-    for step, data in first.items():
-        for task in tasks:
-            for name in ("mean", "score", "truncation_rate", "bound_a", "bound_d", "tied_share", "direction"):
-                value = data[task_metric(task, f"length/{name}")]
-                assert math.isfinite(value), (step, task, name)
-            assert 0 <= data[task_metric(task, "length/truncation_rate")] <= 1
-            assert 0 <= data[task_metric(task, "length/tied_share")] <= 1
-            assert data[task_metric(task, "entropy/out_of_band")] in (0.0, 1.0)
-            assert abs(data[task_metric(task, "entropy/coef")]) <= 1.0
-    saved = json.loads((tmp_path / "checkpoints" / "global_step_2" / "g2rpo_state.json").read_text())
-    assert set(saved) == {"length", "entropy"}
-
-    # Same command, one more step: verl resumes from global_step_2 and so must the bounds.
-    second = run_smoke(tmp_path, "trainer.total_training_steps=3", *common)
-    assert sorted(second) == [3], "the second run did not resume from the step-2 checkpoint"
-    cfg = load_g2rpo_config(OmegaConf.from_dotlist(LENGTH_OVERRIDES)).length
-    restored = LengthShaper({}, cfg.rule, momentum=cfg.momentum)
-    restored.load_state_dict(saved["length"])
-    fresh = LengthShaper({}, cfg.rule, momentum=cfg.momentum)
-    assert any(restored.bounds(t) != fresh.bounds(t) for t in tasks), "statistics never moved: nothing to restore"
-    for task in tasks:
-        logged = [second[3][task_metric(task, f"length/bound_{k}")] for k in "abcd"]
-        assert logged == pytest.approx(list(restored.bounds(task)))
-    # step 3's coefficients continue from step 2's multipliers, fed step 3's entropies
-    entropy_cfg = load_g2rpo_config(OmegaConf.from_dotlist(shaping)).entropy
-    controller = EntropyController(entropy_cfg.adaptive)
-    controller.load_state_dict(saved["entropy"])
-    assert any(s["y_high"] or s["y_low"] for s in saved["entropy"]["tasks"].values()), "nothing to restore"
-    for task in tasks:
-        h = second[3][task_metric(task, "entropy_estimate")]
-        expected = controller.update(task, h, entropy_cfg.low, entropy_cfg.high)
-        assert second[3][task_metric(task, "entropy/coef")] == pytest.approx(expected, abs=1e-9)
+# Length shaping and the adaptive entropy controller in real verl, their state saved with verl's
+# checkpoint and restored on resume: tests/e2e/test_multinode.py (a lost node, then the same command).

@@ -20,6 +20,7 @@ One test, two runs of the same command:
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -42,10 +43,18 @@ STANDINS = Path(__file__).resolve().parent / "slurm_standins"
 NODES = ("node1", "node2")
 TOTAL_STEPS = 3
 LENGTH = [
-    "+g2rpo.length.enable=true",
-    "+g2rpo.length.success_threshold=0",  # every untruncated response moves the statistics
-    "+g2rpo.length.default_profile=perception",
+    "g2rpo.length.enable=true",
+    "g2rpo.length.success_threshold=0",  # every untruncated response moves the statistics
+    "g2rpo.length.default_profile=perception",
+    "g2rpo.length.profiles.perception.floor=2",
+    "g2rpo.length.profiles.perception.ceiling=6",
+    "g2rpo.length.tasks.numerical.profile=reasoning",
+    "g2rpo.length.tasks.numerical.floor=6",
+    "g2rpo.length.tasks.numerical.ceiling=10",
 ]
+# the adaptive entropy controller rides along: its multipliers are saved and restored the same way
+ENTROPY = ["g2rpo.entropy.enable=true", "g2rpo.entropy.controller=adaptive"]
+SHAPING = LENGTH + ENTROPY
 
 
 def _free_ports(n: int) -> list[int]:
@@ -122,7 +131,7 @@ def _launch(workdir: Path, standin: Path, ray_port: int, log: Path) -> subproces
             "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
             # a lost rank must not leave the other waiting in a collective for verl's 10 minutes
             "actor_rollout_ref.nccl_timeout=60",
-            *LENGTH,
+            *("++" + o for o in SHAPING),
         ],
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RAY_"))}
@@ -183,6 +192,7 @@ def _finish(proc: subprocess.Popen, standin: Path, timeout: float) -> int | None
 def test_two_node_cluster_trains_survives_a_lost_node_and_resumes(tmp_path, request):
     from omegaconf import OmegaConf
 
+    from g2rpo_verl.algorithms.entropy_control import EntropyController
     from g2rpo_verl.algorithms.length import LengthShaper
     from g2rpo_verl.config import load_g2rpo_config
 
@@ -229,6 +239,17 @@ def test_two_node_cluster_trains_survives_a_lost_node_and_resumes(tmp_path, requ
     # two FSDP ranks, one per node (each node has one GPU unit)
     assert (workdir / "checkpoints" / "global_step_1" / "actor" / "model_world_size_2_rank_1.pt").exists()
     saved = json.loads((workdir / "checkpoints" / f"global_step_{last}" / "g2rpo_state.json").read_text())
+    assert set(saved) == {"length", "entropy"}
+    for step, data in first.items():  # every task's length and entropy-control metrics, each step
+        tasks = [k[len("task_") : -len("/count")] for k in data if k.startswith("task_") and k.endswith("/count")]
+        assert tasks
+        for task in tasks:
+            for name in ("mean", "score", "truncation_rate", "bound_a", "bound_d", "tied_share", "direction"):
+                assert math.isfinite(data[f"task_{task}/length/{name}"]), (step, task, name)
+            assert 0 <= data[f"task_{task}/length/truncation_rate"] <= 1
+            assert 0 <= data[f"task_{task}/length/tied_share"] <= 1
+            assert data[f"task_{task}/entropy/out_of_band"] in (0.0, 1.0)
+            assert abs(data[f"task_{task}/entropy/coef"]) <= 1.0
     # The trainer's own error depends on what it was doing when the node went: a call to a lost
     # actor (ActorUnavailableError), or a gloo collective whose peer vanished (RuntimeError
     # "Connection closed by peer"); both seen. The launcher's last line names the node either way.
@@ -253,7 +274,7 @@ def test_two_node_cluster_trains_survives_a_lost_node_and_resumes(tmp_path, requ
     assert tracker.read_text().strip() == str(TOTAL_STEPS)
     assert "g2rpo: length state restored from" in out2
     # the plugin's length-shaping state came back with verl's checkpoint
-    cfg = load_g2rpo_config(OmegaConf.from_dotlist([o.lstrip("+") for o in LENGTH])).length
+    cfg = load_g2rpo_config(OmegaConf.from_dotlist(LENGTH)).length
     restored = LengthShaper({}, cfg.rule, momentum=cfg.momentum)
     restored.load_state_dict(saved["length"])
     first_resumed = second[last + 1]
@@ -264,3 +285,12 @@ def test_two_node_cluster_trains_survives_a_lost_node_and_resumes(tmp_path, requ
     for task in tasks:
         logged = [first_resumed[f"task_{task}/length/bound_{k}"] for k in "abcd"]
         assert logged == pytest.approx(list(restored.bounds(task.replace("_", " "))))
+    # the first resumed step's coefficients continue from the checkpoint's multipliers
+    entropy_cfg = load_g2rpo_config(OmegaConf.from_dotlist(SHAPING)).entropy
+    controller = EntropyController(entropy_cfg.adaptive)
+    controller.load_state_dict(saved["entropy"])
+    assert any(s["y_high"] or s["y_low"] for s in saved["entropy"]["tasks"].values()), "nothing to restore"
+    for task in tasks:
+        h = first_resumed[f"task_{task}/entropy_estimate"]
+        expected = controller.update(task.replace("_", " "), h, entropy_cfg.low, entropy_cfg.high)
+        assert first_resumed[f"task_{task}/entropy/coef"] == pytest.approx(expected, abs=1e-9)
