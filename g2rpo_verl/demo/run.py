@@ -166,6 +166,11 @@ def _parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="show the trainer's raw output instead of a progress bar"
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="skip step 4: the export to DIR/hf and the greedy base-vs-trained table (g2rpo-compare's runs)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="build model and data, print the trainer command, stop")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for verl.trainer.main_ppo")
     return parser
@@ -218,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             done,
             workdir / "checkpoints",
         )
-        return _finish(workdir, logs, g2rpo, estimator, args.no_plots, started)
+        return _finish(workdir, logs, g2rpo, estimator, started, plots=not args.no_plots, evaluate=not args.no_eval)
 
     run_index = _next_run_index(logs)
     metrics_path = logs / f"metrics_{run_index}.jsonl"
@@ -253,10 +258,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.error("the trainer failed (exit code %d); its last lines:\n%s", run.returncode, "\n".join(run.tail))
         logger.error("full output: %s", log_path)
         return run.returncode or 1
-    return _finish(workdir, logs, g2rpo, estimator, args.no_plots, started)
+    return _finish(workdir, logs, g2rpo, estimator, started, plots=not args.no_plots, evaluate=not args.no_eval)
 
 
-def _finish(workdir: Path, logs: Path, g2rpo, estimator: str, no_plots: bool, started: float) -> int:
+def _finish(
+    workdir: Path, logs: Path, g2rpo, estimator: str, started: float, plots: bool = True, evaluate: bool = True
+) -> int:
     """Merge every run's metrics, draw the plots, print the validation and shaping summaries.
 
     ``g2rpo`` is the run's validated :class:`~g2rpo_verl.config.G2RPOConfig` (the entropy band
@@ -265,7 +272,7 @@ def _finish(workdir: Path, logs: Path, g2rpo, estimator: str, no_plots: bool, st
     from g2rpo_verl.demo.run_metrics import merge_run_metrics, shaping_summary, validation_summary
 
     merged = merge_run_metrics(sorted(logs.glob("metrics_*.jsonl")), workdir / "metrics.jsonl")
-    if not no_plots:
+    if plots:
         from g2rpo_verl.demo.plots import draw_all
 
         band = g2rpo.entropy.band() if g2rpo.entropy.enable else None
@@ -273,10 +280,11 @@ def _finish(workdir: Path, logs: Path, g2rpo, estimator: str, no_plots: bool, st
             logger.info("plot: %s", path)
     for line in validation_summary(merged) + shaping_summary(merged):
         logger.info(line)
-    from g2rpo_verl.demo.base_vs_trained import export_and_evaluate
+    if evaluate:
+        from g2rpo_verl.demo.base_vs_trained import export_and_evaluate
 
-    for line in export_and_evaluate(workdir, log=logger.info):
-        logger.info(line)
+        for line in export_and_evaluate(workdir, log=logger.info):
+            logger.info(line)
     logger.info("done in %.0f s (metrics: %s)", time.monotonic() - started, workdir / "metrics.jsonl")
     return 0
 
