@@ -245,11 +245,27 @@ def _double_superscript(tokens: list[str]) -> bool:
     return False
 
 
-def precheck_math(answer: str, truth: str, max_depth: int = 8, max_digits: float = 100_000) -> bool | None:
-    """``True``: the answer is the ground truth verbatim; ``False``: junk (accuracy 0, not
-    parsed); ``None``: ask math-verify. Microseconds for answers of a few thousand chars."""
-    if same_text(answer, truth):
+_LETTER_RUN_RE = re.compile(r"[A-Za-z]{65}")
+_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+_MAX_VARIABLES = 400
+_PY_POWER_RE = re.compile(r"(?<=[\w)}\]])\s*\*\*\s*(?=[\w({\[])")
+
+
+def precheck_math(
+    answer: str, truth: str, max_depth: int = 8, max_digits: float = 100_000, verbatim: bool = True
+) -> bool | None:
+    """``True``: the answer is the ground truth verbatim (only with ``verbatim``); ``False``:
+    junk (accuracy 0, not parsed); ``None``: ask math-verify. Microseconds for answers of a
+    few thousand chars."""
+    if verbatim and same_text(answer, truth):
         return True
+    if _LETTER_RUN_RE.search(answer):  # no math answer holds a 65-letter word; sympy splits it
+        return False
+    # more than _MAX_VARIABLES letters outside \commands: a product of hundreds of symbols
+    # ("a b a b …") costs sympy seconds, and no answer is one
+    if sum(ch.isalpha() for ch in _COMMAND_RE.sub("", answer)) > _MAX_VARIABLES:
+        return False
+    answer = _PY_POWER_RE.sub("^", answer)  # 9**9**9 is a power tower too (sympy and mathruler read **)
     if not any(ch.isalnum() or ord(ch) > 127 for ch in answer):
         return False
     if "!!!" in answer.replace(" ", ""):
