@@ -363,7 +363,12 @@ def math_equivalent(
 
 
 def _math(answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True) -> Scored:
-    if answer is None or len(answer) > settings.max_math_chars:
+    # delimited: the answer is parsed as ONE LaTeX expression, whose cost grows with its length;
+    # as written (the authors' call), math-verify extracts the math from the text, so a whole
+    # response or a chatty answer is read to its end (bounded by max_solution_chars only)
+    delimit = tagged and settings.math_delimit
+    as_written = not settings.math_delimit
+    if answer is None or (len(answer) > settings.max_math_chars and not as_written):
         return Scored(0.0, 0.0)
     truth_s = str(truth).strip()
     if not truth_s:
@@ -373,7 +378,9 @@ def _math(answer: str | None, truth: Any, extra_info: Mapping[str, Any], setting
     # a fallback text (a whole response) is prose: math-verify reads its last \boxed{} first,
     # so that is what the pre-checks judge (prose may hold "1)" or other unpaired brackets)
     probe = answer if tagged else (last_boxed(answer) or answer)
-    settled = precheck_math(probe, truth_s, settings.max_math_depth, settings.max_math_digits, settings.math_verbatim)
+    settled = precheck_math(
+        probe, truth_s, settings.max_math_depth, settings.max_math_digits, settings.math_verbatim, as_written
+    )
     if settled is not None:  # verbatim right, or junk: no math-verify call
         return Scored(float(settled), STRUCTURE_BONUS if settled else 0.0)
     correct, parsed = math_equivalent(
@@ -382,7 +389,7 @@ def _math(answer: str | None, truth: Any, extra_info: Mapping[str, Any], setting
         settings.math_timeout_s,
         settings.math_queue_timeout_s,
         settings.math_workers,
-        delimit=tagged and settings.math_delimit,
+        delimit=delimit,
         fallback=settings.math_fallback == "grade_answer",
     )
     return Scored(float(correct), STRUCTURE_BONUS if parsed else 0.0)

@@ -462,6 +462,37 @@ _WIDE_ODD = [
 ]
 
 
+_REASONING = (
+    "I look at the image carefully. The figure shows a triangle with base four and height one quarter, "
+    "and the question asks for the value, so I compare each part of the picture with the options before I decide. "
+) * 6  # ~1,300 characters, over 1,000 letters: a model's usual length of reasoning
+
+#: long, prose-like responses per type: (problem type, right answer, truth)
+_WIDE_PROSE_ANSWERS = [
+    ("multiple choice", "B", "B"),
+    ("numerical", "15", "15"),
+    ("regression", "10", "10"),
+    ("OCR", "Hello World", "Hello World"),
+    ("math", "\\frac{1}{2}", "\\frac{1}{2}"),
+    ("spatial grounding", '{"boxes": [0, 0, 100, 100]}', '{"boxes": [0, 0, 100, 100]}'),
+]
+_WIDE_PROSE = [
+    (t, resp, truth, note)
+    for t, ok, truth in _WIDE_PROSE_ANSWERS
+    for resp, note in [
+        (T(ok, _REASONING), "long reasoning, tagged answer"),
+        (f"<thinking>{_REASONING}</thinking> So the answer is {ok}.", "long reasoning, the answer after it untagged"),
+        (f"<thinking>{_REASONING} So the answer is ${ok}$.</thinking>", "the answer in $…$ inside the reasoning only"),
+        (f"<thinking>{_REASONING}</thinking>\\boxed{{{ok}}}", "long reasoning, a boxed answer untagged"),
+        (f"{_REASONING} Final answer: \\boxed{{{ok}}}", "no tags at all, boxed at the end"),
+        (T(f"{_REASONING} Therefore the answer is \\boxed{{{ok}}}."), "the reasoning inside the answer block"),
+        (T(f"The answer is {ok}."), "a sentence in the answer block"),
+        (f"<thinking>{_REASONING * 3}</thinking><answer>{ok}", "over 4,000 characters, unclosed answer"),
+        (T(f"{ok}\n\nExplanation: {_REASONING}"), "the answer, then an explanation"),
+    ]
+]
+
+
 def _wide_cases() -> list[Wide]:
     out = []
     for problem_type, (truths, answers) in _WIDE_ANSWERS.items():
@@ -470,7 +501,7 @@ def _wide_cases() -> list[Wide]:
                 shapes = _shapes(answer) if truth == truths[0] else _shapes(answer)[:1]
                 for response, shape in shapes:
                     out.append(Wide(problem_type, response, truth, f"{answer!r} {shape} vs {truth!r}"))
-    out.extend(Wide(t, r, truth, note) for t, r, truth, note in _WIDE_ODD)
+    out.extend(Wide(t, r, truth, note) for t, r, truth, note in _WIDE_ODD + _WIDE_PROSE)
     return out
 
 
