@@ -141,6 +141,14 @@ JUNK = [
     "1," * 1000,
     "<answer>" * 300,
     "</thinking><answer>" * 300,
+    # long repetitive text (a policy that loops): numbers separated by spaces are quadratic for
+    # math-verify's extraction when it reads a text as written
+    "1 " * 4000,
+    "12 " * 3000,
+    "1+" * 20000 + "1",
+    "the answer is 1. " * 3000,
+    "$x$ " * 5000,
+    "x" * 3000,
 ]
 #: how the junk is put into a response (``{t}``: the preset's think tag): a well-tagged answer,
 #: an answer block left open (the collapsed policy stops mid-answer), and no tags at all

@@ -43,7 +43,7 @@ from g2rpo_verl.rewards.answers import (
     parse_options,
 )
 from g2rpo_verl.rewards.guard import GuardError, GuardTimeout, math_pool
-from g2rpo_verl.rewards.math_prechecks import last_boxed, precheck_math
+from g2rpo_verl.rewards.math_prechecks import MAX_LETTERLESS, last_boxed, longest_letterless, precheck_math
 
 __all__ = [
     "MULTIPLE_CHOICE",
@@ -166,7 +166,11 @@ def _multiple_choice(
             return Scored(1.0, STRUCTURE_BONUS)
         # junk (unbalanced brackets, power towers, 1000000!, 65-letter runs) cannot equal an
         # option and would cost grade_answer's sympy the time limit: 0 without the worker
-        if precheck_math(answer, truth_s, settings.max_math_depth, settings.max_math_digits, verbatim=False) is False:
+        if (
+            longest_letterless(answer) > MAX_LETTERLESS  # "1+1+…": sympy sums it for 0.6 s, never a letter
+            or precheck_math(answer, truth_s, settings.max_math_depth, settings.max_math_digits, verbatim=False)
+            is False
+        ):
             return Scored(0.0, STRUCTURE_BONUS)
         return Scored(float(_guarded_grade_answer(answer, truth_s, settings)), STRUCTURE_BONUS)
     options = parse_options(extra_info.get("options"))
@@ -370,6 +374,8 @@ def _math(answer: str | None, truth: Any, extra_info: Mapping[str, Any], setting
     as_written = not settings.math_delimit
     if answer is None or (len(answer) > settings.max_math_chars and not as_written):
         return Scored(0.0, 0.0)
+    if as_written and longest_letterless(answer) > MAX_LETTERLESS:
+        return Scored(0.0, 0.0)  # math-verify reads the whole text; see MAX_LETTERLESS
     truth_s = str(truth).strip()
     if not truth_s:
         raise ValueError("empty ground truth")
