@@ -16,7 +16,13 @@ from test_rewards import PROBLEM_TYPES, check_bounded, responses, truths
 from g2rpo_verl.rewards import compute_score
 from g2rpo_verl.rewards.answers import collapse_tag_space, loose_format, read_answer
 from g2rpo_verl.rewards.guard import math_pool
-from g2rpo_verl.rewards.math_prechecks import last_boxed, magnitude_digits, precheck_math
+from g2rpo_verl.rewards.math_prechecks import (
+    MAX_LETTERLESS,
+    last_boxed,
+    longest_letterless,
+    magnitude_digits,
+    precheck_math,
+)
 from g2rpo_verl.rewards.settings import CHOICES, PRESETS, RewardSettings, preset_settings, settings_from_kwargs
 
 
@@ -435,6 +441,50 @@ def test_precheck_rules_on_known_values():
     assert precheck_math("\\frac{a}{b} " * 150, "1") is None  # command names are not letters here
     assert precheck_math("9**9**9**9", "1") is False and precheck_math("2**10", "1024") is None  # ** is ^
     assert precheck_math("**5**", "5") is None  # bold, not a power
+
+
+def test_as_written_prechecks_leave_prose_to_math_verify():
+    # math-verify gets the text as written in reference (math_delimit off): it reads only the
+    # LaTeX and number-like parts, so long words, many letters and unpaired brackets are cheap
+    # for it ("Wow!!!" still fails: the magnitude estimate takes it for a triple factorial)
+    for prose in ["x" * 65, "a b " * 201, "Steps: 1) halve, 2) check", "a) one, b) two", "x" * 3000]:
+        assert precheck_math(prose, "1", as_written=True) is None, prose[:20]
+        assert precheck_math(prose, "1") is False, prose[:20]  # one LaTeX expression: junk
+    # what makes sympy evaluate or recurse without bound is rejected either way
+    for junk in ["!!!!", "[" * 20 + "1", "9**9**9**9", "x^2^3", "10^{10^{10}}", "(10^{10})!", "5!!!"]:
+        assert precheck_math(junk, "1", as_written=True) is False, junk
+
+
+def test_long_reasoning_without_an_answer_block_is_read_as_theirs_reads_it():
+    reasoning = "I compare the lengths of the two sides and the angle between them, step by step. " * 20
+    response = f"<thinking>{reasoning} So the area is $\\frac{{1}}{{2}}$.</thinking>"
+    assert len(response) > 1600 and sum(c.isalpha() for c in response) > 1000
+    out = run("math", response, "\\frac{1}{2}", preset="reference")
+    assert (
+        parts(out)
+        == (1.0, 0.0, 0.0)
+        == tuple(
+            reference_rules.score("math", response, "\\frac{1}{2}")[k] for k in ("accuracy", "format", "structure")
+        )
+    )
+
+
+@pytest.mark.parametrize("problem_type", ["math", "multiple choice"])
+def test_long_number_runs_are_not_graded_in_reference(problem_type):
+    """E6's one pre-check that can cost a value theirs has: over MAX_LETTERLESS characters
+    without a letter (a looping policy's "1 1 1 …") score 0 without a grader; math-verify's
+    extraction is quadratic there (theirs: 1 for truth 1 after ~0.5 s; 40,000 characters
+    more than 5 s), and sympy sums "1+1+…" in mathruler for 0.6 s."""
+    pool = math_pool()
+    run(problem_type, "<thinking>r</thinking><answer>B</answer>", "B", preset="reference")  # the pool exists
+    calls = pool.stats["calls"]
+    for junk in ["1 " * 4000, "1+" * 20000 + "1"]:
+        out = run(problem_type, f"<thinking>r</thinking><answer>{junk}</answer>", "1", preset="reference")
+        assert (out["accuracy"], out["structure"], out["reward_failure"]) == (0.0, 0.5, 0.0)
+    assert pool.stats["calls"] == calls
+    assert longest_letterless("ab" + "1 " * 1000 + "c") == 2000 and longest_letterless("") == 0
+    shorter = "1 " * (MAX_LETTERLESS // 2 - 1)  # under the bound: graded as theirs grades it
+    assert run("math", f"<thinking>r</thinking><answer>{shorter}</answer>", "1", preset="reference")["accuracy"] == 1.0
 
 
 def test_magnitude_estimate_is_an_upper_bound():
