@@ -291,7 +291,7 @@ def precheck_math(
 
     ``as_written``: math-verify will get the text as it is (``math_delimit=false``, the
     authors' call), not wrapped in ``$…$``. Its extraction then reads only the LaTeX and
-    number-like parts of prose, so long words, many letters, ``!!!`` and unbalanced brackets
+    number-like parts of prose, so long words, many letters and unbalanced brackets
     cost it nothing (measured: < 20 ms each) and are left to it — they are ordinary in a
     whole response. Only what makes sympy evaluate or recurse without bound is still
     rejected: nesting deeper than ``max_depth``, double superscripts, power towers and
