@@ -8,8 +8,9 @@ Use it with::
     +reward.custom_reward_function.reward_kwargs.preset=reference
     +reward.custom_reward_function.reward_kwargs.ocr_fold=true
 
-Two presets: ``strict`` (the default, this project's judgement) and ``reference`` (the rules
-of the authors' released reward, except where their code crashes or a rule is a plain bug).
+Two presets: ``strict`` (the default, this project's judgement) and ``reference`` (the
+authors' released reward rule for rule, departing only where theirs would raise, hang or is
+unbounded; every improvement on it is a key of its own, off in ``reference``).
 
 Per sample it returns a dict with the SAME keys every time (verl stacks
 ``reward_extra_info`` per key from the first sample's keys — ``RewardLoopManager

@@ -10,8 +10,9 @@ arguments on every call (``verl.trainer.ppo.reward._call_with_kwargs``), e.g.::
 
 A *preset* is a named set of rule values (:data:`PRESETS`); any key given next to it
 overrides that one rule. ``strict`` (the default) is this project's judgement; ``reference``
-reproduces the rules of the authors' released reward (OpenVLThinkerV2), except where their
-code crashes or a rule is a plain bug — ``docs/rewards.md`` lists every rule of both and why.
+reproduces the authors' released reward (OpenVLThinkerV2) for every response, departing only
+where theirs would raise, hang or is unbounded; each other difference is a key, off in
+``reference`` and on in ``strict`` — ``docs/rewards.md`` lists every rule of both and why.
 
 An invalid value, or a key that is not a setting, raises ``ValueError`` naming the key (and,
 for an unknown key, the known ones): a configuration error is the same for every sample and a
