@@ -153,6 +153,10 @@ def _guarded_grade_answer(pred: str, truth: str, settings: Any) -> bool:
     return bool(reply.get("correct"))
 
 
+def _single_letter(text: str) -> bool:
+    return len(text) == 1 and text.isascii() and text.isalpha()
+
+
 def _multiple_choice(
     answer: str | None, truth: Any, extra_info: Mapping[str, Any], settings: Any, tagged: bool = True
 ) -> Scored:
@@ -164,6 +168,10 @@ def _multiple_choice(
             return Scored(0.0, 0.0)
         if answer == truth_s:  # equal texts normalize equal: grade_answer's first test
             return Scored(1.0, STRUCTURE_BONUS)
+        if _single_letter(answer) and _single_letter(truth_s):
+            # what grade_answer gives two single letters (its normalization lowers the case; the
+            # sympy step then finds b - c != 0), without the worker's ~20 ms of sympy
+            return Scored(float(answer.lower() == truth_s.lower()), STRUCTURE_BONUS)
         # junk (unbalanced brackets, power towers, 1000000!, 65-letter runs) cannot equal an
         # option and would cost grade_answer's sympy the time limit: 0 without the worker
         if (

@@ -443,6 +443,15 @@ def test_precheck_rules_on_known_values():
     assert precheck_math("**5**", "5") is None  # bold, not a power
 
 
+@pytest.mark.parametrize("truth", ["B", "E", "I", "s"])  # E, I, S name sympy objects
+def test_single_letters_are_graded_as_grade_answer_grades_them(truth):
+    from mathruler.grader import grade_answer
+
+    for letter in "abcdeisxzABCDEISXZ":
+        out = run("multiple choice", f"<thinking>r</thinking><answer>{letter}</answer>", truth, preset="reference")
+        assert out["accuracy"] == float(grade_answer(letter, truth)), letter
+
+
 def test_as_written_prechecks_leave_prose_to_math_verify():
     # math-verify gets the text as written in reference (math_delimit off): it reads only the
     # LaTeX and number-like parts, so long words, many letters and unpaired brackets are cheap
