@@ -2,7 +2,7 @@
 """How closely each reward preset follows the authors' released reward rules.
 
 Two case tables (``tests/rewards/reference_reward_cases.py``): the 80 hand-written cases (expected
-values worked out by hand) and the wide table (1,230 model-like responses over all six problem
+values worked out by hand) and the wide table (1,284 model-like responses over all six problem
 types and two types the authors do not score, expected values from ``tests/rewards/reference_rules.py``,
 a plain reading of the written statement in docs/rewards.md). Each case is scored with
 ``compute_score(..., preset=P)``; a case agrees when accuracy, format, structure and the
