@@ -14,7 +14,10 @@ imported at run time from a local git mirror (``--mirror``; nothing of it is com
 a cross-check that the written statement is their rule. Their ``RewardModelClient`` import
 (EasyR1's verl, not installed here, unused by their default settings) is given a stand-in.
 
-Usage: python scripts/reference_agreement.py [--authors] [--mirror GIT_DIR] [--show-disagreements]
+``--random N`` adds N cases drawn by ``random_cases(--seed, N)``.
+
+Usage: python scripts/reference_agreement.py [--authors] [--mirror GIT_DIR] [--random N --seed S]
+                                            [--show-disagreements]
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "rewards"))
 
 import reference_rules  # noqa: E402
-from reference_reward_cases import CASES, WIDE_CASES  # noqa: E402
+from reference_reward_cases import CASES, WIDE_CASES, random_cases  # noqa: E402
 
 from g2rpo_verl.rewards import compute_score  # noqa: E402
 
@@ -118,6 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--authors", action="store_true", help="cross-check with the authors' own code from --mirror")
     parser.add_argument("--mirror", default=MIRROR, help="git dir of meshybb/OpenVLThinker-my-version")
+    parser.add_argument("--random", type=int, default=0, metavar="N", help="add N random cases (random_cases)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random cases")
     parser.add_argument("--show-disagreements", action="store_true")
     args = parser.parse_args()
 
@@ -139,7 +144,8 @@ def main() -> None:
     names = [*PRESETS, *(["authors' code"] if authors else [])]
     wide: dict[str, dict[str, list[int]]] = {n: defaultdict(lambda: [0, 0]) for n in names}
     misses = []
-    for case in WIDE_CASES:
+    cases = WIDE_CASES + random_cases(args.seed, args.random)
+    for case in cases:
         expected = reference_rules.score(case.problem_type, case.response, case.truth)
         outs = {name: ours(case.problem_type, case.response, case.truth, **kwargs) for name, kwargs in PRESETS.items()}
         if authors:
@@ -151,7 +157,11 @@ def main() -> None:
             tally[1] += 1
             if not ok and name != "strict":
                 misses.append((name, case, expected, out))
-    table(f"Wide table ({len(WIDE_CASES)} cases), agreement with the written statement of the authors' rules:", wide)
+    extra = f" + {args.random} random (seed {args.seed})" if args.random else ""
+    table(
+        f"Wide table ({len(WIDE_CASES)} cases{extra}), agreement with the written statement of the authors' rules:",
+        wide,
+    )
 
     if misses:
         print(f"{len(misses)} disagreement(s) outside strict:")

@@ -506,3 +506,80 @@ def _wide_cases() -> list[Wide]:
 
 
 WIDE_CASES = _wide_cases()
+
+
+# ---------------------------------------------------------------------------------------
+# The random table: answer fragments x truths x response shapes drawn with a seed, for
+# combinations no one wrote down (tags inside the reasoning, several blocks, spaced tags with
+# a chatty answer, ground truths wrapped in <answer>, odd floats, JSON edge cases).
+_RANDOM_FRAGMENTS: dict[str, tuple[list[str], list[str]]] = {
+    "multiple choice": (
+        ["B", "b", "(B)", "C", "B.", "**B**", "$B$", "\\boxed{B}", "B) dog", "Answer: B", "[B]", " B ", "B\n"]
+        + ["E", "(E)", "\\text{B}", "{B}", "b."],
+        ["B", "E", " c "],
+    ),
+    "numerical": (
+        ["15", "15.0", " 15 ", "1,5", "15e0", "$15$", "15 cm", "-15", "1_5", "inf", "nan", "0x0f", "\u0661\u0665"]
+        + ["15.004", "14.995", "15/1", "1.5E1", ".15e2"],
+        ["15", "15.00", "1,5"],
+    ),
+    "regression": (
+        ["10", "11", "9", "10.5", "0", "1e-9", "-10", "1e38", "1e39", "10 m", "9.5", "10.49999", "12.5000001"]
+        + ["8.999999"],
+        ["10", "0", "-3.3"],
+    ),
+    "OCR": (
+        ["Hello World", "hello world", "Hello  World", "A/B", "A / B", "x<y", "Hello\tWorld", "", "Hello World!"]
+        + ["<b>Hello</b>"],
+        ["Hello World", "A / B", "a<b"],
+    ),
+    "math": (
+        ["\\frac12", "0.5", "1/2", "$\\frac{1}{2}$", "\\boxed{0.5}", "x", "2", "\\sqrt{4}", "$$2$$", "\\dfrac{1}{2}"]
+        + ["1/2 and 2", "\\{2\\}", "(1, 2)", "[1,2)"],
+        ["\\frac{1}{2}", "2", "$$2$$", "(1,2)"],
+    ),
+    "spatial grounding": (
+        ['{"boxes": [0, 0, 100, 100]}', '{"boxes": [0,0,50,50]}', '{"boxes": ["0", 0, 1e2, 100.0]}']
+        + ['{"boxes": [NaN, 0, 100, 100]}', '{"boxes": [0, 0, Infinity, 100]}', '{"boxes": [100,100,0,0]}']
+        + ["[0,0,100,100]", '{"boxes": [0, 0, 100, 100], "boxes": [0, 0, 10, 10]}', '{"boxes": [false, 0, 1, 1]}']
+        + ['{"boxes": [0, 0, 1e-7, 1e-7]}', '{"boxes": [0,0,100,100]}\n'],
+        ['{"boxes": [0, 0, 100, 100]}', '{"boxes": [0, 0, 1e-7, 1e-7]}', '{"boxes": [[0,0,1,1]]}'],
+    ),
+}
+_RANDOM_THINKING = ["r", "", "I think <answer>x</answer> maybe", "a / b", " spaced "]
+_RANDOM_SHAPES = [
+    "<thinking>{t}</thinking><answer>{a}</answer>",
+    "< thinking >{t}</ thinking >< answer >{a}</ answer >",
+    "{a}",
+    "<think>{t}</think><answer>{a}</answer>",
+    "<thinking>{t}</thinking>{a}",
+    "<thinking>{t}</thinking><answer>{a}",
+    "<thinking>{t}</thinking><answer></answer><answer>{a}</answer>",
+    "<thinking>{t}</thinking><answer>{a}</answer>\n tail",
+    "\n <thinking>{t}</thinking>\n<answer>{a}</answer>\n",
+    "<thinking>{t}</thinking><answer>{a}</answer><thinking>x</thinking><answer>y</answer>",
+    "<thinking>{t}<answer>{a}</answer></thinking><answer>z</answer>",
+    "<thinking>{t}</thinking> <answer>{a} {n}</answer>",
+]
+
+
+def random_cases(seed: int, n: int) -> list[Wide]:
+    """``n`` cases drawn with ``random.Random(seed)`` (the same list for the same arguments)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        problem_type = rng.choice(sorted(_RANDOM_FRAGMENTS))
+        answers, truths = _RANDOM_FRAGMENTS[problem_type]
+        answer, truth = rng.choice(answers), rng.choice(truths)
+        if rng.random() < 0.2:
+            truth = f"<answer>{truth}</answer>"
+        shape = rng.choice(_RANDOM_SHAPES)
+        response = (
+            shape.replace("{t}", rng.choice(_RANDOM_THINKING))
+            .replace("{n}", rng.choice(_RANDOM_FRAGMENTS["numerical"][0]))
+            .replace("{a}", answer)
+        )
+        out.append(Wide(problem_type, response, truth, f"random {answer!r} vs {truth!r}"))
+    return out

@@ -10,7 +10,7 @@ import pytest
 import reference_rules
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference_reward_cases import CASES, EXCEPTIONS, WIDE_CASES
+from reference_reward_cases import CASES, EXCEPTIONS, WIDE_CASES, random_cases
 from test_rewards import PROBLEM_TYPES, check_bounded, responses, truths
 
 from g2rpo_verl.rewards import compute_score
@@ -68,6 +68,21 @@ def test_reference_agrees_with_the_stated_rules_on_the_wide_table(problem_type):
         if any(abs(got[k] - expected[k]) > 1e-9 for k in got):
             misses.append((case.note, expected, got))
     assert not misses, f"{len(misses)}/{len(cases)} disagree, first: {misses[:3]}"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reference_agrees_with_the_stated_rules_on_random_responses(seed):
+    """Combinations no one wrote down (random_cases): 100 % again."""
+    misses = []
+    for case in random_cases(seed, 300):
+        expected = reference_rules.score(case.problem_type, case.response, case.truth)
+        out = run(case.problem_type, case.response, case.truth, preset="reference")
+        got = (out["accuracy"], out["format"], out["structure"], out["score"])
+        want = (expected["accuracy"], expected["format"], expected["structure"], expected["overall"])
+        if any(abs(g - w) > 1e-9 for g, w in zip(got, want)):
+            misses.append((case.problem_type, case.response, case.truth, want, got))
+    assert not misses, f"{len(misses)}/300 disagree, first: {misses[:3]}"
+    assert random_cases(seed, 5) == random_cases(seed, 5)  # reproducible
 
 
 # ------------------------------------------------------------------ the eight differences of issue 15
