@@ -128,7 +128,35 @@ JUNK = [
     "1" * 500,
     "9" * 1500,
     "1234567890" * 30,
+    "x" * 3000,
+    "x" * 1900,
+    "xy" * 900,
+    "a b " * 500,
+    "B" * 2000,
+    "x ** " * 300,
+    "9**9**9**9",
+    "**" * 500,
+    '{"boxes": ' * 300,
+    "[" * 5000,
+    "1," * 1000,
+    "<answer>" * 300,
+    "</thinking><answer>" * 300,
+    # long repetitive text (a policy that loops): numbers separated by spaces are quadratic for
+    # math-verify's extraction when it reads a text as written
+    "1 " * 4000,
+    "12 " * 3000,
+    "1+" * 20000 + "1",
+    "the answer is 1. " * 3000,
+    "$x$ " * 5000,
+    "x" * 3000,
 ]
+#: how the junk is put into a response (``{t}``: the preset's think tag): a well-tagged answer,
+#: an answer block left open (the collapsed policy stops mid-answer), and no tags at all
+JUNK_TEMPLATES = {
+    "tagged": "<{t}>r</{t}><answer>{j}</answer>",
+    "unclosed": "<{t}>ok</{t}><answer>{j}",
+    "untagged": "{j}",
+}
 
 
 def run(samples: list[tuple], threads: int) -> tuple[float, float]:
@@ -145,15 +173,19 @@ def run(samples: list[tuple], threads: int) -> tuple[float, float]:
 def junk_batch(problem_type: str, repeat: int, template: str = "<think>r</think><answer>{}</answer>", **kwargs) -> dict:
     """Score ``repeat`` x :data:`JUNK` (each put into ``template``) one by one."""
     times = []
+    worst = (0.0, "")
     for _ in range(repeat):
         for junk in JUNK:
+            text = template.replace("{}", junk)
             t0 = time.perf_counter()
-            compute_score(
-                "bench", template.format(junk), TRUTHS[problem_type], {"problem_type": problem_type}, **kwargs
-            )
-            times.append(time.perf_counter() - t0)
+            compute_score("bench", text, TRUTHS[problem_type], {"problem_type": problem_type}, **kwargs)
+            dt = time.perf_counter() - t0
+            times.append(dt)
+            worst = max(worst, (dt, text))
     times.sort()
+    w = worst[1]
     return {
+        "worst": (w if len(w) <= 60 else f"{w[:40]!r}… ({len(w)} chars)"),
         "per_s": len(times) / sum(times),
         "median_ms": 1e3 * statistics.median(times),
         "p90_ms": 1e3 * times[min(len(times) - 1, int(0.9 * len(times)))],
@@ -192,14 +224,14 @@ def measure(args) -> dict:
     out["junk"] = {t: junk_batch(t, args.junk_repeat) for t in TYPES} if args.junk else {}
     import g2rpo_verl.rewards as rewards
 
-    if args.junk and hasattr(rewards, "PRESETS"):  # revisions with presets: the reference preset too
-        out["junk_reference"] = {
-            "tagged": {
-                t: junk_batch(t, args.junk_repeat, "<thinking>r</thinking><answer>{}</answer>", preset="reference")
+    if args.junk and hasattr(rewards, "PRESETS"):  # revisions with presets: every preset and junk shape
+        out["junk_presets"] = {
+            f"{preset}/{kind}": {
+                t: junk_batch(t, args.junk_repeat, template.replace("{t}", tag).replace("{j}", "{}"), preset=preset)
                 for t in TYPES
-            },
-            # no answer block: the reference scores the whole response
-            "untagged": {t: junk_batch(t, args.junk_repeat, "{}", preset="reference") for t in TYPES},
+            }
+            for preset, tag in (("strict", "think"), ("reference", "thinking"))
+            for kind, template in JUNK_TEMPLATES.items()
         }
     out["pool"] = dict(pool.stats)
     return out
@@ -270,16 +302,25 @@ def report(results: dict[str, dict]) -> None:
                 cells.append(f"{j['per_s']:9.1f} {j['median_ms']:7.1f} {j['p90_ms']:6.1f} {j['max_ms']:7.0f}")
             print(f"{t:18s}" + "".join(f"{c:>40s}" for c in cells))
         last = results[names[-1]]
-        if "junk_reference" in last:
+        if "junk_presets" in last:
             print(
-                f"\n[{names[-1]}] preset=reference: junk in <thinking>/<answer> tags | the whole response junk (no tags)"
+                f"\n[{names[-1]}] every preset and junk shape ({', '.join(f'{k}: {v!r}' for k, v in JUNK_TEMPLATES.items())}):"
             )
-            for t in TYPES:
-                cells = []
-                for kind in ("tagged", "untagged"):
-                    j = last["junk_reference"][kind][t]
-                    cells.append(f"{j['per_s']:9.1f} {j['median_ms']:7.1f} {j['p90_ms']:6.1f} {j['max_ms']:7.0f}")
-                print(f"{t:18s}" + "".join(f"{c:>40s}" for c in cells))
+            print(
+                f"{'preset/shape':20s}{'problem type':18s}{'/s':>9s}{'median':>8s}{'p90':>7s}{'max ms':>8s}  worst input"
+            )
+            all_times = []
+            for kind, per_type in last["junk_presets"].items():
+                for t, j in per_type.items():
+                    all_times.append((j["max_ms"], kind, t, j["worst"]))
+                    print(
+                        f"{kind:20s}{t:18s}{j['per_s']:9.1f}{j['median_ms']:8.2f}{j['p90_ms']:7.2f}{j['max_ms']:8.0f}  {j['worst']}"
+                    )
+            top = max(all_times)
+            print(
+                f"worst single call: {top[0]:.0f} ms ({top[1]}, {top[2]}): {top[3]}; "
+                f"largest p90: {max(j['p90_ms'] for v in last['junk_presets'].values() for j in v.values()):.2f} ms"
+            )
         if len(names) == 2:
             a, b = (results[n]["junk"] for n in names)
             print(

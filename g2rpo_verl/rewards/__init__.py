@@ -8,8 +8,9 @@ Use it with::
     +reward.custom_reward_function.reward_kwargs.preset=reference
     +reward.custom_reward_function.reward_kwargs.ocr_fold=true
 
-Two presets: ``strict`` (the default, this project's judgement) and ``reference`` (the rules
-of the authors' released reward, except where their code crashes or a rule is a plain bug).
+Two presets: ``strict`` (the default, this project's judgement) and ``reference`` (the
+authors' released reward rule for rule, departing only where theirs would raise, hang or is
+unbounded; every improvement on it is a key of its own, off in ``reference``).
 
 Per sample it returns a dict with the SAME keys every time (verl stacks
 ``reward_extra_info`` per key from the first sample's keys — ``RewardLoopManager
@@ -65,6 +66,7 @@ from typing import Any
 from g2rpo_verl.rewards.accuracy import (
     PROBLEM_TYPES,
     ScoringFailure,
+    answer_structure,
     canonical_problem_type,
     score_answer,
 )
@@ -161,14 +163,17 @@ def compute_score(
 
     fmt = accuracy = structure = 0.0
     failure = 0.0
+    answer: str | None = None
+    tagged = False
     try:
         solution, truncated = clip_tail(solution_str, settings.max_solution_chars)
-        truth = strip_answer_tags(ground_truth, settings.answer_tag)
+        truth = strip_answer_tags(ground_truth, settings.answer_tag, settings.answer_block)
         if isinstance(truth, str):
             truth, _ = clip_tail(truth, settings.max_solution_chars)
-        if settings.collapse_tag_space:  # both sides, so a text like "a / b" still matches itself
+        if settings.collapse_tag_space:
             solution = collapse_tag_space(solution)
-            truth = collapse_tag_space(truth) if isinstance(truth, str) else truth
+            if settings.collapse_truth_space and isinstance(truth, str):  # so "a / b" still matches itself
+                truth = collapse_tag_space(truth)
         if not truncated:  # a clipped response lost its start: its format cannot be checked
             fmt = format_score(
                 solution, settings.think_tag, settings.answer_tag, settings.format_requires_think, settings.format_check
@@ -184,6 +189,9 @@ def compute_score(
         accuracy = structure = 0.0
         failure = 1.0
         _log_failure(problem_type, data_source, err)
+        if not settings.failure_drops_structure and (fmt or not settings.structure_requires_format):
+            # the authors' reward keeps the structure bonus when the accuracy check fails
+            structure = answer_structure(problem_type, answer if tagged else None, settings)
 
     components = {"accuracy": float(accuracy), "format": float(fmt), "structure": float(structure)}
     score = combine_score(components, settings.weights())

@@ -5,9 +5,11 @@ imports only the standard library and ``math_verify`` — not ``g2rpo_verl/__ini
 imports torch, ~1 s and ~300 MB per worker).
 
 Protocol: newline-delimited JSON on stdin/stdout. The worker first writes ``{"ready": true}``.
-Then, per request line ``{"gold": str, "pred": str, "soft_timeout_s": float, "delimit": bool}``
-(``delimit``, default true: wrap a bare prediction in ``$…$``), it writes one
-line: ``{"ok": true, "correct": bool, "parsed": bool}`` or
+Then, per request line ``{"gold": str, "pred": str, "soft_timeout_s": float, "delimit": bool,
+"fallback": bool, "kind": "math" | "choice"}`` (``delimit``, default true: wrap a bare answer in
+``$…$``; ``fallback``, default false: when math-verify raises, mathruler's ``grade_answer``
+decides, as the authors' reward does; ``kind="choice"``: mathruler's ``grade_answer(pred,
+gold)`` alone, the authors' multiple-choice grader), it writes one line: ``{"ok": true, "correct": bool, "parsed": bool}`` or
 ``{"ok": false, "error": "timeout" | "exception", "detail": str}``; a reply with
 ``"recycle": true`` means the worker exits right after it (after a timeout, ``MemoryError``
 or ``RecursionError`` its sympy state is suspect). It also exits on stdin EOF (its parent
@@ -53,18 +55,31 @@ def _delimit(text: str) -> str:
     return f"${text}$"
 
 
-def _score(gold: str, pred: str, delimit: bool = True) -> tuple[bool, bool]:
+def _grade_answer(pred: str, gold: str) -> bool:
+    from mathruler.grader import grade_answer
+
+    return bool(grade_answer(pred, gold))
+
+
+def _score(gold: str, pred: str, delimit: bool = True, fallback: bool = False) -> tuple[bool, bool]:
     from math_verify import parse, verify
     from sympy import Basic, MatrixBase
 
     # Timeouts disabled here on purpose: math-verify's own timeout uses signal.alarm, which
     # would fight our timer; our CPU-time timer covers parse and verify together.
-    gold_parsed = parse(_delimit(gold), parsing_timeout=None)
-    pred_parsed = parse(_delimit(pred) if delimit else pred, parsing_timeout=None)
-    parsed = any(isinstance(x, (Basic, MatrixBase)) for x in pred_parsed)
-    if not gold_parsed or not pred_parsed:
-        return False, parsed
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None)), parsed
+    try:
+        gold_parsed = parse(_delimit(gold) if delimit else gold, parsing_timeout=None)
+        pred_parsed = parse(_delimit(pred) if delimit else pred, parsing_timeout=None)
+        parsed = any(isinstance(x, (Basic, MatrixBase)) for x in pred_parsed)
+        if not gold_parsed or not pred_parsed:
+            return False, parsed
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None)), parsed
+    except (MemoryError, RecursionError):
+        raise  # the worker's state is suspect: recycled below
+    except Exception:
+        if not fallback:
+            raise
+        return _grade_answer(pred, gold), False
 
 
 def _set_limits() -> None:
@@ -109,7 +124,8 @@ def main() -> None:
     _set_limits()
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # "timeout disabled" notice
-    _score("1", "1")  # import and warm math-verify/sympy/latex2sympy before reporting ready
+    _score("1", "1")
+    _grade_answer("B", "B")  # import and warm math-verify/sympy/latex2sympy before reporting ready
 
     def send(obj: dict) -> None:
         proto_out.write(json.dumps(obj).encode() + b"\n")
@@ -126,7 +142,13 @@ def main() -> None:
             _arm_cpu_limit(soft + 2.0)
             signal.setitimer(signal.ITIMER_PROF, soft)
             try:
-                correct, parsed = _score(str(request["gold"]), str(request["pred"]), bool(request.get("delimit", True)))
+                gold, pred = str(request["gold"]), str(request["pred"])
+                if request.get("kind", "math") == "choice":
+                    correct, parsed = _grade_answer(pred, gold), False
+                else:
+                    correct, parsed = _score(
+                        gold, pred, bool(request.get("delimit", True)), bool(request.get("fallback", False))
+                    )
             finally:
                 signal.setitimer(signal.ITIMER_PROF, 0)
             response = {"ok": True, "correct": correct, "parsed": parsed}

@@ -212,11 +212,11 @@ def loose_format(text: str, think_tag: str = "think", answer_tag: str = "answer"
     return 0.0
 
 
-def strip_answer_tags(ground_truth: Any, answer_tag: str = "answer") -> Any:
+def strip_answer_tags(ground_truth: Any, answer_tag: str = "answer", block: str = "last") -> Any:
     """Ground truth without the reference data's ``<answer>...</answer>`` wrapper.
 
-    Strings: the content of the last ``<answer>`` block (the configured tag or the literal
-    ``answer``) if there is one, else the stripped string. Non-strings (a list of boxes, a
+    Strings: the content of the ``block`` (``last``/``first``) non-empty ``<answer>`` block
+    (the configured tag or the literal ``answer``) if there is one, else the stripped string. Non-strings (a list of boxes, a
     number) are returned unchanged; numpy arrays become lists.
     """
     if hasattr(ground_truth, "tolist") and not isinstance(ground_truth, str):
@@ -226,7 +226,7 @@ def strip_answer_tags(ground_truth: Any, answer_tag: str = "answer") -> Any:
     if not isinstance(ground_truth, str):
         return ground_truth
     for tag in dict.fromkeys((answer_tag, "answer")):
-        inner = extract_answer(ground_truth, answer_tag=tag)
+        inner = extract_answer(ground_truth, answer_tag=tag, block=block)
         if inner is not None:
             return inner
     return ground_truth.strip()
@@ -462,14 +462,27 @@ def _coordinate(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-def parse_boxes_key(answer: str) -> Box | None:
-    """The one box of an answer that is exactly the JSON object ``{"boxes": [x1, y1, x2, y2]}``.
+def _float_coordinate(value: Any) -> float | None:
+    """``float(value)`` when Python accepts it (numbers, booleans, numeric strings such as
+    ``"12"``, ``" 1e2 "``, ``"nan"``), else ``None`` — the authors' test for a coordinate."""
+    if isinstance(value, str) and len(value) > _MAX_NUMBER_CHARS:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
-    Other keys may sit next to ``boxes``; coordinates are JSON numbers or numeric strings
-    (``"12"``). Anything else (a bare list, a fence, several boxes, prose) -> ``None``.
+
+def parse_boxes_key(answer: str) -> Box | None:
+    """The one box of an answer that is the JSON object ``{"boxes": [x1, y1, x2, y2]}``.
+
+    The authors' reading (``box_format="boxes_key"``): the stripped text decodes as a JSON
+    object, its ``boxes`` value is a list of four values each of which Python's ``float()``
+    accepts (JSON numbers, ``true``, numeric strings); other keys may sit next to it.
+    Anything else (a bare list, a fence, several boxes, prose) -> ``None``.
     """
     s = answer.strip()
-    if len(s) > _MAX_JSON_CHARS or not s.startswith("{"):
+    if not s.startswith("{"):  # a JSON object starts so; saves decoding prose
         return None
     try:
         obj = json.loads(s)
@@ -480,7 +493,7 @@ def parse_boxes_key(answer: str) -> Box | None:
     value = obj.get("boxes")
     if not isinstance(value, list) or len(value) != 4:
         return None
-    box = tuple(_coordinate(v) for v in value)
+    box = tuple(_float_coordinate(v) for v in value)
     return box if all(v is not None for v in box) else None  # type: ignore[return-value]
 
 

@@ -10,8 +10,9 @@ arguments on every call (``verl.trainer.ppo.reward._call_with_kwargs``), e.g.::
 
 A *preset* is a named set of rule values (:data:`PRESETS`); any key given next to it
 overrides that one rule. ``strict`` (the default) is this project's judgement; ``reference``
-reproduces the rules of the authors' released reward (OpenVLThinkerV2), except where their
-code crashes or a rule is a plain bug — ``docs/rewards.md`` lists every rule of both and why.
+reproduces the authors' released reward (OpenVLThinkerV2) for every response, departing only
+where theirs would raise, hang or is unbounded; each other difference is a key, off in
+``reference`` and on in ``strict`` — ``docs/rewards.md`` lists every rule of both and why.
 
 An invalid value, or a key that is not a setting, raises ``ValueError`` naming the key (and,
 for an unknown key, the known ones): a configuration error is the same for every sample and a
@@ -82,10 +83,38 @@ class RewardSettings:
         box_corners: ``sort`` reorders swapped corners before IoU; ``as_given`` (reference)
             gives a box with ``x2 < x1`` or ``y2 < y1`` no area (IoU 0).
         choice_format: ``lenient`` reads ``B``, ``(B)``, ``B.``, ``B)``, ``B: text`` and an
-            answer equal to one option's text; ``letter`` (reference) only the letter alone
-            (any case, optionally in parentheses, ``$…$`` or ``\\boxed{}``).
+            answer equal to one option's text; ``letter`` only the letter alone (any case,
+            optionally in parentheses, ``$…$`` or ``\\boxed{}``); ``grade_answer``
+            (reference) — mathruler's ``grade_answer(answer, truth)``, the authors' grader
+            (normalized strings, then sympy), in the guarded worker.
         ocr_fold: Unicode NFKC and case folding before the word error rate (``strict``);
             the reference compares the words as written.
+        number_format: how numerical and regression answers (and ground truths) are read.
+            ``read`` (strict): the one number in the text (``15 objects``, ``$15$``, ``45%``,
+            ``3/4``; two numbers are ambiguous and score 0); ``float`` (reference): Python's
+            ``float()`` of the whole text with commas removed, anything else scores 0.
+        collapse_truth_space: with ``collapse_tag_space``, rewrite the ground truth too (strict),
+            so an OCR text ``A / B`` still matches itself; the reference rewrites the response only.
+        unscored_types: problem types the authors' reward has no scorer for (free-form,
+            open-ended, unknown names): ``free_form`` (strict) scores them by exact normalized
+            match (one warning per name); ``zero`` (reference) gives them accuracy 0.
+        regression_arithmetic: ``exact`` (strict) compares the relative error with the
+            thresholds 0.50…0.95 in exact decimals (a true 0 only matches 0); ``float32``
+            (reference) computes ``|p − t| / (|t| + 1e-8) < 1 − t`` in float32 as the authors'
+            torch code does (11 for a true 10 passes t = 0.9).
+        math_delimit: read a bare math answer (and ground truth) as one LaTeX expression
+            (wrapped in ``$…$``) before math-verify (strict); the reference passes the texts to
+            math-verify as they are (``x^2+1`` then parses as ``1``).
+        math_verbatim: accept a math answer equal to the ground truth once spaces and ``$``
+            are removed without asking math-verify (strict); the reference asks math-verify
+            (which rejects, e.g., two identical texts it cannot parse).
+        math_fallback: when math-verify raises: ``none`` (strict) — a counted reward failure;
+            ``grade_answer`` (reference) — mathruler's ``grade_answer`` decides, as theirs does.
+        failure_drops_structure: a failed check (exception, time-out, unreadable ground truth)
+            also scores structure 0 (strict); the reference keeps the structure bonus.
+        truth_box_format: which grounding ground truths are read: ``any`` (strict) — the box
+            layouts of ``box_format=any``, several boxes matched one to one; ``boxes_key``
+            (reference) — only ``{"boxes": [x1, y1, x2, y2]}`` (otherwise accuracy 0).
         default_problem_type: problem type for samples whose ``extra_info`` has none and whose
             ``data_source`` is neither in ``problem_type_map`` nor a problem-type name.
         problem_type_map: ``{data_source: problem_type}`` fallback.
@@ -121,6 +150,15 @@ class RewardSettings:
     box_corners: str = "sort"
     choice_format: str = "lenient"
     ocr_fold: bool = True
+    number_format: str = "read"
+    collapse_truth_space: bool = True
+    unscored_types: str = "free_form"
+    regression_arithmetic: str = "exact"
+    math_delimit: bool = True
+    math_verbatim: bool = True
+    math_fallback: str = "none"
+    failure_drops_structure: bool = True
+    truth_box_format: str = "any"
     default_problem_type: str = "free-form"
     problem_type_map: Mapping[str, str] = field(default_factory=dict)
     math_timeout_s: float = 1.0
@@ -145,7 +183,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "structure_check": ("shape", "flat"),
     "box_format": ("any", "boxes_key"),
     "box_corners": ("sort", "as_given"),
-    "choice_format": ("lenient", "letter"),
+    "choice_format": ("lenient", "letter", "grade_answer"),
+    "number_format": ("read", "float"),
+    "unscored_types": ("free_form", "zero"),
+    "regression_arithmetic": ("exact", "float32"),
+    "math_fallback": ("none", "grade_answer"),
+    "truth_box_format": ("any", "boxes_key"),
 }
 
 DEFAULT_PRESET = "strict"
@@ -162,8 +205,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "structure_check": "flat",
         "box_format": "boxes_key",
         "box_corners": "as_given",
-        "choice_format": "letter",
+        "choice_format": "grade_answer",
         "ocr_fold": False,
+        "number_format": "float",
+        "collapse_truth_space": False,
+        "unscored_types": "zero",
+        "regression_arithmetic": "float32",
+        "math_delimit": False,
+        "math_verbatim": False,
+        "math_fallback": "grade_answer",
+        "failure_drops_structure": False,
+        "truth_box_format": "boxes_key",
     },
 }
 

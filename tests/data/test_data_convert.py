@@ -101,8 +101,14 @@ def test_default_prompts_ask_for_each_problem_types_answer_with_the_presets_tag(
 
 
 def test_the_grounding_example_is_what_the_reference_reward_reads():
+    """Each prompt's example answer, given back, is read by the reward: full score (1.5) under
+    ``reference`` for every type the authors' reward scores. Free-form is not one of them
+    (``unscored_types: zero``, docs/rewards.md): there the example still earns format and
+    structure (0.1 + 0.5) but no accuracy, as in the paper's reward, and the full 1.5 with
+    ``unscored_types: free_form`` (strict's value)."""
     from g2rpo_verl.data.onethinker import ANSWER_FORMS
     from g2rpo_verl.rewards import compute_score
+    from g2rpo_verl.rewards.accuracy import FREE_FORM
 
     for problem_type, (_, example) in ANSWER_FORMS.items():
         out = compute_score(
@@ -112,7 +118,17 @@ def test_the_grounding_example_is_what_the_reference_reward_reads():
             {"problem_type": problem_type},
             preset="reference",
         )
-        assert out["score"] == pytest.approx(1.5), problem_type
+        assert (out["format"], out["structure"], out["reward_failure"]) == (1.0, 0.5, 0.0), problem_type
+        assert out["accuracy"] == (0.0 if problem_type == FREE_FORM else 1.0), problem_type
+        scored = compute_score(
+            "s",
+            f"<thinking>r</thinking><answer>{example}</answer>",
+            example,
+            {"problem_type": problem_type},
+            preset="reference",
+            unscored_types="free_form",
+        )
+        assert scored["score"] == pytest.approx(1.5), problem_type
 
 
 def test_bad_preset_or_tag_is_an_error():

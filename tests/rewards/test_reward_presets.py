@@ -7,15 +7,22 @@ Expected values are worked out by hand from the rules as written in docs/rewards
 import math
 
 import pytest
+import reference_rules
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference_reward_cases import CASES, EXCEPTIONS
+from reference_reward_cases import CASES, EXCEPTIONS, WIDE_CASES, random_cases
 from test_rewards import PROBLEM_TYPES, check_bounded, responses, truths
 
 from g2rpo_verl.rewards import compute_score
 from g2rpo_verl.rewards.answers import collapse_tag_space, loose_format, read_answer
 from g2rpo_verl.rewards.guard import math_pool
-from g2rpo_verl.rewards.math_prechecks import last_boxed, magnitude_digits, precheck_math
+from g2rpo_verl.rewards.math_prechecks import (
+    MAX_LETTERLESS,
+    last_boxed,
+    longest_letterless,
+    magnitude_digits,
+    precheck_math,
+)
 from g2rpo_verl.rewards.settings import CHOICES, PRESETS, RewardSettings, preset_settings, settings_from_kwargs
 
 
@@ -37,12 +44,45 @@ def test_reference_preset_follows_the_stated_rules(case):
     assert out["reward_failure"] == 0.0
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.exception], ids=lambda c: f"{c.exception}: {c.note}")
-def test_documented_exceptions_really_differ(case):
-    assert case.exception in EXCEPTIONS
-    out = run(case.problem_type, case.response, case.truth, case.extra, preset="reference")
-    assert out["accuracy"] == pytest.approx(case.ours) and case.ours != pytest.approx(case.accuracy)
-    assert (out["format"], out["structure"]) == (case.format, case.structure)
+def test_no_hand_case_needs_an_exception():
+    # the remaining departures (E1, E6, E8) are crashes, hangs and bounds: no case reaches them
+    assert not [c for c in CASES if c.exception] and set(EXCEPTIONS) == {"E1", "E6", "E8"}
+
+
+@pytest.mark.parametrize("problem_type", sorted({c.problem_type for c in WIDE_CASES}))
+def test_reference_agrees_with_the_stated_rules_on_the_wide_table(problem_type):
+    """100 % per problem type: accuracy, format, structure and overall all equal the values of
+    the written statement (tests/rewards/reference_rules.py) on every model-like response."""
+    cases = [c for c in WIDE_CASES if c.problem_type == problem_type]
+    assert len(cases) >= 10
+    misses = []
+    for case in cases:
+        expected = reference_rules.score(case.problem_type, case.response, case.truth)
+        out = run(case.problem_type, case.response, case.truth, preset="reference")
+        got = {
+            "accuracy": out["accuracy"],
+            "format": out["format"],
+            "structure": out["structure"],
+            "overall": out["score"],
+        }
+        if any(abs(got[k] - expected[k]) > 1e-9 for k in got):
+            misses.append((case.note, expected, got))
+    assert not misses, f"{len(misses)}/{len(cases)} disagree, first: {misses[:3]}"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reference_agrees_with_the_stated_rules_on_random_responses(seed):
+    """Combinations no one wrote down (random_cases): 100 % again."""
+    misses = []
+    for case in random_cases(seed, 300):
+        expected = reference_rules.score(case.problem_type, case.response, case.truth)
+        out = run(case.problem_type, case.response, case.truth, preset="reference")
+        got = (out["accuracy"], out["format"], out["structure"], out["score"])
+        want = (expected["accuracy"], expected["format"], expected["structure"], expected["overall"])
+        if any(abs(g - w) > 1e-9 for g, w in zip(got, want)):
+            misses.append((case.problem_type, case.response, case.truth, want, got))
+    assert not misses, f"{len(misses)}/300 disagree, first: {misses[:3]}"
+    assert random_cases(seed, 5) == random_cases(seed, 5)  # reproducible
 
 
 # ------------------------------------------------------------------ the eight differences of issue 15
@@ -102,15 +142,25 @@ def test_4_first_answer_block_in_reference_last_in_strict():
 
 def test_5_whole_response_fallback_and_empty_answer_block():
     assert parts(run("numerical", "The count is 15", "15")) == (0.0, 0.0, 0.0)
-    assert parts(run("numerical", "The count is 15", "15", preset="reference")) == (1.0, 0.0, 0.0)
+    # the whole response is scored, by float() in reference: prose is not a number there
+    assert parts(run("numerical", "The count is 15", "15", preset="reference")) == (0.0, 0.0, 0.0)
+    assert parts(run("numerical", "The count is 15", "15", preset="reference", number_format="read")) == (1.0, 0.0, 0.0)
     assert parts(run("numerical", "15", "15", preset="reference")) == (1.0, 0.0, 0.0)
     # an empty answer block passes the reference format; the whole response is then scored
     assert parts(run("numerical", "<think>15</think><answer></answer>", "15")) == (0.0, 0.0, 0.0)
     assert parts(run("numerical", "<thinking>15</thinking><answer></answer>", "15", preset="reference")) == (
-        1.0,
+        0.0,
         1.0,
         0.5,
     )
+    assert parts(
+        run(
+            "OCR",
+            "<thinking>15</thinking><answer></answer>",
+            "<thinking>15</thinking><answer></answer>",
+            preset="reference",
+        )
+    ) == (1.0, 1.0, 0.5)
 
 
 def test_6_ocr_is_case_sensitive_in_reference():
@@ -134,46 +184,79 @@ def test_7_the_tag_is_thinking_in_reference():
     assert run("multiple choice", think, "B", preset="reference")["format"] == 0.0
 
 
-@pytest.mark.parametrize("preset", ["strict", "reference"])
 @pytest.mark.parametrize("answer", ["15 objects", "15", "$15$", "\\boxed{15}", "There are 15 objects."])
-def test_8_fifteen_objects_is_fifteen(preset, answer):
-    tag = preset_settings(preset).think_tag
-    out = run("numerical", f"<{tag}>I count them.</{tag}><answer>{answer}</answer>", "15", preset=preset)
+def test_8_fifteen_objects_is_fifteen_in_strict_only(answer):
+    # strict reads the answer's one number; the authors' float() reads only a bare number
+    out = run("numerical", f"<think>I count them.</think><answer>{answer}</answer>", "15")
     assert out["accuracy"] == 1.0 and out["format"] == 1.0
+    out = run("numerical", f"<thinking>I count them.</thinking><answer>{answer}</answer>", "15", preset="reference")
+    assert out["accuracy"] == float(answer == "15") and out["format"] == 1.0
 
 
 # ------------------------------------------------------------------ one switch per rule
 # (switch, a response, truth, problem type, extra): flipping ONLY that switch from one preset's
 # value to the other's changes the outcome, starting from either preset.
+BOX10 = '{"boxes": [0, 0, 10, 10]}'
 SWITCH_CASES = {
     "think_tag": ("multiple choice", "<thinking>r</thinking><answer>B</answer>", "B"),
     "format_check": ("multiple choice", "<{t}>r</{t}><answer></answer>", "B"),
     "collapse_tag_space": ("multiple choice", "<{t}>r</{t}>< answer >B</ answer >", "B"),
     "answer_block": ("multiple choice", "<{t}>r</{t}><answer>A</answer> <answer>B</answer>", "B"),
-    "answer_fallback": ("numerical", "<{t}>r</{t}> 15", "15"),
+    "answer_fallback": ("numerical", "15", "15"),
     "structure_requires_format": ("numerical", "<answer>15</answer>", "15"),
     "structure_check": ("numerical", "<{t}>r</{t}><answer>15 cm</answer>", "15"),
-    "box_format": ("spatial grounding", "<{t}>r</{t}><answer>[0, 0, 10, 10]</answer>", "[0, 0, 10, 10]"),
-    "box_corners": ("spatial grounding", '<{t}>r</{t}><answer>{{"boxes": [10, 10, 0, 0]}}</answer>', "[0, 0, 10, 10]"),
+    "box_format": ("spatial grounding", "<{t}>r</{t}><answer>[0, 0, 10, 10]</answer>", BOX10),
+    "box_corners": ("spatial grounding", '<{t}>r</{t}><answer>{{"boxes": [10, 10, 0, 0]}}</answer>', BOX10),
     "choice_format": ("multiple choice", "<{t}>r</{t}><answer>B.</answer>", "B"),
     "ocr_fold": ("OCR", "<{t}>r</{t}><answer>hello world</answer>", "Hello World"),
+    "number_format": ("numerical", "<{t}>r</{t}><answer>15 objects</answer>", "15"),
+    "collapse_truth_space": ("OCR", "<{t}>r</{t}><answer>A / B</answer>", "A / B", {"collapse_tag_space": True}),
+    "unscored_types": ("open-ended", "<{t}>r</{t}><answer>Paris</answer>", "Paris"),
+    "regression_arithmetic": ("regression", "<{t}>r</{t}><answer>11</answer>", "10"),
+    "math_delimit": ("math", "<{t}>r</{t}><answer>x^2+1</answer>", "1+x^2"),
+    "math_verbatim": ("math", "<{t}>r</{t}><answer>@</answer>", "@"),
+    "failure_drops_structure": ("numerical", "<{t}>r</{t}><answer>15</answer>", "not a number"),
+    "truth_box_format": (
+        "spatial grounding",
+        '<{t}>r</{t}><answer>{{"boxes": [0, 0, 10, 10]}}</answer>',
+        "[0, 0, 10, 10]",
+    ),
 }
+#: switches whose effect a compute_score call cannot show (math-verify does not raise today):
+#: tested on the worker below
+WORKER_SWITCHES = {"math_fallback"}
 
 
 def test_every_rule_that_differs_has_a_switch_case():
-    assert set(SWITCH_CASES) == set(PRESETS["reference"])
+    assert set(SWITCH_CASES) | WORKER_SWITCHES == set(PRESETS["reference"])
+
+
+def test_math_fallback_asks_grade_answer_when_math_verify_raises(monkeypatch):
+    import math_verify
+
+    from g2rpo_verl.rewards import _math_worker
+
+    def broken(*args, **kwargs):
+        raise ValueError("parser bug")
+
+    monkeypatch.setattr(math_verify, "parse", broken)
+    assert _math_worker._score("\\frac{1}{2}", "1/2", delimit=False, fallback=True) == (True, False)
+    assert _math_worker._score("\\frac{1}{2}", "1/3", delimit=False, fallback=True) == (False, False)
+    with pytest.raises(ValueError, match="parser bug"):
+        _math_worker._score("\\frac{1}{2}", "1/2", delimit=False, fallback=False)
 
 
 @pytest.mark.parametrize("start,other", [("strict", "reference"), ("reference", "strict")])
 @pytest.mark.parametrize("switch", sorted(SWITCH_CASES))
 def test_one_switch_changes_one_rule(switch, start, other):
-    problem_type, response, truth = SWITCH_CASES[switch]
+    problem_type, response, truth, *context = SWITCH_CASES[switch]
+    context = context[0] if context else {}
     base = preset_settings(start)
     flipped_value = getattr(preset_settings(other), switch)
     tag = base.think_tag
     response = response.replace("{t}", tag).replace("{{", "{").replace("}}", "}")
-    before = run(problem_type, response, truth, preset=start)
-    after = run(problem_type, response, truth, preset=start, **{switch: flipped_value})
+    before = run(problem_type, response, truth, preset=start, **context)
+    after = run(problem_type, response, truth, preset=start, **context, **{switch: flipped_value})
     assert parts(before) != parts(after), f"{switch}={flipped_value!r} changed nothing on {response!r}"
     flipped = settings_from_kwargs({"preset": start, switch: flipped_value})
     changed = {f for f in RewardSettings.__dataclass_fields__ if getattr(flipped, f) != getattr(base, f)}
@@ -194,6 +277,7 @@ def test_presets_and_single_overrides():
     "kwargs,match",
     [
         ({"preset": "paper"}, r"reward_kwargs\.preset must be one of \['strict', 'reference'\]"),
+        ({"number_format": "int"}, r"reward_kwargs\.number_format must be one of \['read', 'float'\]"),
         ({"fromat_weight": 0.2}, r"reward_kwargs\.fromat_weight is not a reward setting.*format_weight"),
         ({"require_answer_tag": False}, r"require_answer_tag.*answer_fallback=after_think"),
         ({"answer_block": "middle"}, r"reward_kwargs\.answer_block must be one of"),
@@ -223,7 +307,7 @@ def test_reference_preset_through_verls_custom_reward_hook():
     fn = get_custom_reward_fn(config)
     out = fn(
         data_source="s",
-        solution_str="<thinking>r</thinking><answer>15 objects</answer>",
+        solution_str="<thinking>r</thinking><answer>15</answer>",
         ground_truth="15",
         extra_info={"problem_type": "numerical"},
     )
@@ -336,9 +420,11 @@ VALID_MATH = [
 
 @pytest.mark.parametrize("answer,truth", VALID_MATH)
 def test_valid_math_answers_are_still_judged_right(answer, truth):
-    for preset in ("strict", "reference"):
+    # the pre-checks are the same in both presets; reference's math-verify reads bare LaTeX as
+    # the authors' does (often not at all), so it is asked here with math_delimit
+    for preset, extra in (("strict", {}), ("reference", {"math_delimit": True})):
         tag = preset_settings(preset).think_tag
-        out = run("math", f"<{tag}>r</{tag}><answer>{answer}</answer>", truth, preset=preset)
+        out = run("math", f"<{tag}>r</{tag}><answer>{answer}</answer>", truth, preset=preset, **extra)
         assert out["accuracy"] == 1.0 and out["reward_failure"] == 0.0, preset
 
 
@@ -364,6 +450,65 @@ def test_precheck_rules_on_known_values():
     assert precheck_math("x^2^3", "1") is False and precheck_math("a^{b}^{c}", "1") is False
     assert precheck_math("10^{100000}", "1", max_digits=100_000) is None
     assert precheck_math("10^{100001}", "1", max_digits=100_000) is False
+    assert precheck_math("x", "x") is True and precheck_math("x", "x", verbatim=False) is None
+    assert precheck_math("x" * 64, "1") is None and precheck_math("x" * 65, "1") is False  # a 65-letter run
+    assert precheck_math("a b " * 200, "1") is None and precheck_math("a b " * 201, "1") is False  # > 400 letters
+    assert precheck_math("\\frac{a}{b} " * 150, "1") is None  # command names are not letters here
+    assert precheck_math("9**9**9**9", "1") is False and precheck_math("2**10", "1024") is None  # ** is ^
+    assert precheck_math("**5**", "5") is None  # bold, not a power
+
+
+@pytest.mark.parametrize("truth", ["B", "E", "I", "s"])  # E, I, S name sympy objects
+def test_single_letters_are_graded_as_grade_answer_grades_them(truth):
+    from mathruler.grader import grade_answer
+
+    for letter in "abcdeisxzABCDEISXZ":
+        out = run("multiple choice", f"<thinking>r</thinking><answer>{letter}</answer>", truth, preset="reference")
+        assert out["accuracy"] == float(grade_answer(letter, truth)), letter
+
+
+def test_as_written_prechecks_leave_prose_to_math_verify():
+    # math-verify gets the text as written in reference (math_delimit off): it reads only the
+    # LaTeX and number-like parts, so long words, many letters and unpaired brackets are cheap
+    # for it ("Wow!!!" still fails: the magnitude estimate takes it for a triple factorial)
+    for prose in ["x" * 65, "a b " * 201, "Steps: 1) halve, 2) check", "a) one, b) two", "x" * 3000]:
+        assert precheck_math(prose, "1", as_written=True) is None, prose[:20]
+        assert precheck_math(prose, "1") is False, prose[:20]  # one LaTeX expression: junk
+    # what makes sympy evaluate or recurse without bound is rejected either way
+    for junk in ["!!!!", "[" * 20 + "1", "9**9**9**9", "x^2^3", "10^{10^{10}}", "(10^{10})!", "5!!!"]:
+        assert precheck_math(junk, "1", as_written=True) is False, junk
+
+
+def test_long_reasoning_without_an_answer_block_is_read_as_theirs_reads_it():
+    reasoning = "I compare the lengths of the two sides and the angle between them, step by step. " * 20
+    response = f"<thinking>{reasoning} So the area is $\\frac{{1}}{{2}}$.</thinking>"
+    assert len(response) > 1600 and sum(c.isalpha() for c in response) > 1000
+    out = run("math", response, "\\frac{1}{2}", preset="reference")
+    assert (
+        parts(out)
+        == (1.0, 0.0, 0.0)
+        == tuple(
+            reference_rules.score("math", response, "\\frac{1}{2}")[k] for k in ("accuracy", "format", "structure")
+        )
+    )
+
+
+@pytest.mark.parametrize("problem_type", ["math", "multiple choice"])
+def test_long_number_runs_are_not_graded_in_reference(problem_type):
+    """E6's one pre-check that can cost a value theirs has: over MAX_LETTERLESS characters
+    without a letter (a looping policy's "1 1 1 …") score 0 without a grader; math-verify's
+    extraction is quadratic there (theirs: 1 for truth 1 after ~0.5 s; 40,000 characters
+    more than 5 s), and sympy sums "1+1+…" in mathruler for 0.6 s."""
+    pool = math_pool()
+    run(problem_type, "<thinking>r</thinking><answer>B</answer>", "B", preset="reference")  # the pool exists
+    calls = pool.stats["calls"]
+    for junk in ["1 " * 4000, "1+" * 20000 + "1"]:
+        out = run(problem_type, f"<thinking>r</thinking><answer>{junk}</answer>", "1", preset="reference")
+        assert (out["accuracy"], out["structure"], out["reward_failure"]) == (0.0, 0.5, 0.0)
+    assert pool.stats["calls"] == calls
+    assert longest_letterless("ab" + "1 " * 1000 + "c") == 2000 and longest_letterless("") == 0
+    shorter = "1 " * (MAX_LETTERLESS // 2 - 1)  # under the bound: graded as theirs grades it
+    assert run("math", f"<thinking>r</thinking><answer>{shorter}</answer>", "1", preset="reference")["accuracy"] == 1.0
 
 
 def test_magnitude_estimate_is_an_upper_bound():
