@@ -285,7 +285,13 @@ class G2RPOConfig:
             the sample's ``extra_info``, then in the reward function's returned dict. The
             reference normalises per ``problem_type`` (answer type: "multiple choice",
             "math", "numerical", ...); ``task_type`` (domain) and ``data_source`` are common
-            alternatives. A sample without it is an error, never a silent default task.
+            alternatives. A sample without it is an error, never a silent default task: the
+            run stops before anything starts, naming the file and the first such row
+            (:func:`g2rpo_verl.verl_hooks.checks.task_problems`).
+        allow_task_fallback: opt-in, off by default. With the project's reward and
+            ``task_key=problem_type``, a row without the key takes the reward's
+            ``default_problem_type`` (``free-form`` unless set), and a problem type the reward
+            has no scorer for is scored as free-form; without it both stop the run.
         entropy: task-level entropy shaping, see :class:`EntropyShapingConfig`.
         length: task-level response-length shaping, see :class:`LengthShapingConfig`.
         diagnostics: per-task gradient diagnostics, see :class:`DiagnosticsConfig`.
@@ -294,6 +300,7 @@ class G2RPOConfig:
     """
 
     task_key: str = DEFAULT_TASK_KEY
+    allow_task_fallback: bool = False
     entropy: EntropyShapingConfig = field(default_factory=EntropyShapingConfig)
     length: LengthShapingConfig = field(default_factory=LengthShapingConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)

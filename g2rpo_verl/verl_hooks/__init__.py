@@ -16,6 +16,9 @@ touches the trainer (a rollout server, a reward worker) does not pay for importi
 * ``verl.workers.engine.fsdp.transformer_impl`` -> the FSDP engine's ``train_batch`` runs the
   per-task gradient diagnostics first when the actor update asks for them (a pass-through
   otherwise; :mod:`~g2rpo_verl.verl_hooks.grad_diagnostics`);
+* ``verl.utils.config`` -> its ``validate_config``, which verl's ``main_ppo`` calls in the
+  driver before Ray starts, runs the plugin's config and data checks first
+  (:mod:`~g2rpo_verl.verl_hooks.driver_checks`);
 * with ``VERL_PLATFORM=cpu``: the CPU platform and ``hf`` rollout (``g2rpo_verl.cpu``).
 
 Before any of it, :func:`g2rpo_verl.verl_compat.api.check_verl_version` refuses a verl outside the
@@ -39,6 +42,7 @@ from g2rpo_verl.verl_compat.api import (
     MODULE_FSDP_ENGINE,
     MODULE_TRAINER_V0,
     MODULE_TRAINERS_V1,
+    MODULE_VERL_CONFIG,
     check_verl_version,
     trainer_registry,
 )
@@ -73,6 +77,20 @@ def _install_engine_hook(module: ModuleType) -> None:
         install_engine_hook(module)
     except Exception:
         logger.exception("g2rpo_verl: could not wrap %s's engine; refusing to run without the plugin", module.__name__)
+        raise
+
+
+def _install_driver_checks(module: ModuleType) -> None:
+    if _VERSION_ERROR is not None:
+        raise _VERSION_ERROR
+    from g2rpo_verl.verl_hooks.driver_checks import install
+
+    try:
+        install(module)
+    except Exception:
+        logger.exception(
+            "g2rpo_verl: could not wrap %s.validate_config; refusing to run without the plugin", module.__name__
+        )
         raise
 
 
@@ -149,6 +167,7 @@ def register_all() -> None:
     from wrapt import register_post_import_hook
 
     register_post_import_hook(_install_engine_hook, MODULE_FSDP_ENGINE)
+    register_post_import_hook(_install_driver_checks, MODULE_VERL_CONFIG)
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
     for name in _AFTER_IMPORT:
