@@ -37,6 +37,7 @@ __all__ = [
     "ENTROPY_ESTIMATORS",
     "FILTER_BAND_KEY",
     "load_g2rpo_config",
+    "g2rpo_defaults",
     "load_filter_band",
     "gdpo_components",
 ]
@@ -306,6 +307,16 @@ class G2RPOConfig:
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     ema_grpo: EmaGrpoConfig = field(default_factory=EmaGrpoConfig)
     loss_agg: LossAggConfig = field(default_factory=LossAggConfig)
+
+
+def g2rpo_defaults() -> dict[str, Any]:
+    """Every key of the ``g2rpo`` section with its default, as a plain nested dict.
+
+    The project's configs include it (``configs/g2rpo_defaults.yaml``, checked equal to this by
+    tests/test_configs.py) and the demo adds it before its own YAML, so every plugin key is in the
+    composed config there and ``g2rpo.<key>=<value>`` overrides it without a ``+``.
+    """
+    return OmegaConf.to_container(OmegaConf.structured(G2RPOConfig), resolve=True)
 
 
 def _unknown_keys(section: Any, schema: type, path: str) -> list[str]:

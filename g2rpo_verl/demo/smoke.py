@@ -94,12 +94,13 @@ def _override_key(override: str) -> str:
 
 
 def merge_overrides(base: Sequence[str], extra: Sequence[str]) -> list[str]:
-    """``base`` then ``extra``, dropping every ``base`` entry whose key ``extra`` sets.
+    """``base`` then ``extra``, dropping every ``base`` entry whose key ``extra`` sets with a prefix.
 
-    Hydra already lets a later ``key=value`` win, but a repeated ``+key`` / ``++key`` is an error;
-    removing ours keeps the user's form (with or without ``+``) authoritative.
+    Hydra applies overrides in order, so a later plain ``key=value`` wins over our ``++key=...``
+    (which is kept: it puts the key into the config, so the plain form works); a repeated
+    ``+key`` / ``++key`` / ``~key`` is an error, so ours is removed for those.
     """
-    taken = {_override_key(o) for o in extra}
+    taken = {_override_key(o) for o in extra if o[:1] in "+~"}
     return [o for o in base if _override_key(o) not in taken] + list(extra)
 
 

@@ -532,7 +532,7 @@ def config_dir(config_path: str) -> str:
             ""
             if os.path.isabs(path)
             else f": verl (Hydra) reads a relative --config-path from verl's own trainer directory, not from "
-            f"here; pass an absolute path, e.g. --config-path=$PWD/{config_path.lstrip('./')}"
+            f"here; pass an absolute path, e.g. --config-path={os.path.abspath(path)}"
         )
         raise ConfigInputError(f"--config-path={config_path}: {resolved} is not a directory{hint}")
     return resolved

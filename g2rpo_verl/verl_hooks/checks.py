@@ -403,7 +403,7 @@ def task_problems(config: Any, g2rpo: G2RPOConfig, path: str, max_rows: int | No
         if missing:
             i = missing[0]
             known = sorted({c for c in schema.names} | set(_extra_keys(table)))
-            guess = difflib.get_close_matches(key, known, n=1)
+            guess = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
             hint = f"did you mean g2rpo.task_key={guess[0]}? " if guess else ""
             problems.append(
                 f"g2rpo.task_key={key!r}: {_row(path, i, ids)} has no {key!r} (not a column, not in extra_info), "
