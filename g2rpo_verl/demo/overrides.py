@@ -134,7 +134,13 @@ def demo_overrides(
     from g2rpo_verl.config import g2rpo_defaults
 
     plugin = flatten({"g2rpo": g2rpo_defaults()})
-    base = cpu_overrides() + plugin + flatten(load_config(config_path)) + path_overrides(workdir, model_dir, data) + list(extra)
+    base = (
+        cpu_overrides()
+        + plugin
+        + flatten(load_config(config_path))
+        + path_overrides(workdir, model_dir, data)
+        + list(extra)
+    )
     base += estimator_overrides(override_value([*base, *user], "algorithm.adv_estimator"))
     return merge_overrides(base, user)
 
