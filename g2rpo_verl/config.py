@@ -1,8 +1,9 @@
 """The ``g2rpo`` section of a verl config: every key this plugin adds, with paper defaults.
 
 verl's own ``algorithm`` section is a strict dataclass (unknown keys fail to merge), so the
-plugin's keys live in a top-level section. In a plain verl config add them with Hydra's ``+``
-(``+g2rpo.task_key=data_source``); the configs under ``configs/`` already define the section.
+plugin's keys live in a top-level section. ``++g2rpo.<key>=<value>`` sets one on any config
+(verl's own ``ppo_trainer`` has no ``g2rpo`` section); the configs under ``configs/`` and the
+demo hold every key (:func:`g2rpo_defaults`), so there ``g2rpo.<key>=<value>`` works too.
 
 GS-GDPO's components reuse verl's own GDPO keys ``algorithm.gdpo_reward_keys`` and
 ``algorithm.gdpo_reward_weights``; when unset, gs_gdpo uses :data:`DEFAULT_GDPO_COMPONENTS`

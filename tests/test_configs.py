@@ -181,7 +181,7 @@ def _flatten(node, prefix=""):
 
 
 def test_a_typo_in_the_plugin_section_fails():
-    cfg = compose_config("g2rpo_qwen3vl8b", ["+g2rpo.entropy.betta=0.1"])
+    cfg = compose_config("g2rpo_qwen3vl8b", ["++g2rpo.entropy.betta=0.1"])
     with pytest.raises(ValueError, match="betta"):
         load_g2rpo_config(cfg)
 

@@ -42,9 +42,9 @@ STANDINS = Path(__file__).resolve().parent / "slurm_standins"
 NODES = ("node1", "node2")
 TOTAL_STEPS = 3
 LENGTH = [
-    "+g2rpo.length.enable=true",
-    "+g2rpo.length.success_threshold=0",  # every untruncated response moves the statistics
-    "+g2rpo.length.default_profile=perception",
+    "++g2rpo.length.enable=true",
+    "++g2rpo.length.success_threshold=0",  # every untruncated response moves the statistics
+    "++g2rpo.length.default_profile=perception",
 ]
 
 

@@ -77,7 +77,7 @@ def test_family_from_a_local_config_json(tmp_path):
 # --- config --------------------------------------------------------------------------------
 def test_config_check(data_dir):
     assert levels(check_config(config(data_dir))) == [("config", "ok")]
-    bad = check_config(config(data_dir, "+g2rpo.entropy.betta=1"))
+    bad = check_config(config(data_dir, "++g2rpo.entropy.betta=1"))
     assert levels(bad) == [("config", "fail")] and "betta" in bad[0].message
     bad = check_config(config(data_dir, "trainer.v1.sampler.sampler_kwargs.filter_band.low=0.999"))
     assert "filter_band needs finite low < high" in bad[0].message
