@@ -169,7 +169,15 @@ def check_gpus(config, available: float | None, source: str, cluster_wide: bool)
         extra = f" ({available - need:g} unused)" if available > need else ""
         return [Finding("gpus", "ok", f"{source}: {available:g} GPUs for {want}{extra}")]
     if available < per_node:
-        return [Finding("gpus", "fail", f"{source} shows {available:g} GPUs but trainer.n_gpus_per_node={per_node}")]
+        return [
+            Finding(
+                "gpus",
+                "fail",
+                f"{source} shows {available:g} GPUs but trainer.n_gpus_per_node={per_node}: lower "
+                "trainer.n_gpus_per_node, or run the check on a GPU node; from another machine pass --gpus N "
+                "(the count there), --ray-address ADDR, or --skip gpus",
+            )
+        ]
     message = f"{source}: {available:g} GPUs ≥ trainer.n_gpus_per_node={per_node}"
     if nnodes > 1:
         return [
