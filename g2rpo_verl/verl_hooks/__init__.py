@@ -82,7 +82,7 @@ def _install_engine_hook(module: ModuleType) -> None:
 
 def _install_driver_checks(module: ModuleType) -> None:
     if _VERSION_ERROR is not None:
-        raise _VERSION_ERROR
+        return  # the hooked trainer imports raise it; this module is imported during `import verl`
     from g2rpo_verl.verl_hooks.driver_checks import install
 
     try:
@@ -167,13 +167,14 @@ def register_all() -> None:
     from wrapt import register_post_import_hook
 
     register_post_import_hook(_install_engine_hook, MODULE_FSDP_ENGINE)
-    register_post_import_hook(_install_driver_checks, MODULE_VERL_CONFIG)
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
     for name in _AFTER_IMPORT:
         module = sys.modules.get(name)
         if module is not None and getattr(module, "__spec__", None) is not None:
             _run_hook(name, module)  # imported before the plugin: register now
+    # last: verl.utils.config is already imported when the plugin loads, so this runs at once
+    register_post_import_hook(_install_driver_checks, MODULE_VERL_CONFIG)
 
 
 def check_registered() -> None:
