@@ -566,6 +566,10 @@ def _override_hint(directory: str, config_name: str, overrides: Sequence[str], k
         return ""
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(config, parent) if parent else config
+    if key.startswith("g2rpo."):  # the plugin's own keys, whether or not this config lists them
+        from g2rpo_verl.config import g2rpo_defaults
+
+        node = OmegaConf.select(OmegaConf.create({"g2rpo": g2rpo_defaults()}), parent)
     if not hasattr(node, "keys"):
         return ""
     guess = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1)
