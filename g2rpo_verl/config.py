@@ -1,8 +1,9 @@
 """The ``g2rpo`` section of a verl config: every key this plugin adds, with paper defaults.
 
 verl's own ``algorithm`` section is a strict dataclass (unknown keys fail to merge), so the
-plugin's keys live in a top-level section. In a plain verl config add them with Hydra's ``+``
-(``+g2rpo.task_key=data_source``); the configs under ``configs/`` already define the section.
+plugin's keys live in a top-level section. ``++g2rpo.<key>=<value>`` sets one on any config
+(verl's own ``ppo_trainer`` has no ``g2rpo`` section); the configs under ``configs/`` and the
+demo hold every key (:func:`g2rpo_defaults`), so there ``g2rpo.<key>=<value>`` works too.
 
 GS-GDPO's components reuse verl's own GDPO keys ``algorithm.gdpo_reward_keys`` and
 ``algorithm.gdpo_reward_weights``; when unset, gs_gdpo uses :data:`DEFAULT_GDPO_COMPONENTS`
@@ -37,6 +38,7 @@ __all__ = [
     "ENTROPY_ESTIMATORS",
     "FILTER_BAND_KEY",
     "load_g2rpo_config",
+    "g2rpo_defaults",
     "load_filter_band",
     "gdpo_components",
 ]
@@ -285,7 +287,13 @@ class G2RPOConfig:
             the sample's ``extra_info``, then in the reward function's returned dict. The
             reference normalises per ``problem_type`` (answer type: "multiple choice",
             "math", "numerical", ...); ``task_type`` (domain) and ``data_source`` are common
-            alternatives. A sample without it is an error, never a silent default task.
+            alternatives. A sample without it is an error, never a silent default task: the
+            run stops before anything starts, naming the file and the first such row
+            (:func:`g2rpo_verl.verl_hooks.checks.task_problems`).
+        allow_task_fallback: opt-in, off by default. With the project's reward and
+            ``task_key=problem_type``, a row without the key takes the reward's
+            ``default_problem_type`` (``free-form`` unless set), and a problem type the reward
+            has no scorer for is scored as free-form; without it both stop the run.
         entropy: task-level entropy shaping, see :class:`EntropyShapingConfig`.
         length: task-level response-length shaping, see :class:`LengthShapingConfig`.
         diagnostics: per-task gradient diagnostics, see :class:`DiagnosticsConfig`.
@@ -294,11 +302,22 @@ class G2RPOConfig:
     """
 
     task_key: str = DEFAULT_TASK_KEY
+    allow_task_fallback: bool = False
     entropy: EntropyShapingConfig = field(default_factory=EntropyShapingConfig)
     length: LengthShapingConfig = field(default_factory=LengthShapingConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     ema_grpo: EmaGrpoConfig = field(default_factory=EmaGrpoConfig)
     loss_agg: LossAggConfig = field(default_factory=LossAggConfig)
+
+
+def g2rpo_defaults() -> dict[str, Any]:
+    """Every key of the ``g2rpo`` section with its default, as a plain nested dict.
+
+    The project's configs include it (``configs/g2rpo_defaults.yaml``, checked equal to this by
+    tests/test_configs.py) and the demo adds it before its own YAML, so every plugin key is in the
+    composed config there and ``g2rpo.<key>=<value>`` overrides it without a ``+``.
+    """
+    return OmegaConf.to_container(OmegaConf.structured(G2RPOConfig), resolve=True)
 
 
 def _unknown_keys(section: Any, schema: type, path: str) -> list[str]:

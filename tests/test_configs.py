@@ -90,6 +90,9 @@ def test_composes_and_validates_like_verl_main(composed):
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import omega_conf_to_dataclass, validate_config
 
+    from g2rpo_verl.verl_hooks.driver_checks import unwrapped
+
+    validate_config = unwrapped(validate_config)  # verl's own; the plugin's driver checks also read the data
     name, cfg = composed
     assert cfg.algorithm.adv_estimator == PRIMARY[name]
     validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
@@ -178,7 +181,7 @@ def _flatten(node, prefix=""):
 
 
 def test_a_typo_in_the_plugin_section_fails():
-    cfg = compose_config("g2rpo_qwen3vl8b", ["+g2rpo.entropy.betta=0.1"])
+    cfg = compose_config("g2rpo_qwen3vl8b", ["++g2rpo.entropy.betta=0.1"])
     with pytest.raises(ValueError, match="betta"):
         load_g2rpo_config(cfg)
 
@@ -232,3 +235,27 @@ def test_rollout_context_pixel_bounds_and_modalities(composed):
     assert vllm["limit_mm_per_prompt"] == {"image": 4, "video": 0} and rollout.limit_images is None
     # verl's build_cli_args_from_config JSON-encodes dicts (importing it needs vLLM): a plain dict here
     assert type(vllm["limit_mm_per_prompt"]) is dict
+
+
+def test_g2rpo_defaults_yaml_is_the_plugins_defaults():
+    """configs/g2rpo_defaults.yaml (in every project config's defaults) holds every plugin key, as G2RPOConfig."""
+    from g2rpo_verl.config import g2rpo_defaults
+
+    assert yaml.safe_load((CONFIG_DIR / "g2rpo_defaults.yaml").read_text()) == {"g2rpo": g2rpo_defaults()}, (
+        "configs/g2rpo_defaults.yaml is stale: regenerate it with the command in its header"
+    )
+
+
+@pytest.mark.parametrize("name", [*sorted(PRIMARY), "cpu_tiny"])
+def test_every_plugin_key_takes_a_plain_override(name):
+    from g2rpo_verl.config import g2rpo_defaults
+
+    leaves = [
+        k
+        for k in _leaf_keys({"g2rpo": g2rpo_defaults()})
+        if not k.endswith(("per_task", "tasks", "weights", "neutral"))
+    ]
+    cfg = compose_config(name)
+    assert all(_has_key(cfg, key) for key in leaves), [k for k in leaves if not _has_key(cfg, k)]
+    cfg = compose_config(name, ["g2rpo.entropy.low=0.1", "g2rpo.length.weight=0.2", "g2rpo.diagnostics.grad_every=3"])
+    assert (cfg.g2rpo.entropy.low, cfg.g2rpo.length.weight, cfg.g2rpo.diagnostics.grad_every) == (0.1, 0.2, 3)

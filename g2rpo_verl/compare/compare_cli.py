@@ -40,7 +40,7 @@ from pathlib import Path
 from g2rpo_verl.compare.comparison_report import Arm, run_dir_name, summarize, write_report
 from g2rpo_verl.compare.profiles import PROFILES
 
-__all__ = ["main", "parse_arms", "run_command", "total_steps"]
+__all__ = ["main", "parse_arms", "run_command", "total_steps", "arm_problems"]
 
 _RUN_RECORD = "compare_run.json"
 
@@ -81,6 +81,31 @@ def total_steps(overrides: Sequence[str], config: Path | None = None) -> int:
 
     base = flatten(load_config(config or DEFAULT_CONFIG))
     return int(float(override_value([*base, *overrides], "trainer.total_training_steps", "0") or 0))
+
+
+def arm_problems(workdir: Path, arms: Sequence[Arm], common: Sequence[str], config: Path | None = None) -> list[str]:
+    """Every arm's run config composed and checked as ``g2rpo-train`` will, before anything is built.
+
+    One message per arm that does not compose (an override Hydra rejects) or fails the plugin's
+    checks (:func:`g2rpo_verl.verl_hooks.checks.validate_run_config`), naming the arm.
+    """
+    from g2rpo_verl.demo.data import data_paths
+    from g2rpo_verl.demo.overrides import DEFAULT_CONFIG, demo_overrides
+    from g2rpo_verl.demo.run import check_run_config
+
+    problems = []
+    for arm in arms:
+        run_dir = workdir / run_dir_name(arm.name, 0)
+        user = [*common, *arm.overrides]
+        try:
+            overrides = demo_overrides(
+                run_dir, run_dir / "model", data_paths(run_dir / "data"), user, config or DEFAULT_CONFIG
+            )
+            check_run_config(overrides)
+        except Exception as err:  # G2RPOConfigError, Hydra's errors, a missing --config
+            text = " ".join(str(err).split())
+            problems.append(f"arm {arm.name} ({shlex.join(user) or 'no overrides'}): {text}")
+    return problems
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
@@ -126,17 +151,22 @@ def _wall_times(workdir: Path, names: Sequence[str]) -> dict[str, float]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from g2rpo_verl.cli import HelpFormatter, add_version
+
     p = argparse.ArgumentParser(
         prog="g2rpo-compare",
-        description="Run the demo once per (estimator or arm, seed) and report per-task results with 95 % intervals.",
+        description="Run the demo once per (estimator or arm, seed) and report per-task results with 95 % intervals.\n"
+        "Every arm is composed and checked first. Exit status: 0 done, 1 a run failed, 2 a usage or config error.",
+        formatter_class=HelpFormatter,
     )
+    add_version(p)
     p.add_argument("--estimators", nargs="*", default=[], help="estimators to compare (algorithm.adv_estimator values)")
     p.add_argument(
         "--arm",
         action="append",
         default=[],
         metavar="NAME=OVERRIDES",
-        help="an arm defined by Hydra overrides (repeatable)",
+        help="an arm defined by Hydra overrides (repeatable), e.g. nolen='g2rpo.length.enable=false'",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 0 1 2, or the profile's)")
     p.add_argument(
@@ -173,10 +203,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"g2rpo-compare: {err}", file=sys.stderr)
         return 2
     workdir = args.workdir.expanduser().resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     profile = PROFILES[args.profile] if args.profile else None
     if profile is not None:
         args.overrides = [*profile.overrides, *args.overrides]
+    problems = arm_problems(workdir, arms, args.overrides, args.config)
+    if problems:
+        for problem in problems:
+            print(f"g2rpo-compare: error: {problem}", file=sys.stderr)
+        print("g2rpo-compare: nothing was built, run or written; fix the arm(s) above", file=sys.stderr)
+        return 2
+    workdir.mkdir(parents=True, exist_ok=True)
     seeds = list(dict.fromkeys(args.seeds if args.seeds is not None else (profile.seeds if profile else (0, 1, 2))))
     plan = [(arm, seed, workdir / run_dir_name(arm.name, seed)) for seed in seeds for arm in arms]
     known = {run_dir_name(a.name, s) for a, s, _ in plan}

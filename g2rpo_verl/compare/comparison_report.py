@@ -386,7 +386,7 @@ def render_markdown(summary: Mapping, command: str | None = None) -> str:
         ]
     else:
         out += [
-            "Per-task gradient share: not measured in these runs (add `+g2rpo.diagnostics.grad_every=K` to log it).",
+            "Per-task gradient share: not measured in these runs (add `++g2rpo.diagnostics.grad_every=K` to log it).",
             "",
         ]
     out += ["## Runs", "", "| run | last step | validations | wall time |", "|---|---|---|---|"]

@@ -151,22 +151,35 @@ def _old_val_files(out: Path) -> set[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="g2rpo-data", description="Data tools of g2rpo-verl.")
+    from g2rpo_verl.cli import HelpFormatter, add_version
+
+    parser = argparse.ArgumentParser(
+        prog="g2rpo-data",
+        description="Data tools of g2rpo-verl.\nExit status: 0 written, 2 a usage or input error (nothing written).",
+        formatter_class=HelpFormatter,
+    )
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("convert", help="OneThinker / OpenVLThinker JSON -> verl parquet (train + per-task val)")
+    c = sub.add_parser(
+        "convert",
+        help="OneThinker / OpenVLThinker JSON -> verl parquet (train + per-task val)",
+        formatter_class=HelpFormatter,
+    )
     c.add_argument("--input", nargs="+", required=True, help="JSON array or JSON-lines files of training records")
     c.add_argument("--out", required=True, help="output directory")
     group = c.add_mutually_exclusive_group()
     group.add_argument("--val", nargs="+", help="validation records (instead of --val-fraction)")
-    group.add_argument("--val-fraction", type=float, default=0.02, help="held out per task (default 0.02)")
+    group.add_argument(
+        "--val-fraction", type=float, default=0.02, help="share of each task held out for validation (default 0.02)"
+    )
     c.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     c.add_argument(
         "--task-key", default=DEFAULT_TASK_KEY, help="task of the per-task validation files (extra_info key or column)"
     )
     c.add_argument("--image-root", help="base of relative image paths (default: each input file's directory)")
     c.add_argument("--embed-images", action="store_true", help="store image bytes in the parquet instead of paths")
-    c.add_argument("--min-pixels", type=int, default=3136)
-    c.add_argument("--max-pixels", type=int, default=1048576)
+    c.add_argument("--min-pixels", type=int, default=3136, help="lower pixel bound written with each image")
+    c.add_argument("--max-pixels", type=int, default=1048576, help="upper pixel bound written with each image")
     c.add_argument(
         "--preset",
         default=DEFAULT_PRESET,

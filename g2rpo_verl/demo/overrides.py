@@ -6,7 +6,8 @@ verl's stock ``ppo_trainer`` config and the CPU backend's overrides. A mapping w
 is not an identifier (``multiple choice``) is passed as one dict literal instead.
 
 Order of the final list (:func:`demo_overrides`), later wins per key: the CPU backend's
-overrides, the YAML, the work directory's paths, what the chosen estimator needs
+overrides, every key of the plugin's ``g2rpo`` section with its default
+(:func:`g2rpo_verl.config.g2rpo_defaults`, so ``g2rpo.<key>=<value>`` needs no ``+``), the YAML, the work directory's paths, what the chosen estimator needs
 (:func:`estimator_overrides`), then the user's command-line overrides.
 """
 
@@ -130,7 +131,16 @@ def demo_overrides(
     extra: Sequence[str] = (),
 ) -> list[str]:
     """Every override of a demo run, in precedence order (the user's last, see module docstring)."""
-    base = cpu_overrides() + flatten(load_config(config_path)) + path_overrides(workdir, model_dir, data) + list(extra)
+    from g2rpo_verl.config import g2rpo_defaults
+
+    plugin = flatten({"g2rpo": g2rpo_defaults()})
+    base = (
+        cpu_overrides()
+        + plugin
+        + flatten(load_config(config_path))
+        + path_overrides(workdir, model_dir, data)
+        + list(extra)
+    )
     base += estimator_overrides(override_value([*base, *user], "algorithm.adv_estimator"))
     return merge_overrides(base, user)
 

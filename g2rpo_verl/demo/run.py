@@ -143,16 +143,27 @@ def _next_run_index(logs: Path) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from g2rpo_verl.cli import HelpFormatter, add_version
+
     parser = argparse.ArgumentParser(
         prog="g2rpo-train",
         description=(
             "G²RPO end to end on CPU: a tiny local Qwen3-VL, generated visual tasks, the real "
             "verl.trainer.main_ppo, per-task validation and plots. Extra arguments are Hydra "
-            "overrides for verl (they win over configs/demo_cpu.yaml)."
+            "overrides for verl (they win over configs/demo_cpu.yaml).\n"
+            "Re-running the same command resumes from the last checkpoint in WORKDIR/checkpoints "
+            "(a finished run only redraws its plots); --rebuild starts over.\n"
+            "Exit status: 0 done, 1 the trainer failed, 2 a usage or config error (nothing built or "
+            "started), 130 interrupted (run again to resume)."
         ),
+        formatter_class=HelpFormatter,
     )
+    add_version(parser)
     parser.add_argument(
-        "--workdir", type=Path, default=Path("runs/demo"), help="everything goes here (default runs/demo)"
+        "--workdir",
+        type=Path,
+        default=Path("runs/demo"),
+        help="everything goes here, and a rerun resumes from here (default runs/demo)",
     )
     parser.add_argument("--config", type=Path, default=None, help="demo config YAML (default configs/demo_cpu.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="seed of model, warm start and data (when built)")
@@ -203,6 +214,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, g2rpo = check_run_config(overrides)
     except Exception as err:  # G2RPOConfigError, or Hydra's for an override that does not parse
         logger.error("%s", err)
+        logger.error("nothing was built or started; fix the override(s) and run the command again")
+        return 2
+    from g2rpo_verl.verl_hooks.checks import data_files
+
+    # files the demo does not build itself (a data.train_files / val_files override) must exist now
+    absent = [
+        f"{key}: {path} does not exist (fix the path, or drop the override to use the demo's own data)"
+        for key, path in data_files(config)
+        if not Path(path).is_file() and data_dir.resolve() not in Path(path).resolve().parents
+    ]
+    if absent:
+        for line in absent:
+            logger.error("%s", line)
         logger.error("nothing was built or started; fix the override(s) and run the command again")
         return 2
     model_dir, data = prepare(workdir, args.seed, args.rebuild, args.warm_start_steps)

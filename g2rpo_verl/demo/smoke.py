@@ -94,13 +94,21 @@ def _override_key(override: str) -> str:
 
 
 def merge_overrides(base: Sequence[str], extra: Sequence[str]) -> list[str]:
-    """``base`` then ``extra``, dropping every ``base`` entry whose key ``extra`` sets.
+    """``base`` then ``extra``, dropping the ``base`` entries of keys ``extra`` sets, but one.
 
-    Hydra already lets a later ``key=value`` win, but a repeated ``+key`` / ``++key`` is an error;
-    removing ours keeps the user's form (with or without ``+``) authoritative.
+    Kept: our ``++key=...`` when the user's is a plain ``key=value``: Hydra applies overrides in
+    order, so theirs wins, and ours puts the key into the config, so the plain form works for a
+    key verl's config lacks (every ``g2rpo.*`` key). Otherwise ours is removed (a repeated
+    ``+key`` / ``++key`` is an error), keeping the user's form authoritative.
     """
-    taken = {_override_key(o) for o in extra}
-    return [o for o in base if _override_key(o) not in taken] + list(extra)
+    prefixed = {_override_key(o) for o in extra if o[:1] in "+~"}
+    plain = {_override_key(o) for o in extra if o[:1] not in "+~"}
+
+    def kept(o: str) -> bool:
+        key = _override_key(o)
+        return key not in prefixed and (key not in plain or o.startswith("++"))
+
+    return [o for o in base if kept(o)] + list(extra)
 
 
 def trainer_command(overrides: Sequence[str]) -> list[str]:

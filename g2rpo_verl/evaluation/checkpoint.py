@@ -175,15 +175,45 @@ def export_checkpoint(actor: str | os.PathLike, target: str | os.PathLike, log=p
     return target
 
 
-def find_run_config(model: ModelSource) -> Path | None:
-    """The run's ``.hydra/config.yaml`` for a checkpoint, when it lies where the run can be traced.
+#: Where a run's Hydra config lies relative to a directory of the run (verl's main_ppo writes
+#: ``<hydra.run.dir>/.hydra/config.yaml``; the demo sets ``hydra.run.dir=<workdir>/hydra``).
+RUN_CONFIG_PLACES = (".hydra/config.yaml", "hydra/.hydra/config.yaml")
+#: Directories looked in above the model: the model's own and this many parents.
+RUN_CONFIG_LEVELS = 4
 
-    Looks in ``<dir>/.hydra`` and ``<dir>/hydra/.hydra`` for each ``dir`` from the checkpoint up
-    to four levels, and accepts a config only if its ``trainer.default_local_dir`` is the
-    checkpoint's root (so a stray config of another run is never picked). None for HF models.
+
+def find_run_config(model: ModelSource) -> Path | None:
+    """The run's ``.hydra/config.yaml`` for a checkpoint or an HF export, when the run can be traced.
+
+    Looks in :data:`RUN_CONFIG_PLACES` of the model's directory and each of its
+    :data:`RUN_CONFIG_LEVELS` parents. A checkpoint's config is accepted only if its
+    ``trainer.default_local_dir`` is the checkpoint's root; an HF directory's only if the run's
+    ``trainer.default_local_dir`` lies inside the directory the config was found in (the demo's
+    ``DIR/hf`` and ``DIR/model`` with ``DIR/checkpoints``; an export under ``global_step_N/hf``).
+    So a stray config of another run is never picked. None when nothing matches.
     """
-    if model.kind != "checkpoint":
-        return None
+    from omegaconf import OmegaConf
+
+    root = model.path.parent.parent if model.kind == "checkpoint" else None  # .../<root>/global_step_N/actor
+    here = model.path
+    for _ in range(RUN_CONFIG_LEVELS + 1):
+        for place in RUN_CONFIG_PLACES:
+            candidate = here / place
+            if not candidate.is_file():
+                continue
+            try:
+                local_dir = OmegaConf.load(candidate).trainer.default_local_dir
+            except Exception:
+                continue
+            if not local_dir:
+                continue
+            local = Path(str(local_dir)).expanduser().resolve()
+            if root is not None and local == root.resolve():
+                return candidate
+            if root is None and (local == here.resolve() or here.resolve() in local.parents):
+                return candidate
+        here = here.parent
+    return None
     from omegaconf import OmegaConf
 
     root = model.path.parent.parent  # .../<root>/global_step_N/actor

@@ -12,9 +12,12 @@
 or the checkpoint root); a checkpoint is merged with verl's model_merger into ``--export-dir``
 (default ``<global_step_N>/hf``, reused while the checkpoint is unchanged). The reward function,
 its kwargs, the data settings and the task key come from the run's config: ``--config``, else
-the ``.hydra/config.yaml`` found next to the checkpoint, else the project's defaults (said in
-every output). ``--max-new-tokens`` defaults to the run's ``data.max_response_length``.
-See docs/evaluation.md.
+the run's ``.hydra/config.yaml`` found next to the checkpoint or the HF export (the demo's
+``DIR/hf`` and ``DIR/model`` find ``DIR/hydra``); when none is found it refuses and says so —
+``--config defaults`` scores with the project's defaults on purpose. ``--max-new-tokens``
+defaults to the run's ``data.max_response_length``. Input errors (a missing file, a parquet
+without verl's columns) name the file and the column and stop before ``--out`` is created.
+Exit status: 0 done, 1 nothing evaluated, 2 a usage or input error. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -29,13 +32,22 @@ __all__ = ["main"]
 
 #: ``--max-new-tokens`` when neither the flag nor a run config gives one
 DEFAULT_MAX_NEW_TOKENS = 2048
+#: ``--config`` value that asks for the project's defaults instead of a run's config
+DEFAULTS = "defaults"
+#: Columns of verl's RL parquet the evaluation reads (the prompt column is ``data.prompt_key``).
+REQUIRED_COLUMNS = ("data_source", "reward_model")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from g2rpo_verl.cli import HelpFormatter, add_version
+
     p = argparse.ArgumentParser(
         prog="g2rpo-eval",
-        description="Evaluate an HF model or a verl checkpoint on verl parquet files, per task, scored by the training reward.",
+        description="Evaluate an HF model or a verl checkpoint on verl parquet files, per task, scored by the training reward.\n"
+        "Exit status: 0 done, 1 nothing evaluated, 2 a usage or input error.",
+        formatter_class=HelpFormatter,
     )
+    add_version(p)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument(
         "--model", help="HF model directory or verl checkpoint (global_step_N[/actor] or the checkpoint root)"
@@ -56,10 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output directory")
     p.add_argument("--n", type=int, default=1, help="responses per prompt (default 1; > 1 needs --temperature > 0)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (sampled decoding only)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's data.max_response_length")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (sampled decoding only)")
-    p.add_argument("--config", type=Path, default=None, help="the training run's config YAML (its .hydra/config.yaml)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="the training run's config YAML (its .hydra/config.yaml); default: found next to the model, else an "
+        f"error; '{DEFAULTS}' = the project's defaults on purpose",
+    )
     p.add_argument(
         "--backend",
         default="auto",
@@ -87,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.handoff:
             return _handoff(args)
         return _evaluate(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError) as err:  # each names the option or file
         print(f"g2rpo-eval: error: {err}", file=sys.stderr)
         return 2
 
@@ -131,8 +148,22 @@ def _evaluate(args) -> int:
     for d in data:
         read_rows(d)  # missing or non-parquet files fail here, before any model loads
     source = resolve_model(args.model)
-    config_path = args.config or find_run_config(source)
+    if args.config == DEFAULTS:
+        config_path = None
+    elif args.config is not None:
+        config_path = Path(args.config)
+    else:
+        config_path = find_run_config(source)
+        if config_path is None:
+            raise ValueError(
+                f"--model {args.model}: no run config found (looked for .hydra/config.yaml and "
+                "hydra/.hydra/config.yaml in it and 4 directories up, belonging to the run that wrote it); the "
+                "reward kwargs, max_response_length and task key come from it. Pass --config RUN/.hydra/config.yaml, "
+                f"or --config {DEFAULTS} to score with the project's defaults"
+            )
     run = load_run_config(config_path)
+    for d in data:
+        _check_columns(d, str(run.data.get("prompt_key") or "prompt"))
     described = run.describe()
     logging.info(
         "g2rpo-eval: reward %s:%s with kwargs %s (from %s)",
@@ -164,6 +195,20 @@ def _evaluate(args) -> int:
     metrics = evaluate(settings, args.out, overwrite=args.overwrite, progress=not args.no_progress, log=logging.info)
     print((Path(args.out) / "report.md").read_text())
     return 0 if metrics else 1
+
+
+def _check_columns(path: str, prompt_key: str) -> None:
+    """Raise ``ValueError`` naming ``path`` and the columns it lacks (before anything is written)."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    missing = [c for c in (prompt_key, *REQUIRED_COLUMNS) if c not in names]
+    if missing:
+        raise ValueError(
+            f"--data {path}: no column {', '.join(repr(c) for c in missing)} (it has {', '.join(names)}); "
+            "g2rpo-eval reads verl's RL parquet (prompt, data_source, reward_model.ground_truth), as "
+            "g2rpo-data convert writes it; nothing was written"
+        )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ It takes the same Hydra arguments as ``python -m verl.trainer.main_ppo`` (the la
     0); a Qwen3-VL *Instruct* model is asked for ``<thinking>``, which it writes, not
     ``<think>``, which it does not reliably write (Qwen3-VL #1663, EasyR1 #597).
 
-Exit status: 1 if any check failed, else 0 (warnings do not fail).
+Checks with nothing to check print ``[SKIP]`` and why. Exit status: 0 when no check failed
+(warnings do not fail), 1 if any did, 2 for a usage or config error (one line: the option or
+key and the fix).
 """
 
 from __future__ import annotations
@@ -50,11 +52,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from g2rpo_verl.config import DEFAULT_TASK_KEY
-from g2rpo_verl.estimators import plugin_estimators
+from g2rpo_verl.config import load_g2rpo_config
 from g2rpo_verl.launch.cluster_checks import CLUSTER_CHECKS, cluster_findings
 from g2rpo_verl.launch.vision import VisionFamily, detect_family, image_tokens, max_image_tokens
-from g2rpo_verl.verl_hooks.checks import config_problems, uses_project_reward
+from g2rpo_verl.verl_hooks.checks import config_problems, task_problems, uses_project_reward
 
 __all__ = [
     "Finding",
@@ -81,11 +82,11 @@ MAX_EXAMPLES = 3
 @dataclass
 class Finding:
     check: str
-    level: str  # "ok" | "warn" | "fail"
+    level: str  # "ok" | "warn" | "fail" | "skip" (nothing to check; the message says why)
     message: str
 
     def line(self) -> str:
-        tag = {"ok": "[ OK ]", "warn": "[WARN]", "fail": "[FAIL]"}[self.level]
+        tag = {"ok": "[ OK ]", "warn": "[WARN]", "fail": "[FAIL]", "skip": "[SKIP]"}[self.level]
         return f"{tag} {self.check}: {self.message}"
 
 
@@ -112,10 +113,14 @@ def check_config(config) -> list[Finding]:
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
+    from g2rpo_verl.verl_hooks.driver_checks import unwrapped
+
     try:
         with _quiet(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Disabled critic ..." for every critic-free estimator
-            validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+            unwrapped(validate_config)(
+                config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
+            )
     except Exception as err:  # each validator raises its own type; the message names the key
         return [Finding("config", "fail", f"{type(err).__name__}: {err}")]
     problems, _ = config_problems(config)
@@ -157,13 +162,22 @@ def check_gpus(config, available: float | None, source: str, cluster_wide: bool)
                     "fail",
                     f"{source} has {available:g} GPUs but {want} = {need}: verl would wait for resources or fail "
                     "('Total available GPUs ... is less than total desired GPUs'); start every node's Ray worker "
-                    "with --num-gpus, or lower trainer.nnodes / n_gpus_per_node",
+                    "with --num-gpus, or lower trainer.nnodes / n_gpus_per_node; checking from a machine without "
+                    "the GPUs: pass --gpus N (the count there) or --skip gpus",
                 )
             ]
         extra = f" ({available - need:g} unused)" if available > need else ""
         return [Finding("gpus", "ok", f"{source}: {available:g} GPUs for {want}{extra}")]
     if available < per_node:
-        return [Finding("gpus", "fail", f"{source} shows {available:g} GPUs but trainer.n_gpus_per_node={per_node}")]
+        return [
+            Finding(
+                "gpus",
+                "fail",
+                f"{source} shows {available:g} GPUs but trainer.n_gpus_per_node={per_node}: lower "
+                "trainer.n_gpus_per_node, or run the check on a GPU node; from another machine pass --gpus N "
+                "(the count there), --ray-address ADDR, or --skip gpus",
+            )
+        ]
     message = f"{source}: {available:g} GPUs ≥ trainer.n_gpus_per_node={per_node}"
     if nnodes > 1:
         return [
@@ -230,19 +244,23 @@ def scan_data(config, max_rows: int | None = None) -> tuple[list[Finding], DataS
 
     findings: list[Finding] = []
     summary = DataSummary()
+    try:
+        g2rpo = load_g2rpo_config(config)
+    except ValueError:
+        g2rpo = None  # reported by the config check, naming the key
     image_key = config.data.get("image_key", "images")
     prompt_key = config.data.get("prompt_key", "prompt")
-    task_key = str((config.get("g2rpo") or {}).get("task_key", DEFAULT_TASK_KEY))
-    needs_task = config.algorithm.adv_estimator in plugin_estimators()
     problems: list[str] = []
     for _split, key in (("train", "train_files"), ("val", "val_files")):
         files = _files(config.data.get(key))
         if not files:
-            problems.append(f"data.{key} is empty")
+            problems.append(f"data.{key} is empty: set it to the parquet file(s) of g2rpo-data convert")
         for name in files:
             path = Path(os.path.expanduser(name))
             if not path.is_file():
-                problems.append(f"data.{key}: {path} does not exist")
+                problems.append(
+                    f"data.{key}: {path} does not exist (fix the path, or write it with g2rpo-data convert)"
+                )
                 continue
             try:
                 table = pq.read_table(path)
@@ -252,11 +270,16 @@ def scan_data(config, max_rows: int | None = None) -> tuple[list[Finding], DataS
             columns = set(table.column_names)
             missing = [c for c in (prompt_key, *REQUIRED_COLUMNS[1:]) if c not in columns]
             if missing:
-                problems.append(f"{path} lacks the column(s) {missing} verl's RL dataset reads (has {sorted(columns)})")
+                problems.append(
+                    f"data.{key}: {path} lacks the column(s) {missing} verl's RL dataset reads (has "
+                    f"{sorted(columns)}); write it with g2rpo-data convert, or set data.prompt_key"
+                )
                 continue
             rows = table.slice(0, max_rows).to_pylist() if max_rows else table.to_pylist()
             summary.rows[str(path)] = table.num_rows
-            problems.extend(_check_rows(path, rows, prompt_key, image_key, task_key, needs_task, summary))
+            problems.extend(_check_rows(path, rows, prompt_key, image_key, summary))
+            if g2rpo is not None:
+                problems.extend(task_problems(config, g2rpo, str(path), max_rows))
     for problem in problems[: MAX_EXAMPLES * 4]:
         findings.append(Finding("data", "fail", problem))
     if len(problems) > MAX_EXAMPLES * 4:
@@ -269,18 +292,14 @@ def scan_data(config, max_rows: int | None = None) -> tuple[list[Finding], DataS
     return findings, summary
 
 
-def _check_rows(path, rows, prompt_key, image_key, task_key, needs_task, summary) -> list[str]:
+def _check_rows(path, rows, prompt_key, image_key, summary) -> list[str]:
     problems = []
     for i, row in enumerate(rows):
         extra = row.get("extra_info") or {}
         where = f"{path.name} row {i}" + (f" (problem_id={extra['problem_id']})" if extra.get("problem_id") else "")
         truth = (row.get("reward_model") or {}).get("ground_truth")
         if truth is None:
-            problems.append(f"{where}: reward_model.ground_truth is missing")
-        if needs_task and row.get(task_key) is None and extra.get(task_key) is None:
-            problems.append(
-                f"{where}: no '{task_key}' (g2rpo.task_key) in the columns or extra_info; gs_* needs each sample's task"
-            )
+            problems.append(f"{where}: reward_model.ground_truth is missing (the reward has nothing to score against)")
         text = _text_of(row.get(prompt_key))
         images = list(row.get(image_key) or [])
         if text.count("<image>") != len(images):
@@ -322,9 +341,11 @@ def _bounds(image) -> tuple[int | None, int | None]:
 def check_image_tokens(config, summary: DataSummary, family: VisionFamily | None) -> list[Finding]:
     """Image tokens + estimated text tokens of the longest prompt against data.max_prompt_length."""
     limit = int(config.data.max_prompt_length)
+    if not summary.samples:
+        return [Finding("image_tokens", "skip", "no data rows were read (see the data check): nothing to measure")]
     with_images = [s for s in summary.samples if s.images]
     if not with_images:
-        return [Finding("image_tokens", "ok", "no images in the data")]
+        return [Finding("image_tokens", "skip", f"none of the {len(summary.samples)} rows read has an image")]
     model = config.actor_rollout_ref.model.path
     if family is None:
         return [Finding("image_tokens", "warn", f"unknown vision family for model {model!r}: image budget not checked")]
@@ -394,7 +415,16 @@ def check_format_tags(config, summary: DataSummary) -> list[Finding]:
     reward's think tag at all.
     """
     if not uses_project_reward(config):
-        return [Finding("format_tags", "ok", "not the g2rpo reward function: format not checked")]
+        return [
+            Finding(
+                "format_tags",
+                "skip",
+                "reward.custom_reward_function.path is not the project's reward (pkg://g2rpo_verl.rewards): "
+                "its format is unknown",
+            )
+        ]
+    if not summary.samples:
+        return [Finding("format_tags", "skip", "no data rows were read (see the data check): no prompts to check")]
     from g2rpo_verl.rewards.settings import settings_from_kwargs
 
     settings = settings_from_kwargs(dict(config.reward.custom_reward_function.get("reward_kwargs") or {}))
@@ -487,48 +517,162 @@ def run_checks(
     return findings
 
 
-def load_config(config_path: str, config_name: str, overrides: Sequence[str]):
-    """Compose exactly as ``verl.trainer.main_ppo --config-path --config-name overrides`` does."""
+class ConfigInputError(ValueError):
+    """A ``--config-path`` / ``--config-name`` / override that does not compose; the message is one line."""
+
+
+def config_dir(config_path: str) -> str:
+    """``--config-path`` as verl's ``main_ppo`` reads it.
+
+    Hydra resolves a relative ``--config-path`` against the directory of the file declaring
+    ``@hydra.main`` (``verl/trainer/``), not the working directory; so does this. Raises
+    :class:`ConfigInputError` when the directory does not exist, saying where it looked.
+    """
+    from g2rpo_verl.verl_compat.api import verl_config_dir
+
+    path = os.path.expanduser(config_path)
+    if os.path.isabs(path):
+        resolved = path
+    else:
+        resolved = os.path.normpath(os.path.join(os.path.dirname(verl_config_dir()), path))
+    if not os.path.isdir(resolved):
+        hint = (
+            ""
+            if os.path.isabs(path)
+            else f": verl (Hydra) reads a relative --config-path from verl's own trainer directory, not from "
+            f"here; pass an absolute path, e.g. --config-path={os.path.abspath(path)}"
+        )
+        raise ConfigInputError(f"--config-path={config_path}: {resolved} is not a directory{hint}")
+    return resolved
+
+
+def _compose(directory: str, config_name: str, overrides: Sequence[str]):
     from hydra import compose, initialize_config_dir
 
-    overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
-    with initialize_config_dir(config_dir=os.path.abspath(config_path), version_base=None):
+    with initialize_config_dir(config_dir=directory, version_base=None):
         return compose(config_name=config_name, overrides=list(overrides))
 
 
+def _override_hint(directory: str, config_name: str, overrides: Sequence[str], key: str) -> str:
+    """``did you mean 'a.b.c'?`` from the keys next to ``key`` in the config composed without it."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    others = [o for o in overrides if o.lstrip("+~").partition("=")[0] != key]
+    try:
+        config = _compose(directory, config_name, others)
+    except Exception:
+        return ""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(config, parent) if parent else config
+    if key.startswith("g2rpo."):  # the plugin's own keys, whether or not this config lists them
+        from g2rpo_verl.config import g2rpo_defaults
+
+        node = OmegaConf.select(OmegaConf.create({"g2rpo": g2rpo_defaults()}), parent)
+    if not hasattr(node, "keys"):
+        return ""
+    guess = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1)
+    return f" did you mean '{parent + '.' if parent else ''}{guess[0]}'?" if guess else ""
+
+
+def load_config(config_path: str, config_name: str, overrides: Sequence[str]):
+    """Compose exactly as ``verl.trainer.main_ppo --config-path --config-name overrides`` does.
+
+    Raises :class:`ConfigInputError` (one line, naming the file or key and the fix) for a config
+    directory or name that does not exist and for an override that does not apply.
+    """
+    import re
+
+    from hydra.errors import HydraException, MissingConfigException
+
+    directory = config_dir(config_path)
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+    name = config_name.removesuffix(".yaml")
+    if not os.path.isfile(os.path.join(directory, f"{name}.yaml")):
+        import difflib
+
+        there = sorted(p.stem for p in Path(directory).glob("*.yaml"))
+        guess = difflib.get_close_matches(name, there, n=1)
+        hint = f"did you mean --config-name={guess[0]}? " if guess else ""
+        raise ConfigInputError(
+            f"--config-name={config_name}: no {name}.yaml in {directory}; {hint}(there: {', '.join(there) or 'none'})"
+        )
+    try:
+        return _compose(directory, name, overrides)
+    except MissingConfigException as err:
+        raise ConfigInputError(f"--config-name={config_name}: {str(err).splitlines()[0]}") from None
+    except HydraException as err:
+        text = str(err)
+        match = re.search(r"Could not override '([^']+)'", text)
+        if match:
+            key = match.group(1)
+            hint = _override_hint(directory, name, overrides, key)
+            raise ConfigInputError(
+                f"override {key}=...: {key} is not a key of {name}.yaml;{hint} (to add a new key on purpose "
+                f"write +{key}=...)"
+            ) from None
+        match = re.search(r"Could not append to config. An item is already at '([^']+)'", text)
+        if match:
+            key = match.group(1)
+            raise ConfigInputError(f"override +{key}=...: {key} is already in {name}.yaml; drop the '+'") from None
+        raise ConfigInputError(" ".join(text.split())) from None
+
+
 def _parser() -> argparse.ArgumentParser:
+    from g2rpo_verl.cli import HelpFormatter, add_version
+
     parser = argparse.ArgumentParser(
         prog="g2rpo-preflight",
-        description="Check a verl + g2rpo config, its data and the cluster before a long run.",
+        description="Check a verl + g2rpo config, its data and the cluster before a long run.\n"
+        "Exit status: 0 every check passed (warnings allowed), 1 a check failed, 2 a usage or config error.",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--config-path", required=True, help="directory of the config (as for verl's main_ppo)")
-    parser.add_argument("--config-name", required=True)
+    parser.add_argument(
+        "--config-path",
+        required=True,
+        help="directory of the config, as for verl's main_ppo (absolute; a relative one is read from verl/trainer/)",
+    )
+    parser.add_argument("--config-name", required=True, help="the config file's name, without .yaml")
     parser.add_argument("--gpus", type=float, help="GPUs available in total (skips detection)")
     parser.add_argument(
-        "--ray-address", default=os.environ.get("RAY_ADDRESS"), help="count the GPUs of this Ray cluster"
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="count the GPUs of this Ray cluster (default: $RAY_ADDRESS; unset: this node's CUDA devices)",
     )
-    parser.add_argument("--skip", default="", help=f"comma-separated checks to skip: {','.join(CHECKS)}")
+    parser.add_argument("--skip", default="", help=f"comma-separated checks to skip, of: {','.join(CHECKS)}")
     parser.add_argument("--max-rows", type=int, help="rows read per data file (default: all)")
     parser.add_argument("--gpu-memory-gib", type=float, help="memory of one GPU (default: this node's GPU 0)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as given to verl")
-    return parser
+    return add_version(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    config = load_config(args.config_path, args.config_name, args.overrides)
+    from g2rpo_verl.cli import FAILED, OK, USAGE
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    skip = [s for s in args.skip.split(",") if s]
+    unknown = sorted(set(skip) - set(CHECKS))
+    if unknown:
+        parser.error(f"--skip {','.join(unknown)}: no such check; the checks are {','.join(CHECKS)}")
+    try:
+        config = load_config(args.config_path, args.config_name, args.overrides)
+    except ConfigInputError as err:
+        print(f"g2rpo-preflight: error: {err}", file=sys.stderr)
+        return USAGE
     if args.gpus is not None:
         gpus = lambda: (args.gpus, "--gpus", True)  # noqa: E731
     else:
         gpus = lambda: detect_gpus(args.ray_address)  # noqa: E731
-    skip = [s for s in args.skip.split(",") if s]
     findings = run_checks(config, gpus=gpus, skip=skip, max_rows=args.max_rows, gpu_memory_gib=args.gpu_memory_gib)
     for finding in findings:
         print(finding.line())
     failed = sum(f.level == "fail" for f in findings)
     warned = sum(f.level == "warn" for f in findings)
-    print(f"g2rpo-preflight: {failed} failed, {warned} warning(s)")
-    return 1 if failed else 0
+    skipped = sum(f.level == "skip" for f in findings)
+    print(f"g2rpo-preflight: {failed} failed, {warned} warning(s), {skipped} skipped")
+    return FAILED if failed else OK
 
 
 if __name__ == "__main__":

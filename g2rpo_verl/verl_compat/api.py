@@ -31,6 +31,8 @@ __all__ = [
     "MODULE_CORE_ALGOS",
     "MODULE_TRAINERS_V1",
     "MODULE_TRAINER_V0",
+    "MODULE_VERL_CONFIG",
+    "VALIDATE_CONFIG",
     "adv_estimator_registry",
     "trainer_registry",
     "actor_dp_size",
@@ -106,6 +108,14 @@ MODULE_TRAINERS_V1 = "verl.trainer.ppo.v1"
 #: The deprecated V0 trainer's module (``RayPPOTrainer``): the plugin puts a guard in front of
 #: the class that refuses gs_* before any worker starts.
 MODULE_TRAINER_V0 = "verl.trainer.ppo.ray_trainer"
+
+
+#: Holds ``validate_config(config, use_reference_policy, use_critic)``, which verl's drivers
+#: (``main_ppo.main``, ``main_ppo_v0``, ``one_step_off_policy.main_ppo``) import by name and call
+#: on the composed config before ``ray.init``; the plugin wraps it so its own checks run there
+#: first (``verl.utils`` re-exports it: both names are wrapped).
+MODULE_VERL_CONFIG = "verl.utils.config"
+VALIDATE_CONFIG = "validate_config"
 
 
 def adv_estimator_registry() -> dict:
@@ -267,6 +277,8 @@ PRIVATE_SYMBOLS = {
     "verl.trainer.ppo.core_algos.ADV_ESTIMATOR_REGISTRY": "estimator names (did you mean), check_registered",
     "verl.trainer.ppo.v1.trainer_base.TRAINER_REGISTRY": "the trainer mixin is put in front of every V1 trainer",
     "verl.trainer.ppo.ray_trainer.RayPPOTrainer.__init__(config, ...)": "V0 guard: gs_* refused before workers",
+    "verl.utils.config.validate_config(config, use_reference_policy, use_critic), imported by name by "
+    "verl.trainer.main_ppo and called before ray.init": "the plugin's config and data checks in verl's driver (verl_hooks/driver_checks.py)",
     "PPOTrainer._build_replay_buffer / _compute_advantage / _update_actor": "trainer mixins (call verl's own)",
     "PPOTrainer._save_checkpoint / _load_checkpoint / on_init_end / __init__": "trainer mixins (call verl's own)",
     "PPOTrainer.global_steps / tokenizer / actor_rollout_wg / distillation_config": "attributes read by the mixins",

@@ -16,6 +16,9 @@ touches the trainer (a rollout server, a reward worker) does not pay for importi
 * ``verl.workers.engine.fsdp.transformer_impl`` -> the FSDP engine's ``train_batch`` runs the
   per-task gradient diagnostics first when the actor update asks for them (a pass-through
   otherwise; :mod:`~g2rpo_verl.verl_hooks.grad_diagnostics`);
+* ``verl.utils.config`` -> its ``validate_config``, which verl's ``main_ppo`` calls in the
+  driver before Ray starts, runs the plugin's config and data checks first
+  (:mod:`~g2rpo_verl.verl_hooks.driver_checks`);
 * with ``VERL_PLATFORM=cpu``: the CPU platform and ``hf`` rollout (``g2rpo_verl.cpu``).
 
 Before any of it, :func:`g2rpo_verl.verl_compat.api.check_verl_version` refuses a verl outside the
@@ -39,6 +42,7 @@ from g2rpo_verl.verl_compat.api import (
     MODULE_FSDP_ENGINE,
     MODULE_TRAINER_V0,
     MODULE_TRAINERS_V1,
+    MODULE_VERL_CONFIG,
     check_verl_version,
     trainer_registry,
 )
@@ -73,6 +77,20 @@ def _install_engine_hook(module: ModuleType) -> None:
         install_engine_hook(module)
     except Exception:
         logger.exception("g2rpo_verl: could not wrap %s's engine; refusing to run without the plugin", module.__name__)
+        raise
+
+
+def _install_driver_checks(module: ModuleType) -> None:
+    if _VERSION_ERROR is not None:
+        return  # the hooked trainer imports raise it; this module is imported during `import verl`
+    from g2rpo_verl.verl_hooks.driver_checks import install
+
+    try:
+        install(module)
+    except Exception:
+        logger.exception(
+            "g2rpo_verl: could not wrap %s.validate_config; refusing to run without the plugin", module.__name__
+        )
         raise
 
 
@@ -155,6 +173,8 @@ def register_all() -> None:
         module = sys.modules.get(name)
         if module is not None and getattr(module, "__spec__", None) is not None:
             _run_hook(name, module)  # imported before the plugin: register now
+    # last: verl.utils.config is already imported when the plugin loads, so this runs at once
+    register_post_import_hook(_install_driver_checks, MODULE_VERL_CONFIG)
 
 
 def check_registered() -> None:

@@ -9,6 +9,11 @@
   ``g2rpo-preflight`` (its ``config`` check).
 
 It collects every problem it finds and raises one :class:`G2RPOConfigError` naming each key.
+
+:func:`data_problems` (the data files exist; every row has its task and a task the reward can
+score, :func:`task_problems`) runs with it in verl's driver process, before Ray starts
+(:func:`check_driver_config`, called from verl's own ``validate_config``), in ``g2rpo-train``
+and in ``g2rpo-preflight``'s ``data`` check.
 """
 
 from __future__ import annotations
@@ -20,7 +25,18 @@ from typing import Any
 from g2rpo_verl.config import G2RPOConfig, load_filter_band, load_g2rpo_config
 from g2rpo_verl.estimators import component_estimators, estimator_spec, plugin_estimators
 
-__all__ = ["G2RPOConfigError", "validate_run_config", "config_problems", "estimator_problem", "uses_project_reward"]
+__all__ = [
+    "G2RPOConfigError",
+    "validate_run_config",
+    "config_problems",
+    "estimator_problem",
+    "uses_project_reward",
+    "data_files",
+    "data_problems",
+    "task_problems",
+    "needs_task",
+    "check_driver_config",
+]
 
 #: ``reward.custom_reward_function.path`` values that select the project's reward function.
 PROJECT_REWARD_PATHS = ("pkg://g2rpo_verl.rewards", "pkg://g2rpo_verl.rewards.compute_score")
@@ -232,3 +248,211 @@ def validate_run_config(
         raise G2RPOConfigError(problems)
     assert g2rpo is not None
     return g2rpo
+
+
+# ------------------------------------------------------------------------------------------------
+# data: the files exist, every row has its task, the reward can score every task
+# ------------------------------------------------------------------------------------------------
+#: The config keys of verl's data files, in the order they are checked.
+DATA_FILE_KEYS = ("data.train_files", "data.val_files")
+#: URL schemes verl copies to local disk itself (``copy_to_local``): not checked here.
+_REMOTE = ("hdfs://", "s3://", "gs://", "http://", "https://")
+#: Reward-dict key that carries the project's reward's problem type (rewards/__init__.py).
+_REWARD_TASK_KEY = "problem_type"
+
+
+def data_files(config: Any) -> list[tuple[str, str]]:
+    """``(key, path)`` of every local data file of ``data.train_files`` / ``data.val_files`` (``~`` expanded)."""
+    import os
+
+    out = []
+    for key in DATA_FILE_KEYS:
+        value = _get(config, key, None)
+        if value is None:
+            continue
+        for name in [value] if isinstance(value, str) else list(value):
+            name = str(name)
+            if not name.startswith(_REMOTE):
+                out.append((key, os.path.expanduser(name)))
+    return out
+
+
+def needs_task(config: Any, g2rpo: G2RPOConfig) -> bool:
+    """True when something the run does groups samples by ``g2rpo.task_key``."""
+    estimator = str(_get(config, "algorithm.adv_estimator", "gae"))
+    return (
+        estimator in plugin_estimators()
+        or g2rpo.length.enable
+        or g2rpo.entropy.enable
+        or g2rpo.loss_agg.task_mean
+        or g2rpo.diagnostics.grad_every > 0
+    )
+
+
+def data_problems(config: Any, g2rpo: G2RPOConfig, max_rows: int | None = None) -> list[str]:
+    """Missing data files (naming their key), then :func:`task_problems` of each file that exists."""
+    import os
+
+    problems = []
+    for key in DATA_FILE_KEYS:
+        if not _get(config, key, None):
+            problems.append(f"{key} is empty: set it to the parquet file(s) of g2rpo-data convert")
+    for key, path in data_files(config):
+        if not os.path.isfile(path):
+            problems.append(f"{key}: {path} does not exist (fix the path, or write it with g2rpo-data convert)")
+    if problems:
+        return problems
+    for _key, path in data_files(config):
+        problems += task_problems(config, g2rpo, path, max_rows)
+    return problems
+
+
+def _flat(table, column: str, field: str | None = None) -> list | None:
+    """``table[column]`` (or its struct field ``field``) as a Python list; ``None`` if absent."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if column not in table.column_names:
+        return None
+    array = table[column].combine_chunks()
+    if field is None:
+        return array.to_pylist()
+    if pa.types.is_struct(array.type):
+        if array.type.get_field_index(field) < 0:
+            return None
+        return pc.struct_field(array, field).to_pylist()
+    return [(v or {}).get(field) if isinstance(v, dict) else None for v in array.to_pylist()]
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value)
+
+
+def _row(path: str, i: int, ids: list | None) -> str:
+    import os
+
+    pid = ids[i] if ids is not None and ids[i] is not None else None
+    return f"{os.path.basename(path)} row {i}" + (f" (problem_id={pid})" if pid is not None else "")
+
+
+def task_problems(config: Any, g2rpo: G2RPOConfig, path: str, max_rows: int | None = None) -> list[str]:
+    """What would put a row of ``path`` in the wrong task, or score it with the wrong rule.
+
+    At most one message per kind, naming ``g2rpo.task_key``, the file, the first offending row
+    and how many rows share the problem, with the fix:
+
+    * a row without the task key (not a column, not in ``extra_info``) when the run groups by
+      task (:func:`needs_task`): verl's default reward gives no task at all; the project's
+      reward would put it into its ``default_problem_type`` (``free-form``), a wrong grouping
+      — unless the row's ``data_source`` names a problem type, ``reward_kwargs`` sets
+      ``default_problem_type`` or ``problem_type_map`` for it, or ``g2rpo.allow_task_fallback=true``.
+      A custom reward function may return the key itself, so nothing is checked then.
+    * with the project's reward: a problem type it has no scorer for (it would be scored as
+      free-form), unless ``g2rpo.allow_task_fallback=true``.
+
+    Reads only the ``data_source``, ``extra_info`` and task-key columns; ``max_rows`` limits the rows.
+    """
+    import pyarrow.parquet as pq
+
+    key = g2rpo.task_key
+    schema = pq.read_schema(path)
+    columns = [c for c in dict.fromkeys(("data_source", "extra_info", key)) if c in schema.names]
+    table = pq.read_table(path, columns=columns)
+    if max_rows:
+        table = table.slice(0, max_rows)
+    n = table.num_rows
+    values = _flat(table, key) if key in schema.names else _flat(table, "extra_info", key)
+    values = values if values is not None else [None] * n
+    sources = _flat(table, "data_source") or [None] * n
+    ids = _flat(table, "extra_info", "problem_id")
+    project = uses_project_reward(config)
+    settings = None
+    if project:
+        from g2rpo_verl.rewards import resolve_problem_type
+        from g2rpo_verl.rewards.accuracy import PROBLEM_TYPES, canonical_problem_type
+        from g2rpo_verl.rewards.settings import settings_from_kwargs
+
+        kwargs = dict(_get(config, "reward.custom_reward_function.reward_kwargs", None) or {})
+        try:
+            settings = settings_from_kwargs(kwargs)
+        except (TypeError, ValueError):
+            return []  # reported by config_problems, naming reward_kwargs
+    problems = []
+    missing = [i for i, v in enumerate(values) if _blank(v)]
+    if missing and needs_task(config, g2rpo):
+        custom = bool(_get(config, "reward.custom_reward_function.path", None))
+        if project and key == _REWARD_TASK_KEY:
+            explicit = "default_problem_type" in kwargs or g2rpo.allow_task_fallback
+            defaulted = [
+                i
+                for i in missing
+                if not explicit
+                and sources[i] not in settings.problem_type_map
+                and not canonical_problem_type(str(sources[i]) if sources[i] is not None else None)
+            ]
+            missing = defaulted
+            fallback = (
+                f"the reward would give them its default problem type {settings.default_problem_type!r}, so every "
+                "such row lands in one task whatever it is"
+            )
+        elif custom and not project:
+            missing = []  # a custom reward may return the key in its dict: resolved per step
+            fallback = ""
+        else:
+            fallback = "no reward dict carries it either, so the first training step would stop"
+        if missing:
+            i = missing[0]
+            known = sorted({c for c in schema.names} | set(_extra_keys(table)))
+            guess = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+            hint = f"did you mean g2rpo.task_key={guess[0]}? " if guess else ""
+            problems.append(
+                f"g2rpo.task_key={key!r}: {_row(path, i, ids)} has no {key!r} (not a column, not in extra_info), "
+                f"nor do {len(missing) - 1} more of its {n} rows; {fallback}. {hint}Fix: add {key!r} to every row "
+                f"(g2rpo-data convert writes extra_info.{_REWARD_TASK_KEY}), set g2rpo.task_key to a field every row "
+                f"has (columns and extra_info keys: {', '.join(known)})"
+                + (", or opt in with g2rpo.allow_task_fallback=true" if project and key == _REWARD_TASK_KEY else "")
+            )
+    if project and not g2rpo.allow_task_fallback:
+        extras = _flat(table, "extra_info", _REWARD_TASK_KEY) or [None] * n
+        resolved: dict[tuple, str] = {}
+        unknown = []
+        for i in range(n):
+            pair = (extras[i], sources[i])
+            if pair not in resolved:
+                resolved[pair] = resolve_problem_type(sources[i], {_REWARD_TASK_KEY: extras[i]}, settings)
+            if resolved[pair] not in PROBLEM_TYPES:
+                unknown.append(i)
+        if unknown:
+            i = unknown[0]
+            name = resolved[(extras[i], sources[i])]
+            guess = difflib.get_close_matches(name, PROBLEM_TYPES, n=1, cutoff=0.5)
+            hint = f"did you mean {guess[0]!r}? " if guess else ""
+            problems.append(
+                f"{_row(path, i, ids)}: problem type {name!r} (extra_info.{_REWARD_TASK_KEY}, data_source "
+                f"{sources[i]!r}) has no scorer in the reward, nor do {len(unknown) - 1} more of its {n} rows; the "
+                f"reward would score them as free-form. {hint}Fix: use one of {', '.join(PROBLEM_TYPES)}, map it with "
+                "reward.custom_reward_function.reward_kwargs.problem_type_map, or opt in with "
+                "g2rpo.allow_task_fallback=true"
+            )
+    return problems
+
+
+def _extra_keys(table) -> list[str]:
+    import pyarrow as pa
+
+    if "extra_info" not in table.column_names:
+        return []
+    kind = table.schema.field("extra_info").type
+    return [kind.field(j).name for j in range(kind.num_fields)] if pa.types.is_struct(kind) else []
+
+
+def check_driver_config(config: Any) -> None:
+    """Everything the plugin checks, in verl's driver before Ray starts: raises :class:`G2RPOConfigError`.
+
+    :func:`config_problems` and, when the ``g2rpo`` section loads, :func:`data_problems`.
+    """
+    problems, g2rpo = config_problems(config)
+    if g2rpo is not None:
+        problems += data_problems(config, g2rpo)
+    if problems:
+        raise G2RPOConfigError(problems)

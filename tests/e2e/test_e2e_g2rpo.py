@@ -49,16 +49,16 @@ ENTROPY_SHAPING_OVERRIDES = [
     [
         # default task key: problem_type; per-task gradient diagnostics every step; the
         # reference's online group filtering (band on verl's own replay buffer)
-        ("gs_grpo", ["+g2rpo.diagnostics.grad_every=1", *FILTER_OVERRIDES], PROBLEM_TYPES),
+        ("gs_grpo", ["++g2rpo.diagnostics.grad_every=1", *FILTER_OVERRIDES], PROBLEM_TYPES),
         # data_source as task key; length as a fourth GS-GDPO component; the exact-entropy
         # shaping in verl's loss with the KL loss on, over shuffled mini-batches
         (
             "gs_gdpo",
             [
-                "+g2rpo.task_key=data_source",
+                "++g2rpo.task_key=data_source",
                 "+algorithm.gdpo_reward_keys=[accuracy,format,structure,length]",
-                "+g2rpo.length.enable=true",
-                "+g2rpo.length.mode=component",
+                "++g2rpo.length.enable=true",
+                "++g2rpo.length.mode=component",
                 *ENTROPY_SHAPING_OVERRIDES,
             ],
             list(TOY_TASKS),
@@ -71,7 +71,7 @@ ENTROPY_SHAPING_OVERRIDES = [
             [
                 "reward.custom_reward_function.path=pkg://g2rpo_verl.rewards",
                 "++g2rpo.loss_agg.mode=task_mean",
-                "+g2rpo.diagnostics.grad_every=1",
+                "++g2rpo.diagnostics.grad_every=1",
             ],
             PROBLEM_TYPES,
         ),
@@ -111,12 +111,12 @@ def test_real_verl_run_logs_per_task_metrics_from_the_estimator(tmp_path, estima
                 assert math.isfinite(data[task_metric(task, name)]), name
             if estimator == "grpo":
                 assert data[task_metric(task, "reward/reward_failure")] == 0.0
-            if "+g2rpo.length.enable=true" in extra:
+            if "++g2rpo.length.enable=true" in extra:
                 assert 0 <= data[task_metric(task, "length/score")] <= 1
         # every sample of the step was assigned to one of the toy tasks, under the chosen key
         assert counted == prompts * rollouts, sorted(k for k in data if k.startswith("task_"))
         present = [t for t in tasks if task_metric(t, "count") in data]
-        if "+g2rpo.diagnostics.grad_every=1" in extra:
+        if "++g2rpo.diagnostics.grad_every=1" in extra:
             check_grad_diagnostics(data, present)
         else:
             assert not any("/grad/" in k or k.startswith("grad/") for k in data)

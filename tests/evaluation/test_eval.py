@@ -382,7 +382,8 @@ def test_vllm_asked_for_but_missing_fails_before_any_model_loads(tiny_demo, tmp_
     loaded = []
     monkeypatch.setattr("g2rpo_verl.cpu.hf_generation.load_hf_model", lambda *a, **k: loaded.append(a))
     out = tmp_path / "o"
-    code = cli.main(["--model", str(model), "--data", str(data.val_files[0]), "--out", str(out), "--backend", "vllm"])
+    argv = ["--model", str(model), "--data", str(data.val_files[0]), "--out", str(out), "--backend", "vllm"]
+    code = cli.main([*argv, "--config", "defaults"])
     assert code == 2 and "--backend vllm: vllm is not installed" in capsys.readouterr().err
     assert not loaded and not out.exists()
 
@@ -403,6 +404,8 @@ def test_cli_evaluates_and_compares(tiny_eval, tmp_path, capsys):
             "--no-progress",
             "--limit",
             "2",
+            "--config",
+            "defaults",  # a bare HF model: no run config to find, the project's defaults on purpose
         ]
     )
     assert code == 0 and "## Per task" in capsys.readouterr().out

@@ -268,7 +268,7 @@ def test_entropy_memory_eager_warns_naming_the_keys_compiled_passes():
     assert ok.level == "ok" and "5.8 GiB per GPU" in ok.message
     padded = cc.check_entropy_memory(config("actor_rollout_ref.model.use_remove_padding=false"), H100, SHAPE)
     assert levels(padded) == ["warn"] and "use_remove_padding=false" in padded[0].message
-    sampled = cc.check_entropy_memory(config("+g2rpo.entropy.estimator=sampled"), H100, SHAPE)
+    sampled = cc.check_entropy_memory(config("++g2rpo.entropy.estimator=sampled"), H100, SHAPE)
     assert levels(sampled) == ["ok"] and "not used" in sampled[0].message
 
 

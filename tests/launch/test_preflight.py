@@ -77,7 +77,7 @@ def test_family_from_a_local_config_json(tmp_path):
 # --- config --------------------------------------------------------------------------------
 def test_config_check(data_dir):
     assert levels(check_config(config(data_dir))) == [("config", "ok")]
-    bad = check_config(config(data_dir, "+g2rpo.entropy.betta=1"))
+    bad = check_config(config(data_dir, "++g2rpo.entropy.betta=1"))
     assert levels(bad) == [("config", "fail")] and "betta" in bad[0].message
     bad = check_config(config(data_dir, "trainer.v1.sampler.sampler_kwargs.filter_band.low=0.999"))
     assert "filter_band needs finite low < high" in bad[0].message
@@ -130,10 +130,16 @@ def test_data_check_failures(data_dir, tmp_path):
     fails = only(findings, "fail")
     assert any("row 0 (problem_id=chart-0001): images[0] file not found" in m for m in fails)
     assert any("row 1 (problem_id=ground-0001): 0 <image> placeholder(s) for 1 image(s)" in m for m in fails)
-    assert any("row 2 (problem_id=ocr-0001): no 'problem_type' (g2rpo.task_key)" in m for m in fails)
-    # verl's grpo needs no task key
+    assert any("g2rpo.task_key='problem_type': broken.parquet row 2 (problem_id=ocr-0001) has no" in m for m in fails)
+    # verl's grpo without the task-level shaping groups nothing by task: no task key needed
     findings, _ = scan_data(
-        config(data_dir, f"data.train_files={tmp_path / 'broken.parquet'}", "algorithm.adv_estimator=grpo")
+        config(
+            data_dir,
+            f"data.train_files={tmp_path / 'broken.parquet'}",
+            "algorithm.adv_estimator=grpo",
+            "g2rpo.length.enable=false",
+            "g2rpo.entropy.enable=false",
+        )
     )
     assert not any("task_key" in m for m in only(findings, "fail"))
 
