@@ -31,6 +31,7 @@ from g2rpo_verl.config import DEFAULT_TASK_KEY
 from g2rpo_verl.data.onethinker import DEFAULT_PRESET, ConvertOptions, RecordError, convert_record
 from g2rpo_verl.data.writer import split_per_task, task_file_name, write_outputs
 from g2rpo_verl.rewards.settings import CHOICES
+from g2rpo_verl.task_lookup import task_values
 
 __all__ = ["main", "load_records", "convert"]
 
@@ -82,10 +83,11 @@ def _convert_all(paths: Sequence[Path], split: str, args, errors: list[str]) -> 
 
 
 def _task_of(task_key: str):
-    def task(row: dict[str, Any]) -> str:
-        if task_key in row and not isinstance(row[task_key], (dict, list)):
-            return str(row[task_key])
-        return str(row["extra_info"].get(task_key))
+    """A converted row's task under ``--task-key`` (the lookup the trainer makes, one row at a time)."""
+
+    def task(row: dict[str, Any]) -> str | None:
+        (value,) = task_values(task_key, {task_key: [row.get(task_key)]}, [row.get("extra_info")])
+        return None if value is None else str(value)
 
     return task
 
@@ -104,6 +106,16 @@ def convert(args: argparse.Namespace) -> int:
         )
         return 2
     task_of = _task_of(args.task_key)
+    untasked = [r for r in [*train, *val] if task_of(r) is None]
+    if untasked:
+        first = (untasked[0].get("extra_info") or {}).get("problem_id")
+        print(
+            f"g2rpo-data: --task-key {args.task_key!r}: {len(untasked)} converted record(s) have no such column or "
+            f"extra_info field (first: problem_id={first!r}); pick a field every record has (default "
+            f"{DEFAULT_TASK_KEY!r}); nothing written",
+            file=sys.stderr,
+        )
+        return 2
     if not args.val:
         train, val = split_per_task(train, task_of, args.val_fraction, args.seed)
         for row in val:

@@ -24,6 +24,7 @@ from typing import Any
 
 from g2rpo_verl.config import G2RPOConfig, load_filter_band, load_g2rpo_config
 from g2rpo_verl.estimators import component_estimators, estimator_spec, plugin_estimators
+from g2rpo_verl.task_lookup import is_blank, task_values
 
 __all__ = [
     "G2RPOConfigError",
@@ -324,10 +325,6 @@ def _flat(table, column: str, field: str | None = None) -> list | None:
     return [(v or {}).get(field) if isinstance(v, dict) else None for v in array.to_pylist()]
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value)
-
-
 def _row(path: str, i: int, ids: list | None) -> str:
     import os
 
@@ -361,8 +358,8 @@ def task_problems(config: Any, g2rpo: G2RPOConfig, path: str, max_rows: int | No
     if max_rows:
         table = table.slice(0, max_rows)
     n = table.num_rows
-    values = _flat(table, key) if key in schema.names else _flat(table, "extra_info", key)
-    values = values if values is not None else [None] * n
+    own = {key: _flat(table, key)} if key in table.column_names else {}
+    values = task_values(key, own, _flat(table, "extra_info") or [None] * n)
     sources = _flat(table, "data_source") or [None] * n
     ids = _flat(table, "extra_info", "problem_id")
     project = uses_project_reward(config)
@@ -378,7 +375,7 @@ def task_problems(config: Any, g2rpo: G2RPOConfig, path: str, max_rows: int | No
         except (TypeError, ValueError):
             return []  # reported by config_problems, naming reward_kwargs
     problems = []
-    missing = [i for i, v in enumerate(values) if _blank(v)]
+    missing = [i for i, v in enumerate(values) if is_blank(v)]
     if missing and needs_task(config, g2rpo):
         custom = bool(_get(config, "reward.custom_reward_function.path", None))
         if project and key == _REWARD_TASK_KEY:

@@ -12,7 +12,6 @@ arguments; this module imports nothing from the rest of :mod:`g2rpo_verl.verl_ho
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from g2rpo_verl.task_lookup import task_values
 from g2rpo_verl.verl_compat.api import TQ
 
 __all__ = [
@@ -44,21 +44,13 @@ def resolve_task_keys(
     extra_infos: Sequence[Mapping | None],
     reward_infos: Sequence[Mapping | None],
 ) -> list[str]:
-    """Each sample's task: ``columns[task_key]``, else ``extra_info[task_key]``, else the reward dict's.
+    """Each sample's task (:func:`g2rpo_verl.task_lookup.task_values`) as a string.
 
     Raises ``ValueError`` naming the key, the first sample lacking it and where it looked.
     """
     n = len(extra_infos)
-    if task_key in columns:
-        values = list(columns[task_key])
-    else:
-        values = [None] * n
-        for i in range(n):
-            for source in (extra_infos[i], reward_infos[i]):
-                if isinstance(source, Mapping) and source.get(task_key) is not None:
-                    values[i] = source[task_key]
-                    break
-    missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and math.isnan(v))]
+    values = task_values(task_key, columns, extra_infos, reward_infos)
+    missing = [i for i, v in enumerate(values) if v is None]
     if missing:
         i = missing[0]
         ds = columns.get("data_source", [None] * n)[i]

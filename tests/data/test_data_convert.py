@@ -273,3 +273,11 @@ def test_stale_task_files_of_an_earlier_conversion_are_removed(tmp_path):
     assert main([*args, "--val", str(tmp_val)]) == 0
     assert not (out / "val_OCR.parquet").exists() and (out / "val_numerical.parquet").exists()
     assert val.exists()
+
+
+def test_cli_a_task_key_no_record_has_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["convert", "--input", str(SAMPLE / "train.json"), "--task-key", "task_typ", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--task-key 'task_typ'" in err and "problem_id=" in err and "nothing written" in err
+    assert not out.exists()
