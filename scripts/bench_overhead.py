@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -237,9 +238,10 @@ def memory_tq(store: MemoryTQ):
 # ------------------------------------------------------------------ trainer side
 
 
-def production_config(name: str, n_samples: int, overrides: list[str] = ()):
+@functools.cache
+def production_config(name: str, n_samples: int, overrides: tuple[str, ...] = ()):
     """``configs/<name>.yaml`` composed as ``main_ppo`` does, scaled to ``n_samples`` rows per step
-    (the recipe's 4 actor mini-batches per step kept)."""
+    (the recipe's 4 actor mini-batches per step kept). Cached: the trainers only read it."""
     from hydra import compose, initialize_config_dir
 
     prompts = n_samples // ROLLOUTS
@@ -296,6 +298,7 @@ class TrainerTiming:
     samples: int
     tokens: int
     seconds: dict = field(default_factory=dict)  # arm -> median wall seconds
+    cpu_seconds: dict = field(default_factory=dict)  # arm -> median process CPU seconds
     tq_seconds: dict = field(default_factory=dict)  # arm -> median seconds inside MemoryTQ
     round_trips: dict = field(default_factory=dict)  # arm -> (gets, puts)
     metrics: dict = field(default_factory=dict)  # arm -> metric count
@@ -313,11 +316,12 @@ def bench_trainer(
         extra.append(f"++g2rpo.diagnostics.grad_every={grad_every}")
     plugin_cls, verl_cls = trainer_classes()
     arms = {
-        "plugin": (plugin_cls, production_config("g2rpo_qwen3vl8b", n_samples, extra)),
+        "plugin": (plugin_cls, production_config("g2rpo_qwen3vl8b", n_samples, tuple(extra))),
         "verl": (verl_cls, production_config("grpo_qwen3vl8b", n_samples)),
     }
     timing = TrainerTiming(n_samples, batch.tokens)
     times: dict[str, list] = {a: [] for a in arms}
+    cpu_times: dict[str, list] = {a: [] for a in arms}
     tq_times: dict[str, list] = {a: [] for a in arms}
     for it in range(repeat + 1):  # the first round is a warm-up
         for arm, (cls, config) in arms.items():
@@ -327,15 +331,17 @@ def bench_trainer(
                 keys=list(batch.keys), tags=[{}] * n_samples, partition_id="train", fields=list(store.fields)
             )
             with memory_tq(store):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 metrics = trainer_step(trainer, meta)
-                elapsed = time.perf_counter() - t0
+                elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
             if it:
                 times[arm].append(elapsed)
+                cpu_times[arm].append(cpu)
                 tq_times[arm].append(store.seconds)
             timing.round_trips[arm] = (store.gets, store.puts)
             timing.metrics[arm] = len(metrics)
     timing.seconds = {a: statistics.median(v) for a, v in times.items()}
+    timing.cpu_seconds = {a: statistics.median(v) for a, v in cpu_times.items()}
     timing.tq_seconds = {a: statistics.median(v) for a, v in tq_times.items()}
     return timing
 
@@ -359,7 +365,7 @@ def profile_trainer(n_samples: int, top: int = 15, **kwargs) -> str:
     batch = draw_batch(n_samples)
     plugin_cls, _ = trainer_classes()
     extra = [f"++g2rpo.entropy.controller={kwargs.get('controller', 'fixed')}"]
-    config = production_config("g2rpo_qwen3vl8b", n_samples, extra)
+    config = production_config("g2rpo_qwen3vl8b", n_samples, tuple(extra))
     out = io.StringIO()
     for warm in (True, False):
         store = MemoryTQ(batch)
@@ -383,8 +389,9 @@ def profile_trainer(n_samples: int, top: int = 15, **kwargs) -> str:
 
 
 def micro_batch_inputs(tokens: int, vocab: int, dtype: torch.dtype, rows: int = 4, seed: int = 0) -> dict:
-    """One micro-batch of ``rows`` responses with ``tokens`` response tokens in all, packed as verl's
-    engine packs it (no padding), with the trainer's shaping weights and plan fields."""
+    """One packed micro-batch of ``rows`` sequences, ``tokens`` tokens in all (a quarter prompt,
+    the rest response), as verl's engine hands it to the loss (no padding), with the trainer's
+    shaping weights and plan fields. The logits cover every token, as the engine computes them."""
     from tensordict import TensorDict
     from verl.utils import tensordict_utils as tu
 
@@ -393,31 +400,38 @@ def micro_batch_inputs(tokens: int, vocab: int, dtype: torch.dtype, rows: int = 
 
     g = torch.Generator().manual_seed(seed)
     per_row = tokens // rows
-    lengths = [per_row] * rows
-    logits = torch.randn(sum(lengths), vocab, generator=g).mul_(2.0).to(dtype)
-    labels = torch.randint(0, vocab, (sum(lengths),), generator=g)
-    old = [-(torch.rand(n, generator=g) * 2) for n in lengths]
+    prompt = max(1, per_row // 4)
+    response = per_row - prompt
+    total = rows * per_row
+    logits = torch.randn(total, vocab, generator=g).mul_(2.0).to(dtype)
+    ids = torch.randint(0, vocab, (rows, per_row), generator=g)
+    # the engine's labels: each position's next token (rolled by one within the packed batch)
+    labels = torch.roll(ids.reshape(-1), -1)
+    response_tokens = rows * response
     data = TensorDict(
         {
-            "responses": _jagged([labels[i * per_row : (i + 1) * per_row] for i in range(rows)]),
-            "response_mask": _jagged([torch.ones(n, dtype=torch.int64) for n in lengths]),
-            "old_log_probs": _jagged(old),
-            "advantages": _jagged([torch.full((n,), float(torch.randn(1, generator=g))) for n in lengths]),
-            WEIGHT_FIELD: (torch.tensor([0.02, -0.02, 0.0, 0.02] * (rows // 4 + 1))[:rows] / tokens).unsqueeze(-1),
+            "prompts": _jagged([ids[i, :prompt] for i in range(rows)]),
+            "responses": _jagged([ids[i, prompt:] for i in range(rows)]),
+            "response_mask": _jagged([torch.ones(response, dtype=torch.int64) for _ in range(rows)]),
+            "old_log_probs": _jagged([-(torch.rand(response, generator=g) * 2) for _ in range(rows)]),
+            "advantages": _jagged([torch.full((response,), float(torch.randn(1, generator=g))) for _ in range(rows)]),
+            WEIGHT_FIELD: (torch.tensor([0.02, -0.02, 0.0, 0.02] * (rows // 4 + 1))[:rows] / response_tokens)
+            .to(torch.float32)
+            .unsqueeze(-1),
             ROW_FIELD: torch.arange(rows),
             STEP_FIELD: torch.full((rows,), 12345),
             PLAN_FIELDS[0]: torch.zeros(rows, 1, dtype=torch.long),
-            PLAN_FIELDS[1]: torch.full((rows, 1), sum(lengths), dtype=torch.long),
+            PLAN_FIELDS[1]: torch.full((rows, 1), response_tokens, dtype=torch.long),
             PLAN_FIELDS[2]: torch.full((rows, 1), rows, dtype=torch.long),
         },
         batch_size=[rows],
     )
-    tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=sum(lengths), global_batch_size=rows)
-    offsets = torch.tensor([0, *np.cumsum(lengths).tolist()])
+    tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=response_tokens, global_batch_size=rows)
+    offsets = torch.arange(0, total + 1, per_row)
     return {"logits": logits, "labels": labels, "data": data, "offsets": offsets}
 
 
-def actor_cases(actor_section) -> dict[str, Callable]:
+def actor_cases(actor_section, compile_backend: str = "inductor") -> dict[str, Callable]:
     """Each case: ``inputs -> d loss / d logits`` of one micro-batch (see the module docstring)."""
     from functools import partial
 
@@ -431,7 +445,7 @@ def actor_cases(actor_section) -> dict[str, Callable]:
     verl_loss = partial(ppo_loss, config=omega_conf_to_dataclass(actor_section))
     plugin_exact = build_actor_loss(actor_section, "exact")
     plugin_sampled = build_actor_loss(actor_section, "sampled")
-    compiled = torch.compile(verl_F.entropy_from_logits, dynamic=True)
+    compiled = torch.compile(verl_F.entropy_from_logits, dynamic=True, backend=compile_backend)
 
     def step(loss_fn, entropy: str | None, inputs):
         logits = inputs["logits"].detach().requires_grad_(True)
@@ -462,16 +476,18 @@ def actor_cases(actor_section) -> dict[str, Callable]:
 
 def _actor_section(tokens: int):
     """``actor_rollout_ref.actor`` of the production config, micro-batch sized to ``tokens``."""
-    cfg = production_config("g2rpo_qwen3vl8b", 4096, [f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={tokens}"])
+    cfg = production_config("g2rpo_qwen3vl8b", 4096, (f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={tokens}",))
     from omegaconf import OmegaConf
 
     return OmegaConf.create(OmegaConf.to_container(cfg.actor_rollout_ref.actor, resolve=True))
 
 
-def bench_actor(tokens: int, vocab: int, dtype: torch.dtype, repeat: int) -> dict[str, float]:
+def bench_actor(
+    tokens: int, vocab: int, dtype: torch.dtype, repeat: int, compile_backend: str = "inductor"
+) -> dict[str, float]:
     """Median seconds of each case's forward + backward, interleaved round-robin."""
     inputs = micro_batch_inputs(tokens, vocab, dtype)
-    cases = actor_cases(_actor_section(tokens))
+    cases = actor_cases(_actor_section(tokens), compile_backend)
     times: dict[str, list[float]] = {name: [] for name in cases}
     for fn in cases.values():
         fn(inputs)  # warm-up (compilation, allocator)
@@ -535,7 +551,7 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def commit() -> str:
@@ -550,21 +566,29 @@ def commit() -> str:
 
 
 def trainer_table(rows: list[TrainerTiming]) -> list[str]:
+    """Wall times (CPU time in brackets), the in-memory TransferQueue's share, and what the plugin adds."""
     lines = [
-        "| samples | tokens | plugin | of it TQ store | verl grpo | of it TQ store | plugin − verl | round trips plugin / verl (get+put) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| samples | tokens | plugin step | of it TQ store | verl grpo step | of it TQ store "
+        "| added by the plugin | added, TQ store excluded | TQ round trips plugin / verl |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def ms(x: float) -> str:
+        return f"{x * 1e3:,.0f} ms"
+
     for r in rows:
         p, v = r.seconds["plugin"], r.seconds["verl"]
+        ptq, vtq = r.tq_seconds["plugin"], r.tq_seconds["verl"]
         (pg, pp), (vg, vp) = r.round_trips["plugin"], r.round_trips["verl"]
         lines.append(
-            f"| {r.samples:,} | {r.tokens:,} | {p * 1e3:,.0f} ms | {r.tq_seconds['plugin'] * 1e3:,.0f} ms | "
-            f"{v * 1e3:,.0f} ms | {r.tq_seconds['verl'] * 1e3:,.0f} ms | {(p - v) * 1e3:,.0f} ms | "
-            f"{pg}+{pp} / {vg}+{vp} |"
+            f"| {r.samples:,} | {r.tokens:,} | {ms(p)} ({ms(r.cpu_seconds['plugin'])} CPU) | {ms(ptq)} "
+            f"| {ms(v)} ({ms(r.cpu_seconds['verl'])} CPU) | {ms(vtq)} | {ms(p - v)} | {ms((p - ptq) - (v - vtq))} "
+            f"| {pg} get + {pp} put / {vg} + {vp} |"
         )
     sizes = [r.samples for r in rows]
     exps = {a: fitted_exponent(sizes, [r.seconds[a] for r in rows]) for a in ("plugin", "verl")}
-    lines.append(f"| fitted exponent | | {exps['plugin']:.2f} | | {exps['verl']:.2f} | | | |")
+    added = fitted_exponent(sizes, [max(1e-9, r.seconds["plugin"] - r.seconds["verl"]) for r in rows])
+    lines.append(f"| fitted exponent | | {exps['plugin']:.2f} | | {exps['verl']:.2f} | | {added:.2f} | | |")
     return lines
 
 
@@ -604,13 +628,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--vocab", type=int, default=QWEN3_VL_VOCAB)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--actor-repeat", type=int, default=5)
+    parser.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend of the compiled entropy (verl: inductor)"
+    )
     parser.add_argument("--reward-samples", type=int, default=4096)
     parser.add_argument("--profile", type=int, default=0, help="cProfile one plugin step at this many samples")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    # One intra-op thread for the trainer side (as scripts/bench_advantages.py): its ops are small and
+    # a second OpenMP thread waiting for a busy core makes the timings much noisier; the actor's
+    # tokens × vocab work keeps torch's default.
+    parser.add_argument("--trainer-threads", type=int, default=1, help="torch intra-op threads, trainer side")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     import g2rpo_verl.verl_hooks as hooks
 
     hooks.check_registered()  # the plugin's estimators in verl's registry, as in a real run
@@ -624,10 +652,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"# machine: {result['machine']}\n# commit: {result['commit']}\n# command: {result['command']}")
     if "trainer" in args.parts:
         rows = []
+        default_threads = torch.get_num_threads()
+        torch.set_num_threads(args.trainer_threads)
         for n in args.sizes:
             repeat = args.repeat if n <= 16384 else max(1, args.repeat // 3)
             rows.append(bench_trainer(n, repeat, args.controller, args.grad_every))
             print(f"  trainer {n}: {rows[-1].seconds}", file=sys.stderr)
+        torch.set_num_threads(default_threads)
         result["trainer"] = [r.__dict__ for r in rows]
         result["trainer_table"] = trainer_table(rows)
         print(f"\n## trainer side (controller={args.controller}, grad_every={args.grad_every})\n")
@@ -637,7 +668,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\n## profile of the plugin's step at {args.profile} samples\n\n{result['profile']}")
     if "actor" in args.parts:
         dtype = getattr(torch, args.dtype)
-        times = bench_actor(args.tokens, args.vocab, dtype, args.actor_repeat)
+        times = bench_actor(args.tokens, args.vocab, dtype, args.actor_repeat, args.compile_backend)
         result["actor"] = times
         result["actor_table"] = actor_table(times, args.tokens, args.vocab, dtype)
         print("\n## actor side: one micro-batch, loss forward + backward from the logits\n")
