@@ -251,9 +251,17 @@ def production_config(name: str, n_samples: int, overrides: tuple[str, ...] = ()
 
 
 class _HandToActor:
-    """Stands where verl's ``_update_actor`` sends the batch to the actor workers: returns it."""
+    """Stands where verl's ``_update_actor`` sends the batch to the actor workers: returns it, with
+    the gradient diagnostics' Gram entries the workers would report when the batch asks for them."""
 
     def _update_actor(self, batch, metrics):
+        from g2rpo_verl.verl_compat.api import WORKER_METRIC_PREFIX
+        from g2rpo_verl.verl_hooks.grad_diagnostics import GRAM_METRIC, REQUEST_KEY
+
+        num_tasks = (batch.extra_info or {}).get(REQUEST_KEY)
+        for i in range(num_tasks or 0):
+            for j in range(i, num_tasks):
+                metrics[WORKER_METRIC_PREFIX + GRAM_METRIC.format(i=i, j=j)] = 1.0 if i == j else 0.1
         return batch
 
 
