@@ -113,6 +113,13 @@ def ties_within_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.
     return counts[inverse] > 1
 
 
+def _factorise(tasks: Sequence[str]) -> tuple[list[str], torch.Tensor]:
+    """The distinct tasks in first-seen order and each sample's index into them, ``(N,)`` long."""
+    index: dict[str, int] = {}
+    ids = [index.setdefault(t, len(index)) for t in tasks]
+    return list(index), torch.tensor(ids, dtype=torch.long)
+
+
 @dataclass
 class TaskLengthRule:
     """Constants of one task's envelope (``g2rpo.length.tasks.<task>``); tokens unless noted.
@@ -220,13 +227,15 @@ class LengthShaper:
 
     def score(self, lengths: torch.Tensor, tasks: Sequence[str]) -> torch.Tensor:
         """``(N,)`` float64 envelope scores of ``lengths`` ``(N,)`` under current bounds."""
-        bounds = torch.tensor([self.bounds(t) for t in tasks], dtype=torch.float64).reshape(-1, 4)
-        return trapezoid(lengths, *bounds.unbind(-1))
+        names, ids = _factorise(tasks)  # one bounds lookup per distinct task, not per sample
+        table = torch.tensor([self.bounds(t) for t in names], dtype=torch.float64).reshape(-1, 4)
+        return trapezoid(lengths, *table[ids].unbind(-1))
 
     def update(self, lengths: torch.Tensor, tasks: Sequence[str], successful: torch.Tensor) -> None:
         """Fold this step's successful responses (``successful`` ``(N,)`` bool) into ``m_τ`` and move the edges."""
-        for task in dict.fromkeys(tasks):
-            sel = torch.tensor([t == task for t in tasks]) & successful.cpu()
+        names, ids = _factorise(tasks)
+        for k, task in enumerate(names):
+            sel = (ids == k) & successful.cpu()
             if not sel.any():
                 continue
             rule, state = self.rule(task), self._state(task)

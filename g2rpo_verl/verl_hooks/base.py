@@ -48,7 +48,7 @@ class G2RPOBase:
     def __init__(self, config, *args, **kwargs):
         # first: a config the plugin cannot run stops here, before verl starts anything
         self._g2rpo_config = validate_run_config(config, trainer="v1")
-        self._g2rpo_samples: tuple[tuple, SampleInfo] | None = None
+        self._g2rpo_samples: tuple[tuple, bool, SampleInfo] | None = None
         super().__init__(config, *args, **kwargs)
 
     @property
@@ -65,11 +65,14 @@ class G2RPOBase:
         (per-task metrics of an estimator that needs no task key); a warning names the
         missing key once.
         """
-        key = (tuple(batch.keys), fallback_to_data_source)
+        keys = tuple(batch.keys)
         cached = getattr(self, "_g2rpo_samples", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        # info read with the task key serves both kinds of request; one grouped by data_source
+        # (the key was missing) serves only requests that allow the fallback
+        if cached is not None and cached[0] == keys and (fallback_to_data_source or not cached[1]):
+            return cached[2]
         task_key = self.g2rpo_config.task_key
+        fell_back = False
         try:
             info = read_sample_info(batch, task_key)
         except ValueError as err:
@@ -79,7 +82,8 @@ class G2RPOBase:
                 logger.warning("%s Per-task metrics are grouped by data_source instead.", err)
                 self._g2rpo_warned_task_key = True
             info = read_sample_info(batch, task_key, fallback_to_data_source=True)
-        self._g2rpo_samples = (key, info)
+            fell_back = True
+        self._g2rpo_samples = (keys, fell_back, info)
         return info
 
     @property

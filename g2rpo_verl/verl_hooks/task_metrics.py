@@ -63,10 +63,11 @@ def task_entropy_metrics(tasks: Sequence[str], entropy: torch.Tensor, response_m
     names = np.asarray(tasks, dtype=object)
     mask = response_mask.to(torch.float64)
     per_row = (entropy.to(torch.float64) * mask).sum(-1)
+    row_tokens = mask.sum(-1)  # per row once: selecting (N, T) rows per task copies the whole mask
     metrics = {}
     for task in dict.fromkeys(tasks):
         sel = torch.from_numpy(names == task)
-        n_tokens = mask[sel].sum()
+        n_tokens = row_tokens[sel].sum()
         if n_tokens > 0:
             metrics[f"{metric_prefix(task)}/entropy"] = (per_row[sel].sum() / n_tokens).item()
     return metrics

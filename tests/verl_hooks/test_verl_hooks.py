@@ -350,3 +350,29 @@ def test_without_state_parts_nothing_is_written(tmp_path):
     trainer = _stateful_trainer(tmp_path, dict)
     trainer._save_checkpoint()
     assert os.listdir(tmp_path / "global_step_3") == []
+
+
+def test_sample_info_is_read_once_per_batch_and_a_data_source_fallback_never_serves_a_strict_request(monkeypatch):
+    from types import SimpleNamespace
+
+    from g2rpo_verl.config import G2RPOConfig
+    from g2rpo_verl.verl_hooks import base
+
+    reads = []
+
+    def read(batch, task_key, fallback_to_data_source=False):
+        reads.append(fallback_to_data_source)
+        if batch.has_key or fallback_to_data_source:
+            return SampleInfo.build(["u0"], ["ds"], ["t" if batch.has_key else "ds"], [None])
+        raise ValueError("missing")
+
+    monkeypatch.setattr(base, "read_sample_info", read)
+    trainer = object.__new__(base.G2RPOBase)
+    trainer._g2rpo_config = G2RPOConfig()
+    with_key = SimpleNamespace(keys=["k0"], has_key=True)
+    strict = trainer.sample_info(with_key)
+    assert trainer.sample_info(with_key, fallback_to_data_source=True) is strict and reads == [False]
+    without_key = SimpleNamespace(keys=["k1"], has_key=False)
+    assert trainer.sample_info(without_key, fallback_to_data_source=True).tasks == ("ds",)
+    with pytest.raises(ValueError, match="missing"):
+        trainer.sample_info(without_key)
