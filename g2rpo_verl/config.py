@@ -86,6 +86,8 @@ class EntropyShapingConfig:
             the 8B's; a ``per_task`` entry still wins.
         start_low / start_high: the factors of ``band_rule=start`` (0.5 / 2: a task whose entropy
             halves, or doubles, from where it started is pushed back).
+        start_steps: ``band_rule=start``'s H0_τ is the mean over the task's first ``start_steps``
+            training steps (default 1; no shaping of the task before).
         floor: ``always`` = the band's lower edge always acts (the paper's, default); ``fall`` =
             it acts only once the task's entropy has been at or above it, so a task starting
             below the band is not pushed up, one falling out of it is.
@@ -102,6 +104,7 @@ class EntropyShapingConfig:
     band_rule: str = "fixed"
     start_low: float = 0.5
     start_high: float = 2.0
+    start_steps: int = 1
     floor: str = "always"
 
     def task_bands(self) -> TaskBands:
@@ -113,6 +116,7 @@ class EntropyShapingConfig:
             start_low=self.start_low,
             start_high=self.start_high,
             floor=self.floor,
+            start_steps=self.start_steps,
         )
 
     def band(self, task: str | None = None) -> tuple[float, float]:

@@ -41,12 +41,14 @@ rule (``band_rule=fixed``, the reference and the default) is one absolute band, 
 = [0.2, 0.6], tuned for Qwen3-VL-8B; ``per_task`` overrides it per task. Two options beside it:
 
 * ``band_rule=start``: task τ's band is ``[start_low·H0_τ, start_high·H0_τ]`` with ``H0_τ`` the
-  task's token-mean entropy at its first training step — the entropy of the starting
-  (warm-start) model on its own rollouts, measured before any update. "Collapse" and
-  "explosion" are then relative to where the model started: with the defaults 0.5 / 2 a task
-  whose entropy halves is pushed back up, one whose entropy doubles is pushed back down, and a
-  task is never pushed towards a level it was not at. An entry in ``per_task`` still wins
-  (absolute band). Until a task has been measured it has no band and is not shaped.
+  mean of the task's token-mean entropies over its first ``start_steps`` training steps — the
+  entropy of the starting (warm-start) model on its own rollouts (one step's batch is a noisy
+  estimate; the policy moves little in a few steps). "Collapse" and "explosion" are then
+  relative to where the model started: with the defaults 0.5 / 2 a task whose entropy halves
+  is pushed back up, one whose entropy doubles is pushed back down, and a task is never pushed
+  towards a level it was not at. An entry in ``per_task`` still wins (absolute band). Until
+  ``H0_τ`` is known the task has no band (:meth:`TaskBands.update` returns ``None``) and is not
+  shaped.
 * ``floor=fall``: the lower edge acts only against a *fall*. It is armed once the task's
   entropy has been at or above it; before that the task has no floor (only its ceiling acts).
   A task that starts below the band and stays there — confident, and if it is accurate,
@@ -180,10 +182,20 @@ class TaskBands:
             band wins over the one derived from their starting entropy.
         band_rule: one of :data:`BAND_RULES`.
         start_low / start_high: the factors of ``band_rule=start``, ``0 <= start_low <= 1 <= start_high``.
+        start_steps: how many of a task's first measured steps ``H0`` averages (``>= 1``).
         floor: one of :data:`FLOOR_MODES`.
     """
 
-    def __init__(self, configured, explicit=(), band_rule="fixed", start_low=0.5, start_high=2.0, floor="always"):
+    def __init__(
+        self,
+        configured,
+        explicit=(),
+        band_rule="fixed",
+        start_low=0.5,
+        start_high=2.0,
+        floor="always",
+        start_steps=1,
+    ):
         if band_rule not in BAND_RULES:
             raise ValueError(f"g2rpo.entropy.band_rule must be one of {BAND_RULES}, got {band_rule!r}")
         if floor not in FLOOR_MODES:
@@ -193,28 +205,44 @@ class TaskBands:
                 "g2rpo.entropy.start_low / start_high need 0 <= start_low <= 1 <= start_high (finite), "
                 f"got {start_low} / {start_high}"
             )
+        if not (isinstance(start_steps, int) and start_steps >= 1):
+            raise ValueError(f"g2rpo.entropy.start_steps must be an integer >= 1, got {start_steps!r}")
         self.configured = configured
+        self.start_steps = start_steps
+        self.seen: dict[str, list[float]] = {}
         self.explicit = set(explicit)
         self.band_rule, self.start_low, self.start_high, self.floor = band_rule, start_low, start_high, floor
         self.start: dict[str, float] = {}
         self.armed: dict[str, bool] = {}
 
-    def nominal(self, task: str) -> tuple[float, float]:
-        """``(low, high)`` of ``task`` by ``band_rule`` before the ``floor`` mode (call :meth:`update` first)."""
-        if self.band_rule == "start" and task not in self.explicit:
+    def derived(self, task: str) -> bool:
+        """Whether ``task``'s band comes from its starting entropy (``band_rule=start``, no ``per_task`` entry)."""
+        return self.band_rule == "start" and task not in self.explicit
+
+    def nominal(self, task: str) -> tuple[float, float] | None:
+        """``(low, high)`` of ``task`` by ``band_rule`` before the ``floor`` mode; ``None`` while H0 is unknown."""
+        if self.derived(task):
+            if task not in self.start:
+                return None
             h0 = self.start[task]
             return self.start_low * h0, self.start_high * h0
         return self.configured(task)
 
-    def update(self, task: str, entropy: float) -> tuple[float, float]:
+    def update(self, task: str, entropy: float) -> tuple[float, float] | None:
         """Fold task ``task``'s measured entropy of this step in; returns the band ``(low, high)`` in effect.
 
-        The first measurement of a task fixes its ``H0`` (``band_rule=start``). With
+        Under ``band_rule=start`` the first ``start_steps`` measurements of a task fix its
+        ``H0`` (their mean); until then the task has no band and ``None`` is returned. With
         ``floor=fall`` the floor is 0 (none) until the task's entropy has been ``>= low``.
         """
         if not math.isfinite(entropy):
             raise ValueError(f"entropy of task {task!r} is {entropy}; the band rule needs a finite value")
-        self.start.setdefault(task, float(entropy))
+        if self.derived(task) and task not in self.start:
+            seen = self.seen.setdefault(task, [])
+            seen.append(float(entropy))
+            if len(seen) < self.start_steps:
+                return None
+            self.start[task] = sum(seen) / len(seen)
         low, high = self.nominal(task)
         if self.floor == "fall":
             self.armed[task] = self.armed.get(task, False) or entropy >= low
@@ -223,8 +251,9 @@ class TaskBands:
         return low, high
 
     def state_dict(self) -> dict:
-        return {"start": dict(self.start), "armed": dict(self.armed)}
+        return {"start": dict(self.start), "armed": dict(self.armed), "seen": {t: list(v) for t, v in self.seen.items()}}
 
     def load_state_dict(self, state: Mapping) -> None:
         self.start = {str(t): float(h) for t, h in state["start"].items()}
         self.armed = {str(t): bool(a) for t, a in state["armed"].items()}
+        self.seen = {str(t): [float(h) for h in v] for t, v in state.get("seen", {}).items()}

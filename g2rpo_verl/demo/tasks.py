@@ -197,7 +197,8 @@ def _attribute(rng: random.Random):
         names, truth, asked = list(SHAPES), shape, "shape"
     options = [f"{letter}. {name}" for letter, name in zip(LETTERS, names, strict=True)]
     letter = LETTERS[names.index(truth)]
-    return image, letter, f"it is {truth}", truth, options, {"asked": asked}
+    # free-form: a sentence, not the letter (nor the bare option text, which the lenient rule reads)
+    return image, letter, f"it is {truth}", f"the {asked} is {truth}", options, {"asked": asked}
 
 
 def _ocr(rng: random.Random):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Sequence
 
@@ -106,10 +107,11 @@ def entropy_shaping_metrics(
             continue  # a task whose responses are all empty has no entropy to report
         prefix = metric_prefix(str(name))
         metrics[f"{prefix}/entropy_estimate"] = step_h[t].item()
-        metrics[f"{prefix}/entropy/out_of_band"] = float(not (low[t] <= step_h[t] <= high[t]))
         metrics[f"{prefix}/entropy/coef"] = acting[t].item()
-        metrics[f"{prefix}/entropy/band_low"] = float(low[t])
-        metrics[f"{prefix}/entropy/band_high"] = float(high[t])
+        if torch.isfinite(high[t]):  # a task without a band yet (band_rule=start) logs none
+            metrics[f"{prefix}/entropy/out_of_band"] = float(not (low[t] <= step_h[t] <= high[t]))
+            metrics[f"{prefix}/entropy/band_low"] = float(low[t])
+            metrics[f"{prefix}/entropy/band_high"] = float(high[t])
         if coef is None:
             metrics[f"{prefix}/entropy_penalty"] = (pen_sum[t] / pen_n[t]).item()
     return metrics
@@ -306,11 +308,11 @@ class EntropyShapingMixin(G2RPOBase):
         out = []
         for t, name in enumerate(task_names):
             if step_cnt[0, t] > 0:
-                out.append(bands.update(str(name), (step_sum[0, t] / step_cnt[0, t]).item()))
-            elif str(name) in bands.start:
-                out.append(bands.nominal(str(name)))
+                band = bands.update(str(name), (step_sum[0, t] / step_cnt[0, t]).item())
             else:
-                out.append(self.g2rpo_config.entropy.band(str(name)))
+                band = bands.nominal(str(name))
+            # no band yet (band_rule=start still measuring H0): nothing to hold, no term
+            out.append(band if band is not None else (0.0, math.inf))
         return (
             torch.tensor([b[0] for b in out], dtype=torch.float64),
             torch.tensor([b[1] for b in out], dtype=torch.float64),
@@ -323,7 +325,9 @@ class EntropyShapingMixin(G2RPOBase):
         controller = self.entropy_controller
         coef = []
         for t, name in enumerate(task_names):
-            if step_cnt[0, t] > 0:
+            if not math.isfinite(high[t].item()):  # no band yet (_step_bands): not shaped
+                coef.append(0.0)
+            elif step_cnt[0, t] > 0:
                 h = (step_sum[0, t] / step_cnt[0, t]).item()
                 coef.append(controller.update(str(name), h, low[t].item(), high[t].item()))
             else:  # no token of the task this step: nothing measured, nothing to weigh

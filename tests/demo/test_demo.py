@@ -79,6 +79,13 @@ def test_counting_draws_as_many_dots_as_the_answer():
 def test_dataset_files_are_verl_parquet_with_one_validation_file_per_task(tmp_path):
     written = demo_data.write_demo_data(tmp_path / "a", n_train=12, n_val_per_task=3, seed=4)
     again = demo_data.write_demo_data(tmp_path / "b", n_train=12, n_val_per_task=3, seed=4)
+    many = demo_data.write_demo_data(tmp_path / "c", n_train=6, n_val_per_task=20, seed=4)
+    for source in SOURCES:  # the validation during training: the first prompts of each task's file
+        head = pd.read_parquet(many.val_step[source])
+        assert len(head) == demo_data.N_VAL_STEP_PER_TASK < 20
+        full = pd.read_parquet(many.val[source]).head(demo_data.N_VAL_STEP_PER_TASK)
+        assert [r[0]["bytes"] for r in head.images] == [r[0]["bytes"] for r in full.images]
+        assert list(head.extra_info.map(lambda e: e["index"])) == list(range(demo_data.N_VAL_STEP_PER_TASK))
     assert demo_data.find_demo_data(tmp_path / "a") == written
     assert demo_data.find_demo_data(tmp_path / "missing") is None
     train = pd.read_parquet(written.train)
@@ -119,7 +126,7 @@ def test_demo_config_composes_with_verls_config_and_user_overrides_win(tmp_path)
     from g2rpo_verl.config import load_g2rpo_config
     from g2rpo_verl.rewards.settings import settings_from_kwargs
 
-    paths = demo_data.DemoData(tmp_path / "t.parquet", {s: tmp_path / f"{s}.parquet" for s in SOURCES})
+    paths = demo_data.data_paths(tmp_path)
     user = ["algorithm.adv_estimator=grpo", "trainer.total_training_steps=3"]
     overrides = demo_overrides(tmp_path, tmp_path / "model", paths, user)
     assert override_value(overrides, "algorithm.adv_estimator") == "grpo"
@@ -128,17 +135,17 @@ def test_demo_config_composes_with_verls_config_and_user_overrides_win(tmp_path)
         cfg = compose("ppo_trainer", overrides=[o for o in overrides if not o.startswith("++hydra.")])
     assert cfg.algorithm.adv_estimator == "grpo" and cfg.trainer.device == "cpu"
     assert cfg.data.custom_cls.name == "VisionRLHFDataset" and cfg.data.trust_remote_code
-    assert list(cfg.data.val_files) == [str(paths.val[s]) for s in SOURCES]
+    # verl validates on the first prompts of each task; the greedy table at the end uses all of them
+    assert list(cfg.data.val_files) == [str(paths.val_step[s]) for s in SOURCES]
     assert cfg.actor_rollout_ref.rollout.name == "hf" and cfg.trainer.save_freq > 0
     g2rpo = load_g2rpo_config(cfg)  # the plugin's section validates
     assert g2rpo.length.enable and g2rpo.entropy.enable
     assert g2rpo.length.rule("multiple choice").profile == "perception"
     assert g2rpo.length.rule("math").profile == "reasoning"
-    # the paper's band for every task but counting, whose tally think is right at a low entropy
-    assert g2rpo.entropy.controller == "adaptive"
-    assert {s.problem_type: g2rpo.entropy.band(s.problem_type) for s in tasks.TASKS.values()} == {
-        s.problem_type: (0.05, 0.6) if s.problem_type == "numerical" else (0.2, 0.6) for s in tasks.TASKS.values()
-    }
+    # every task's band from its own starting entropy, [H0/2, 2·H0], held by the adaptive controller
+    entropy = g2rpo.entropy
+    assert entropy.controller == "adaptive" and entropy.band_rule == "start" and not entropy.per_task
+    assert (entropy.start_low, entropy.start_high, entropy.start_steps) == (0.67, 1.5, 3)
     assert load_config()["algorithm"]["adv_estimator"] == "gs_grpo"
     # the demo scores with the strict preset (its warm start writes <think>; docs/rewards.md)
     reward = settings_from_kwargs(dict(cfg.reward.custom_reward_function.reward_kwargs))
@@ -158,7 +165,7 @@ def test_each_estimator_gets_a_length_shaping_setting_the_plugin_accepts(tmp_pat
 
     from g2rpo_verl.config import gdpo_components, load_g2rpo_config
 
-    paths = demo_data.DemoData(tmp_path / "t.parquet", {s: tmp_path / f"{s}.parquet" for s in SOURCES})
+    paths = demo_data.data_paths(tmp_path)
     overrides = demo_overrides(tmp_path, tmp_path / "model", paths, [f"algorithm.adv_estimator={estimator}"])
     with initialize_config_module("verl.trainer.config", version_base=None):
         cfg = compose("ppo_trainer", overrides=[o for o in overrides if not o.startswith("++hydra.")])
