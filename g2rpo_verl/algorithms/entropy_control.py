@@ -251,7 +251,11 @@ class TaskBands:
         return low, high
 
     def state_dict(self) -> dict:
-        return {"start": dict(self.start), "armed": dict(self.armed), "seen": {t: list(v) for t, v in self.seen.items()}}
+        return {
+            "start": dict(self.start),
+            "armed": dict(self.armed),
+            "seen": {t: list(v) for t, v in self.seen.items()},
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
         self.start = {str(t): float(h) for t, h in state["start"].items()}

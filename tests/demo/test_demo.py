@@ -1,8 +1,10 @@
 """Tests of the embedded default (g2rpo_verl.demo): tasks, data, config, progress, metrics, plots.
 
 The ``e2e`` tests run the real ``verl.trainer.main_ppo`` through ``python -m g2rpo_verl.demo``
-exactly as ``g2rpo-train`` does, shortened to a few steps (about 2.5 minutes on 2 CPU cores for
-both, the second one resuming the first one's checkpoint).
+exactly as ``g2rpo-train`` does, with the demo's own model and warm start, shortened to
+:data:`E2E_STEPS` steps (about 6 minutes on 2 CPU cores), then resume it for one more step.
+The run is long enough to check what the demo is for: the greedy accuracy over all validation
+prompts rises, and every task's entropy is held in the band derived from its own start.
 """
 
 from __future__ import annotations
@@ -364,7 +366,9 @@ def test_demo_model_is_a_tiny_qwen3_vl_that_verl_can_load(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # end to end: the real verl.trainer.main_ppo, through the demo command
 # ------------------------------------------------------------------------------------------------
-E2E_ARGS = ["--warm-start-steps", "30", "trainer.save_freq=2", "trainer.test_freq=2"]
+E2E_STEPS = 12
+E2E_ARGS = ["trainer.save_freq=6", "trainer.test_freq=6"]
+TASK_KEYS = ("spatial_grounding", "numerical", "multiple_choice", "OCR", "math", "regression")
 
 
 def _run_demo(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -379,21 +383,21 @@ def _run_demo(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("demo")
-    _run_demo(workdir, "trainer.total_training_steps=2")
+    _run_demo(workdir, f"trainer.total_training_steps={E2E_STEPS}")
     return workdir
 
 
 @pytest.mark.e2e
 def test_demo_command_trains_validates_per_task_and_plots(demo_run):
     metrics = load_metrics([demo_run / "metrics.jsonl"])
-    assert sorted(metrics) == [0, 1, 2]
-    for step in (0, 2):  # validation before training and at the last step, every task
+    assert sorted(metrics) == list(range(E2E_STEPS + 1))
+    for step in (0, 6, E2E_STEPS):  # validation before training and every test_freq steps, every task
         for source in SOURCES:
             value = metrics[step][f"val-core/{source}/acc/mean@2"]
             assert math.isfinite(value) and 0 <= value <= 1, (step, source)
-    for step in (1, 2):
+    for step in range(1, E2E_STEPS + 1):
         data = metrics[step]
-        for task in ("spatial_grounding", "numerical", "multiple_choice", "OCR", "math", "regression"):
+        for task in TASK_KEYS:
             for name in ("reward/total", "length/mean", "entropy", "advantage/std", "advantage/skew"):
                 assert math.isfinite(data[f"task_{task}/{name}"]), (step, task, name)
         # rollout (hf server, batched, with images) and trainer (FSDP2) log-probs agree
@@ -402,13 +406,37 @@ def test_demo_command_trains_validates_per_task_and_plots(demo_run):
         # the adaptive controller's term reached the loss (negative where it raises an entropy)
         assert math.isfinite(data["actor/entropy_shaping_loss"])
         coef_max = AdaptiveEntropyControl(**load_config()["g2rpo"]["entropy"].get("adaptive", {})).coef_max
-        for task in ("spatial_grounding", "numerical", "multiple_choice", "OCR", "math", "regression"):
+        for task in TASK_KEYS:
             assert abs(data[f"task_{task}/entropy/coef"]) <= coef_max
-            assert data[f"task_{task}/entropy/out_of_band"] in (0.0, 1.0)
     for name in ("training_curves.png", "advantages.png"):
         assert (demo_run / "plots" / name).stat().st_size > 20_000
-    state = json.loads((demo_run / "checkpoints" / "global_step_2" / "g2rpo_state.json").read_text())
-    assert set(state) == {"length", "entropy"}
+    state = json.loads((demo_run / "checkpoints" / f"global_step_{E2E_STEPS}" / "g2rpo_state.json").read_text())
+    assert set(state) == {"length", "entropy", "entropy_bands"}
+
+
+@pytest.mark.e2e
+def test_the_short_demo_learns_and_holds_every_task_in_the_band_of_its_own_start(demo_run):
+    """The direction of learning and the shaping targets, on the test's own run (not a recorded one)."""
+    # greedy accuracy over all validation prompts, base model vs the policy at the last step
+    base, trained = (json.loads((demo_run / "eval" / n / "metrics.json").read_text()) for n in ("base", "trained"))
+    gain = trained["overall"]["accuracy"] - base["overall"]["accuracy"]
+    assert gain > 0, (base["overall"], trained["overall"])
+
+    # each task's band is [start_low·H0, start_high·H0], H0 the mean of its first start_steps entropies,
+    # and the entropy stays inside it on >= 80 % of the steps after the band is set
+    cfg = load_config()["g2rpo"]["entropy"]
+    k, lo, hi = cfg["start_steps"], cfg["start_low"], cfg["start_high"]
+    metrics = load_metrics([demo_run / "metrics.jsonl"])
+    for task in TASK_KEYS:
+        h = [metrics[s][f"task_{task}/entropy_estimate"] for s in range(1, E2E_STEPS + 1)]
+        h0 = sum(h[:k]) / k
+        assert all(f"task_{task}/entropy/band_low" not in metrics[s] for s in range(1, k)), task  # no band yet
+        banded = range(k, E2E_STEPS + 1)
+        for s in banded:
+            assert metrics[s][f"task_{task}/entropy/band_low"] == pytest.approx(lo * h0), (task, s)
+            assert metrics[s][f"task_{task}/entropy/band_high"] == pytest.approx(hi * h0), (task, s)
+        inside = [lo * h0 <= metrics[s][f"task_{task}/entropy_estimate"] <= hi * h0 for s in banded]
+        assert sum(inside) >= 0.8 * len(inside), (task, [round(v, 3) for v in h], round(h0, 3))
 
 
 @pytest.mark.e2e
@@ -453,7 +481,7 @@ def test_the_demo_exports_the_policy_and_compares_it_with_the_base_model(demo_ru
     models = {"export": exported, "bf16": checkpoint_bf16, "fp32": checkpoint_fp32}
     generators = {k: HFGenerator(m, eos, builder.tokenizer.pad_token_id, builder.processor) for k, m in models.items()}
     tokens: dict[str, list] = {k: [] for k in models}
-    for path in sorted((demo_run / "data").glob("val_*.parquet")):
+    for path in demo_data.data_paths(demo_run / "data").val_files:  # every validation prompt
         prompts = list(builder.prompts(path, list(range(len(pd.read_parquet(path, columns=["data_source"]))))))
         for k, g in generators.items():
             tokens[k] += [
@@ -485,16 +513,20 @@ def test_the_demo_exports_the_policy_and_compares_it_with_the_base_model(demo_ru
 
 @pytest.mark.e2e
 def test_rerunning_the_command_resumes_from_the_last_checkpoint(demo_run):
-    proc = _run_demo(demo_run, "trainer.total_training_steps=3", "--no-plots")
+    more = E2E_STEPS + 1
+    proc = _run_demo(demo_run, f"trainer.total_training_steps={more}", "--no-plots")
     run_files = sorted((demo_run / "logs").glob("metrics_*.jsonl"))
     assert len(run_files) == 2
     second = load_metrics([run_files[-1]])
-    assert "training/global_step" not in second.get(2, {}) and second[3]["training/global_step"] == 3
+    assert "training/global_step" not in second.get(E2E_STEPS, {}) and second[more]["training/global_step"] == more
     merged = load_metrics([demo_run / "metrics.jsonl"])
-    assert sorted(merged) == [0, 1, 2, 3] and "task_math/reward/total" in merged[1]
-    assert "validation, step 0 -> step 3" in proc.stdout  # first and last validation of all runs
+    assert sorted(merged) == list(range(more + 1)) and "task_math/reward/total" in merged[1]
+    assert f"validation, step 0 -> step {more}" in proc.stdout  # first and last validation of all runs
+    # the bands resumed from the checkpoint: the same as before the restart, not re-measured
+    for task in TASK_KEYS:
+        assert merged[more][f"task_{task}/entropy/band_low"] == merged[E2E_STEPS][f"task_{task}/entropy/band_low"]
 
     # a finished run is not started again: the command only redraws and summarises
-    again = _run_demo(demo_run, "trainer.total_training_steps=3")
-    assert "already trained to step 3" in again.stdout and "validation, step 0 -> step 3" in again.stdout
+    again = _run_demo(demo_run, f"trainer.total_training_steps={more}")
+    assert f"already trained to step {more}" in again.stdout and f"validation, step 0 -> step {more}" in again.stdout
     assert len(list((demo_run / "logs").glob("metrics_*.jsonl"))) == 2
