@@ -298,6 +298,24 @@ def test_shaping_summary_reports_each_tasks_share_in_band_and_length_change():
     assert shaping_summary({1: {"task_math/reward/total": 0.1}}) == []
 
 
+def test_a_run_with_shaping_off_is_judged_against_the_band_its_rule_would_have_set():
+    from g2rpo_verl.config import EntropyShapingConfig
+    from g2rpo_verl.demo.run_metrics import replay_bands, task_shaping
+
+    # counting's entropy falls from 0.12 to 0.03 with the shaping off: below [H0/1.5, 1.5·H0]
+    h = [0.12, 0.11, 0.13] + [0.03] * 20
+    metrics = {s + 1: {"task_numerical/reward/total": 0.5, "task_numerical/entropy": v} for s, v in enumerate(h)}
+    cfg = EntropyShapingConfig(band_rule="start", start_steps=3, start_low=0.67, start_high=1.5)
+    replayed = replay_bands(metrics, cfg)
+    assert "task_numerical/entropy/band_low" not in replayed[2] and "task_numerical/entropy/band_low" not in metrics[3]
+    assert replayed[3]["task_numerical/entropy/band_low"] == pytest.approx(0.67 * 0.12)
+    assert replayed[23]["task_numerical/entropy/band_high"] == pytest.approx(1.5 * 0.12)
+    assert task_shaping(replayed, "numerical").in_band_last == 0.0  # left its band: the collapse shaping prevents
+    # a logged band (shaping on) is kept as it is
+    metrics[5]["task_numerical/entropy/band_low"] = 0.0
+    assert replay_bands(metrics, cfg)[5]["task_numerical/entropy/band_low"] == 0.0
+
+
 def test_validation_summary_compares_first_and_last_validation():
     metrics = {
         0: {"val-core/demo_ocr/acc/mean@2": 0.25, "val-aux/demo_ocr/reward/mean@2": 0.5},
