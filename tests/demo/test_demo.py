@@ -548,3 +548,28 @@ def test_rerunning_the_command_resumes_from_the_last_checkpoint(demo_run):
     again = _run_demo(demo_run, f"trainer.total_training_steps={more}")
     assert f"already trained to step {more}" in again.stdout and f"validation, step 0 -> step {more}" in again.stdout
     assert len(list((demo_run / "logs").glob("metrics_*.jsonl"))) == 2
+
+
+def test_paired_runs_pool_the_prompts_of_every_seed_pair(tmp_path, capsys):
+    from g2rpo_verl.demo.paired_runs import main, pooled_records
+
+    def write(run: str, accuracies: list[float]) -> Path:
+        out = tmp_path / run / "eval" / "trained"
+        out.mkdir(parents=True)
+        rows = [
+            {"key": f"k{i}", "file": f"/x/{run}/val_demo_math.parquet", "row": i, "task": "math"}
+            | {"reward": {"accuracy": a, "score": a}}
+            for i, a in enumerate(accuracies)
+        ]
+        (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return tmp_path / run
+
+    a = [write("on0", [1, 0]), write("on1", [1, 1])]
+    b = [write("off0", [0, 0]), write("off1", [1, 0])]
+    # the same file name and row in two seeds are two prompts, not one
+    assert len({(r["file"], r["row"]) for r in pooled_records(a, "trained")}) == 4
+    assert main(["--a", *map(str, a), "--b", *map(str, b), "--names", "on", "off"]) == 0
+    out = capsys.readouterr().out
+    assert "| (all) | 4 | 0.750 | 0.250 | -0.500" in out
+    with pytest.raises(SystemExit):
+        main(["--a", str(a[0]), "--b", *map(str, b)])
