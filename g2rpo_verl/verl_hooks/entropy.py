@@ -297,10 +297,11 @@ class EntropyShapingMixin(G2RPOBase):
     def _step_bands(self, task_names, row_sum, row_count, task_ids) -> tuple[torch.Tensor, torch.Tensor]:
         """``(low, high)``, each ``(T,)`` float64: each task's band in effect this step.
 
-        A present task's step entropy Ĥ_τ goes through :meth:`TaskBands.update` (its first one
-        fixes H0_τ under ``band_rule=start``; with ``floor=fall`` it may arm the floor). A task
-        with no tokens this step has no rows to weigh; its band is the last one in effect, or
-        the configured one before it was ever measured.
+        A present task's step entropy Ĥ_τ goes through :meth:`TaskBands.update` (under
+        ``band_rule=start`` its first ``start_steps`` fix H0_τ; with ``floor=fall`` it may arm
+        the floor). A task with no tokens this step has no rows to weigh; it gets its nominal
+        band. A task without a band yet (H0 still being measured) gets ``(0, inf)``: no term
+        (the fixed penalty's violation is 0, the controller skips it) and no band metrics.
         """
         num_tasks = len(task_names)
         step_sum, step_cnt = group_task_stats(row_sum, row_count, task_ids, torch.zeros_like(task_ids), num_tasks, 1)
