@@ -652,12 +652,13 @@ def test_adaptive_trainer_updates_each_tasks_coefficient_from_the_step_and_weigh
     assert trainer.entropy_controller.coef("b") > EntropyController(gains).update("b", 0.9, LOW, HIGH) > 0
 
 
-def test_start_band_rule_fixes_each_tasks_band_at_its_first_step_and_is_saved_for_resume(monkeypatch):
+@pytest.mark.parametrize("controller", ["adaptive", "fixed"])
+def test_start_band_rule_fixes_each_tasks_band_at_its_first_step_and_is_saved_for_resume(monkeypatch, controller):
     import transfer_queue as tq
 
     section, _ = actor_config(ppo_mini_batch_size=2, ppo_epochs=1, shuffle=False)
     config = OmegaConf.create({"actor_rollout_ref": {"actor": section, "rollout": {"n": 2}}, "algorithm": {}})
-    shaping = EntropyShapingConfig(enable=True, controller="adaptive", band_rule="start", start_low=0.5, start_high=2)
+    shaping = EntropyShapingConfig(enable=True, controller=controller, band_rule="start", start_low=0.5, start_high=2)
     tasks = ["a", "b", "a", "b"]
     values = {"step1": [0.1, 0.4, 0.1, 0.4], "step2": [0.02, 0.4, 0.02, 0.4]}
     store = {}
@@ -688,6 +689,33 @@ def test_start_band_rule_fixes_each_tasks_band_at_its_first_step_and_is_saved_fo
     assert seen[1]["task_b/entropy/coef"] == 0.0
     parts = trainer.g2rpo_state_parts()
     assert parts["entropy_bands"].state_dict()["start"] == pytest.approx({"a": 0.1, "b": 0.4})
+
+
+def test_start_band_rule_shapes_nothing_while_h0_is_measured(monkeypatch):
+    import transfer_queue as tq
+
+    section, _ = actor_config(ppo_mini_batch_size=2, ppo_epochs=1, shuffle=False)
+    config = OmegaConf.create({"actor_rollout_ref": {"actor": section, "rollout": {"n": 2}}, "algorithm": {}})
+    shaping = EntropyShapingConfig(enable=True, band_rule="start", start_steps=2)  # the fixed penalty
+    ent = [torch.full((2,), v, dtype=torch.float32) for v in (0.01, 0.9, 0.01, 0.9)]
+    store = {"entropy": jagged(ent), "response_mask": jagged([torch.ones(2, dtype=torch.long)] * 4)}
+    put = {}
+    monkeypatch.setattr(
+        tq,
+        "kv_batch_get",
+        lambda keys, partition_id, select_fields: TensorDict(
+            {f: store[f] for f in select_fields}, batch_size=[len(keys)]
+        ),
+    )
+    monkeypatch.setattr(tq, "kv_batch_put", lambda keys, partition_id, fields: put.update(fields.to_dict()))
+    trainer = _Trainer(config, shaping, ["a", "b", "a", "b"])
+    metrics = {}
+    batch = SimpleNamespace(keys=[f"k{i}" for i in range(4)], partition_id="train", fields=["input_ids"])
+    trainer._update_actor(batch, metrics)
+    # far outside the paper's band, but no band of their own yet: zero weights, no band metrics
+    assert torch.equal(put[WEIGHT_FIELD], torch.zeros_like(put[WEIGHT_FIELD]))
+    assert not any(k.endswith(("band_low", "band_high", "out_of_band")) for k in metrics)
+    assert metrics["task_a/entropy/coef"] == 0.0 and math.isfinite(metrics["task_a/entropy_penalty"])
 
 
 def test_trainer_with_shaping_off_changes_nothing(monkeypatch):
