@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from g2rpo_verl.algorithms.ema_grpo import DECAY, EPS, FLOOR, GUARD
-from g2rpo_verl.algorithms.entropy_control import AdaptiveEntropyControl
+from g2rpo_verl.algorithms.entropy_control import BAND_RULES, FLOOR_MODES, AdaptiveEntropyControl, TaskBands
 from g2rpo_verl.algorithms.length import TaskLengthRule, builtin_profile
 
 __all__ = [
@@ -81,6 +81,18 @@ class EntropyShapingConfig:
             (g2rpo_verl.algorithms.entropy_control; needs ``estimator=exact``).
         adaptive: the adaptive controller's gains, see
             :class:`g2rpo_verl.algorithms.entropy_control.AdaptiveEntropyControl`.
+        band_rule: where a task's band comes from (g2rpo_verl.algorithms.entropy_control.TaskBands):
+            ``fixed`` = ``low`` / ``high`` / ``per_task`` (the paper's rule, default); ``start`` =
+            ``[start_low·H0_τ, start_high·H0_τ]`` with H0_τ the task's entropy at its first
+            training step (the starting model's), for a model whose natural entropies are not
+            the 8B's; a ``per_task`` entry still wins.
+        start_low / start_high: the factors of ``band_rule=start`` (0.5 / 2: a task whose entropy
+            halves, or doubles, from where it started is pushed back).
+        start_steps: ``band_rule=start``'s H0_τ is the mean over the task's first ``start_steps``
+            training steps (default 1; no shaping of the task before).
+        floor: ``always`` = the band's lower edge always acts (the paper's, default); ``fall`` =
+            it acts only once the task's entropy has been at or above it, so a task starting
+            below the band is not pushed up, one falling out of it is.
     """
 
     enable: bool = False
@@ -91,6 +103,23 @@ class EntropyShapingConfig:
     estimator: str = "exact"
     controller: str = "fixed"
     adaptive: AdaptiveEntropyControl = field(default_factory=AdaptiveEntropyControl)
+    band_rule: str = "fixed"
+    start_low: float = 0.5
+    start_high: float = 2.0
+    start_steps: int = 1
+    floor: str = "always"
+
+    def task_bands(self) -> TaskBands:
+        """A fresh :class:`~g2rpo_verl.algorithms.entropy_control.TaskBands` of this config (state: none measured)."""
+        return TaskBands(
+            self.band,
+            explicit=[str(t) for t in self.per_task],
+            band_rule=self.band_rule,
+            start_low=self.start_low,
+            start_high=self.start_high,
+            floor=self.floor,
+            start_steps=self.start_steps,
+        )
 
     def band(self, task: str | None = None) -> tuple[float, float]:
         """``(low, high)`` of ``task`` (``per_task`` overrides the default band); ``None`` = the default band."""
@@ -110,6 +139,11 @@ class EntropyShapingConfig:
                 "g2rpo.entropy.controller=adaptive needs g2rpo.entropy.estimator=exact "
                 f"(got {self.estimator!r}): the sampled estimate's expected gradient is zero"
             )
+        if self.band_rule not in BAND_RULES:
+            raise ValueError(f"g2rpo.entropy.band_rule must be one of {BAND_RULES}, got {self.band_rule!r}")
+        if self.floor not in FLOOR_MODES:
+            raise ValueError(f"g2rpo.entropy.floor must be one of {FLOOR_MODES}, got {self.floor!r}")
+        self.task_bands()  # checks start_low / start_high, naming the keys
         if not (math.isfinite(self.beta) and self.beta >= 0):
             raise ValueError(f"g2rpo.entropy.beta must be a finite number >= 0, got {self.beta}")
         for task, band in {None: {}, **{str(k): dict(v) for k, v in self.per_task.items()}}.items():

@@ -35,6 +35,28 @@ target band keeps λ = 0 exactly: it is unaffected.
 
 State is two floats per task (:meth:`EntropyController.state_dict`, JSON-ready), saved with
 verl's checkpoints by the trainer so a resumed run continues with the same coefficients.
+
+Where each task's band comes from (:class:`TaskBands`; both controllers use it). The paper's
+rule (``band_rule=fixed``, the reference and the default) is one absolute band, ``[low, high]``
+= [0.2, 0.6], tuned for Qwen3-VL-8B; ``per_task`` overrides it per task. Two options beside it:
+
+* ``band_rule=start``: task τ's band is ``[start_low·H0_τ, start_high·H0_τ]`` with ``H0_τ`` the
+  mean of the task's token-mean entropies over its first ``start_steps`` training steps — the
+  entropy of the starting (warm-start) model on its own rollouts (one step's batch is a noisy
+  estimate; the policy moves little in a few steps). "Collapse" and "explosion" are then
+  relative to where the model started: with the defaults 0.5 / 2 a task whose entropy halves
+  is pushed back up, one whose entropy doubles is pushed back down, and a task is never pushed
+  towards a level it was not at. An entry in ``per_task`` still wins (absolute band). Until
+  ``H0_τ`` is known the task has no band (:meth:`TaskBands.update` returns ``None``) and is not
+  shaped.
+* ``floor=fall``: the lower edge acts only against a *fall*. It is armed once the task's
+  entropy has been at or above it; before that the task has no floor (only its ceiling acts).
+  A task that starts below the band and stays there — confident, and if it is accurate,
+  rightly so — is not pushed up into randomness; one that was in the band and falls out of it
+  is pushed back. ``floor=always`` (default) is the paper's two-sided rule.
+
+The starting entropies and the armed floors are the rule's state (:meth:`TaskBands.state_dict`),
+saved with the checkpoints like the multipliers, so a resumed run keeps its bands.
 """
 
 from __future__ import annotations
@@ -43,7 +65,20 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["AdaptiveEntropyControl", "EntropyController", "TaskControlState", "in_band"]
+__all__ = [
+    "AdaptiveEntropyControl",
+    "BAND_RULES",
+    "EntropyController",
+    "FLOOR_MODES",
+    "TaskBands",
+    "TaskControlState",
+    "in_band",
+]
+
+#: ``g2rpo.entropy.band_rule``: ``fixed`` = the configured band (the paper's), ``start`` = from H0_τ.
+BAND_RULES = ("fixed", "start")
+#: ``g2rpo.entropy.floor``: ``always`` = the paper's two-sided band, ``fall`` = the floor acts once reached.
+FLOOR_MODES = ("always", "fall")
 
 
 @dataclass
@@ -135,3 +170,94 @@ class EntropyController:
         self.state = {
             str(t): TaskControlState(**{k: v for k, v in s.items() if k in names}) for t, s in state["tasks"].items()
         }
+
+
+class TaskBands:
+    """Each task's band in effect, by ``band_rule`` and ``floor`` (module docstring). Lives in the trainer.
+
+    Args:
+        configured: ``task -> (low, high)``, the configured band of a task (the paper's default
+            band or its ``per_task`` entry).
+        explicit: tasks with a ``per_task`` entry: under ``band_rule=start`` their configured
+            band wins over the one derived from their starting entropy.
+        band_rule: one of :data:`BAND_RULES`.
+        start_low / start_high: the factors of ``band_rule=start``, ``0 <= start_low <= 1 <= start_high``.
+        start_steps: how many of a task's first measured steps ``H0`` averages (``>= 1``).
+        floor: one of :data:`FLOOR_MODES`.
+    """
+
+    def __init__(
+        self,
+        configured,
+        explicit=(),
+        band_rule="fixed",
+        start_low=0.5,
+        start_high=2.0,
+        floor="always",
+        start_steps=1,
+    ):
+        if band_rule not in BAND_RULES:
+            raise ValueError(f"g2rpo.entropy.band_rule must be one of {BAND_RULES}, got {band_rule!r}")
+        if floor not in FLOOR_MODES:
+            raise ValueError(f"g2rpo.entropy.floor must be one of {FLOOR_MODES}, got {floor!r}")
+        if not (0 <= start_low <= 1 <= start_high and math.isfinite(start_high)):
+            raise ValueError(
+                "g2rpo.entropy.start_low / start_high need 0 <= start_low <= 1 <= start_high (finite), "
+                f"got {start_low} / {start_high}"
+            )
+        if not (isinstance(start_steps, int) and start_steps >= 1):
+            raise ValueError(f"g2rpo.entropy.start_steps must be an integer >= 1, got {start_steps!r}")
+        self.configured = configured
+        self.start_steps = start_steps
+        self.seen: dict[str, list[float]] = {}
+        self.explicit = set(explicit)
+        self.band_rule, self.start_low, self.start_high, self.floor = band_rule, start_low, start_high, floor
+        self.start: dict[str, float] = {}
+        self.armed: dict[str, bool] = {}
+
+    def derived(self, task: str) -> bool:
+        """Whether ``task``'s band comes from its starting entropy (``band_rule=start``, no ``per_task`` entry)."""
+        return self.band_rule == "start" and task not in self.explicit
+
+    def nominal(self, task: str) -> tuple[float, float] | None:
+        """``(low, high)`` of ``task`` by ``band_rule`` before the ``floor`` mode; ``None`` while H0 is unknown."""
+        if self.derived(task):
+            if task not in self.start:
+                return None
+            h0 = self.start[task]
+            return self.start_low * h0, self.start_high * h0
+        return self.configured(task)
+
+    def update(self, task: str, entropy: float) -> tuple[float, float] | None:
+        """Fold task ``task``'s measured entropy of this step in; returns the band ``(low, high)`` in effect.
+
+        Under ``band_rule=start`` the first ``start_steps`` measurements of a task fix its
+        ``H0`` (their mean); until then the task has no band and ``None`` is returned. With
+        ``floor=fall`` the floor is 0 (none) until the task's entropy has been ``>= low``.
+        """
+        if not math.isfinite(entropy):
+            raise ValueError(f"entropy of task {task!r} is {entropy}; the band rule needs a finite value")
+        if self.derived(task) and task not in self.start:
+            seen = self.seen.setdefault(task, [])
+            seen.append(float(entropy))
+            if len(seen) < self.start_steps:
+                return None
+            self.start[task] = sum(seen) / len(seen)
+        low, high = self.nominal(task)
+        if self.floor == "fall":
+            self.armed[task] = self.armed.get(task, False) or entropy >= low
+            if not self.armed[task]:
+                low = 0.0  # a floor at 0 is no floor (EntropyController.update)
+        return low, high
+
+    def state_dict(self) -> dict:
+        return {
+            "start": dict(self.start),
+            "armed": dict(self.armed),
+            "seen": {t: list(v) for t, v in self.seen.items()},
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.start = {str(t): float(h) for t, h in state["start"].items()}
+        self.armed = {str(t): bool(a) for t, a in state["armed"].items()}
+        self.seen = {str(t): [float(h) for h in v] for t, v in state.get("seen", {}).items()}

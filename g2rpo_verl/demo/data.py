@@ -26,21 +26,33 @@ from pathlib import Path
 
 from g2rpo_verl.demo.tasks import TASKS, VisualSample, make_sample, png_bytes
 
-__all__ = ["DemoData", "sample_row", "write_demo_data", "find_demo_data", "data_paths"]
+__all__ = ["N_VAL_STEP_PER_TASK", "DemoData", "sample_row", "write_demo_data", "find_demo_data", "data_paths"]
 
 _VAL_SEED_OFFSET = 1_000_003
 
 
+#: Prompts per task of the validation during training: the first ones of each validation file.
+#: Validation runs several times a run, the greedy base-vs-trained table once on every prompt.
+N_VAL_STEP_PER_TASK = 16
+
+
 @dataclass(frozen=True)
 class DemoData:
-    """Paths of a written dataset: ``train`` and ``val[data_source]``."""
+    """Paths of a written dataset: ``train``, ``val[data_source]`` (every validation prompt: the
+    greedy base-vs-trained table) and ``val_step[data_source]`` (the first
+    :data:`N_VAL_STEP_PER_TASK` of them: verl's validation during training)."""
 
     train: Path
     val: dict[str, Path]
+    val_step: dict[str, Path]
 
     @property
     def val_files(self) -> list[Path]:
         return [self.val[source] for source in TASKS]
+
+    @property
+    def val_step_files(self) -> list[Path]:
+        return [self.val_step[source] for source in TASKS]
 
 
 def sample_row(sample: VisualSample, split: str, index: int) -> dict:
@@ -63,13 +75,18 @@ def sample_row(sample: VisualSample, split: str, index: int) -> dict:
 
 def data_paths(out: Path) -> DemoData:
     """Where :func:`write_demo_data` puts the files in ``out`` (they need not exist)."""
-    return DemoData(train=out / "train.parquet", val={s: out / f"val_{s}.parquet" for s in TASKS})
+    return DemoData(
+        train=out / "train.parquet",
+        val={s: out / f"val_{s}.parquet" for s in TASKS},
+        val_step={s: out / f"val_step_{s}.parquet" for s in TASKS},
+    )
 
 
 def write_demo_data(out_dir: str | os.PathLike, n_train: int, n_val_per_task: int, seed: int = 0) -> DemoData:
     """Write ``train.parquet`` (``n_train`` rows, tasks interleaved) and ``val_<source>.parquet``.
 
-    Each validation file holds ``n_val_per_task`` rows of its task. Files are written under a
+    Each validation file holds ``n_val_per_task`` rows of its task, each ``val_step_<source>``
+    file its first ``min(n_val_per_task, N_VAL_STEP_PER_TASK)``. Files are written under a
     temporary name and renamed, so a reader never sees a partial file.
     """
     import pandas as pd
@@ -88,6 +105,7 @@ def write_demo_data(out_dir: str | os.PathLike, n_train: int, n_val_per_task: in
         rng = random.Random((seed + _VAL_SEED_OFFSET) * 31 + k)
         rows = [sample_row(make_sample(source, rng), "val", i) for i in range(n_val_per_task)]
         _write(pd.DataFrame(rows), paths.val[source])
+        _write(pd.DataFrame(rows[:N_VAL_STEP_PER_TASK]), paths.val_step[source])
     return paths
 
 
@@ -100,6 +118,6 @@ def _write(frame, path: Path) -> None:
 def find_demo_data(out_dir: str | os.PathLike) -> DemoData | None:
     """The dataset in ``out_dir`` if every file exists, else None."""
     paths = data_paths(Path(out_dir))
-    if paths.train.is_file() and all(p.is_file() for p in paths.val.values()):
+    if paths.train.is_file() and all(p.is_file() for p in [*paths.val_files, *paths.val_step_files]):
         return paths
     return None

@@ -73,9 +73,9 @@ __all__ = [
 
 #: Width and depth of the tiny model (text and vision towers).
 MODEL_SIZE = {"hidden_size": 64, "num_layers": 2, "vision_depth": 2, "num_heads": 4, "initializer_range": 0.05}
-WARM_START_STEPS = 1000
+WARM_START_STEPS = 500
 #: Share of warm-start answers given free-form (see the module docstring).
-FREE_FORM_RATE = 0.1
+FREE_FORM_RATE = 0.6
 #: Tasks whose warm-start think block sometimes opens with :data:`NEEDLESS_PREAMBLE`.
 PERCEPTION_SOURCES = ("demo_grounding", "demo_ocr", "demo_attribute")
 NEEDLESS_PREAMBLE = "I look at the whole image first, then I answer."

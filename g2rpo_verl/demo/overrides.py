@@ -96,7 +96,9 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 def path_overrides(workdir: Path, model_dir: Path, data: DemoData) -> list[str]:
     """Model, data, checkpoint, rollout-dump and Hydra output locations inside ``workdir``."""
-    val_files = ",".join(str(p) for p in data.val_files)
+    # verl validates on the first prompts of each task during training; the greedy table at the
+    # end (g2rpo_verl.demo.base_vs_trained) on all of them
+    val_files = ",".join(str(p) for p in data.val_step_files)
     return [
         f"++actor_rollout_ref.model.path={model_dir}",
         f"++critic.model.path={model_dir}",  # built only for critic-based estimators (gae)

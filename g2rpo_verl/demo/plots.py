@@ -193,14 +193,17 @@ def _draw_entropy_bands(ax, metrics: Metrics, tasks: Sequence[str], color, fallb
         bands = {None: tuple(fallback)}
     if not bands:
         return
-    common = Counter(bands.values()).most_common(1)[0][0]
+    common, shared = Counter(bands.values()).most_common(1)[0]
+    if shared < 2 and len(bands) > 1:
+        common = None  # every task has its own band (band_rule=start): no shared band to shade
     others = {task: band for task, band in bands.items() if band != common}
-    ax.axhspan(
-        *common,
-        color="grey",
-        alpha=0.12,
-        label=f"band [{common[0]:g}, {common[1]:g}]" + (" (other tasks)" if others else ""),
-    )
+    if common is not None:
+        ax.axhspan(
+            *common,
+            color="grey",
+            alpha=0.12,
+            label=f"band [{common[0]:g}, {common[1]:g}]" + (" (other tasks)" if others else ""),
+        )
     for task, (low, high) in others.items():
         for y in (low, high):
             ax.axhline(y, color=color[task], linestyle="--", linewidth=1, alpha=0.8)
@@ -210,7 +213,7 @@ def _draw_entropy_bands(ax, metrics: Metrics, tasks: Sequence[str], color, fallb
             color=color[task],
             linestyle="--",
             linewidth=1,
-            label=f"{task.replace('_', ' ')} band [{low:g}, {high:g}]",
+            label=f"{task.replace('_', ' ')} band [{low:.2g}, {high:.2g}]",
         )
 
 

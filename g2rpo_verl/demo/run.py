@@ -293,13 +293,18 @@ def _finish(
     ``g2rpo`` is the run's validated :class:`~g2rpo_verl.config.G2RPOConfig` (the entropy band
     drawn on the plots when the metrics carry none is its default band).
     """
-    from g2rpo_verl.demo.run_metrics import merge_run_metrics, shaping_summary, validation_summary
+    from g2rpo_verl.demo.run_metrics import merge_run_metrics, replay_bands, shaping_summary, validation_summary
 
     merged = merge_run_metrics(sorted(logs.glob("metrics_*.jsonl")), workdir / "metrics.jsonl")
+    if not g2rpo.entropy.enable:
+        # shaping off: judge (and draw) each task against the band the configured rule would
+        # have set from the run's own entropies, so on and off runs compare on the same band
+        merged = replay_bands(merged, g2rpo.entropy)
+        logger.info("entropy shaping off: 'in band' below is the band g2rpo.entropy's rule would have set")
     if plots:
         from g2rpo_verl.demo.plots import draw_all
 
-        band = g2rpo.entropy.band() if g2rpo.entropy.enable else None
+        band = g2rpo.entropy.band() if g2rpo.entropy.band_rule == "fixed" else None
         for path in draw_all(workdir, merged, logger=logger, entropy_band=band, estimator=estimator):
             logger.info("plot: %s", path)
     for line in validation_summary(merged) + shaping_summary(merged):

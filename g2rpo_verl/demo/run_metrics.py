@@ -198,6 +198,29 @@ def task_shaping(metrics: Metrics, task: str) -> TaskShaping:
     )
 
 
+def replay_bands(metrics: Metrics, entropy_config) -> Metrics:
+    """``metrics`` with each task's band filled in where the run logged none (entropy shaping off).
+
+    The band is the one ``entropy_config``'s rule (:class:`~g2rpo_verl.config.EntropyShapingConfig`,
+    ``band_rule`` / ``floor``) sets from the run's own ``task_<τ>/entropy`` series, step by step
+    as the trainer would have: so a run with the shaping off is judged against the band the
+    shaping would have held. Steps that already carry a band are left as they are.
+    """
+    bands = entropy_config.task_bands()
+    out = {step: dict(data) for step, data in metrics.items()}
+    for step in sorted(out):
+        data = out[step]
+        for task in task_names({step: data}):
+            prefix = f"task_{task}"
+            h = data.get(f"{prefix}/entropy")
+            if f"{prefix}/entropy/band_low" in data or not isinstance(h, (int, float)) or not math.isfinite(h):
+                continue
+            band = bands.update(task.replace("_", " "), float(h))
+            if band is not None:
+                data[f"{prefix}/entropy/band_low"], data[f"{prefix}/entropy/band_high"] = band
+    return out
+
+
 def shaping_summary(metrics: Metrics) -> list[str]:
     """Per task: the share of steps with token entropy in its band, and the length change."""
     rows = [task_shaping(metrics, task) for task in task_names(metrics)]

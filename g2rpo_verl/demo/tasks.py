@@ -172,7 +172,9 @@ def _grounding(rng: random.Random):
     unit = BOX_SCALE // GRID
     box = [col * unit, row * unit, (col + w) * unit, (row + h) * unit]
     answer = json.dumps({"boxes": box})
-    free = f"the {color} {shape}"  # names the object instead of giving its box
+    # names the object and its cell instead of giving its box: about as long as the box, so that
+    # learning the box does not by itself make grounding's answers longer (docs/shaping.md)
+    free = f"the {color} {shape} at row {row + 1}, column {col + 1}"
     return image, answer, f"a {color} {shape}", free, None, {"box": box, "color": color, "shape": shape}
 
 
@@ -195,7 +197,8 @@ def _attribute(rng: random.Random):
         names, truth, asked = list(SHAPES), shape, "shape"
     options = [f"{letter}. {name}" for letter, name in zip(LETTERS, names, strict=True)]
     letter = LETTERS[names.index(truth)]
-    return image, letter, f"it is {truth}", truth, options, {"asked": asked}
+    # free-form: a sentence, not the letter (nor the bare option text, which the lenient rule reads)
+    return image, letter, f"it is {truth}", f"the {asked} is {truth}", options, {"asked": asked}
 
 
 def _ocr(rng: random.Random):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Sequence
 
@@ -34,7 +35,7 @@ from g2rpo_verl.algorithms.entropy import (
     penalty_weights,
     row_entropy_sums,
 )
-from g2rpo_verl.algorithms.entropy_control import EntropyController
+from g2rpo_verl.algorithms.entropy_control import EntropyController, TaskBands
 from g2rpo_verl.config import EntropyShapingConfig
 from g2rpo_verl.verl_compat.api import TQ, actor_dp_size
 from g2rpo_verl.verl_hooks.actor_loss import WEIGHT_FIELD, build_actor_loss
@@ -106,10 +107,11 @@ def entropy_shaping_metrics(
             continue  # a task whose responses are all empty has no entropy to report
         prefix = metric_prefix(str(name))
         metrics[f"{prefix}/entropy_estimate"] = step_h[t].item()
-        metrics[f"{prefix}/entropy/out_of_band"] = float(not (low[t] <= step_h[t] <= high[t]))
         metrics[f"{prefix}/entropy/coef"] = acting[t].item()
-        metrics[f"{prefix}/entropy/band_low"] = float(low[t])
-        metrics[f"{prefix}/entropy/band_high"] = float(high[t])
+        if torch.isfinite(high[t]):  # a task without a band yet (band_rule=start) logs none
+            metrics[f"{prefix}/entropy/out_of_band"] = float(not (low[t] <= step_h[t] <= high[t]))
+            metrics[f"{prefix}/entropy/band_low"] = float(low[t])
+            metrics[f"{prefix}/entropy/band_high"] = float(high[t])
         if coef is None:
             metrics[f"{prefix}/entropy_penalty"] = (pen_sum[t] / pen_n[t]).item()
     return metrics
@@ -238,7 +240,7 @@ class EntropyShapingMixin(G2RPOBase):
         if shaping.enable:
             per_token = data[source] if source == TQ.ENTROPY else -data[source]
             row_sum, row_count = row_entropy_sums(per_token, mask)
-            low, high = task_bands(shaping, info.task_names)
+            low, high = self._step_bands(list(info.task_names), row_sum, row_count, info.task_ids)
             beta = self.entropy_coefficients(info.task_names)
             coef = None
             if shaping.controller == "adaptive":
@@ -276,12 +278,46 @@ class EntropyShapingMixin(G2RPOBase):
             self._entropy_controller = EntropyController(self.g2rpo_config.entropy.adaptive)
         return self._entropy_controller
 
+    @property
+    def entropy_bands(self) -> TaskBands:
+        """Each task's band in effect (``band_rule``, ``floor``); saved with checkpoints when it has state."""
+        if getattr(self, "_entropy_bands", None) is None:
+            self._entropy_bands = self.g2rpo_config.entropy.task_bands()
+        return self._entropy_bands
+
     def g2rpo_state_parts(self) -> dict:
         parts = super().g2rpo_state_parts()
         shaping = self.g2rpo_config.entropy
         if shaping.enable and shaping.controller == "adaptive":
             parts["entropy"] = self.entropy_controller
+        if shaping.enable and (shaping.band_rule != "fixed" or shaping.floor != "always"):
+            parts["entropy_bands"] = self.entropy_bands  # the starting entropies / armed floors
         return parts
+
+    def _step_bands(self, task_names, row_sum, row_count, task_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(low, high)``, each ``(T,)`` float64: each task's band in effect this step.
+
+        A present task's step entropy Ĥ_τ goes through :meth:`TaskBands.update` (under
+        ``band_rule=start`` its first ``start_steps`` fix H0_τ; with ``floor=fall`` it may arm
+        the floor). A task with no tokens this step has no rows to weigh; it gets its nominal
+        band. A task without a band yet (H0 still being measured) gets ``(0, inf)``: no term
+        (the fixed penalty's violation is 0, the controller skips it) and no band metrics.
+        """
+        num_tasks = len(task_names)
+        step_sum, step_cnt = group_task_stats(row_sum, row_count, task_ids, torch.zeros_like(task_ids), num_tasks, 1)
+        bands = self.entropy_bands
+        out = []
+        for t, name in enumerate(task_names):
+            if step_cnt[0, t] > 0:
+                band = bands.update(str(name), (step_sum[0, t] / step_cnt[0, t]).item())
+            else:
+                band = bands.nominal(str(name))
+            # no band yet (band_rule=start still measuring H0): nothing to hold, no term
+            out.append(band if band is not None else (0.0, math.inf))
+        return (
+            torch.tensor([b[0] for b in out], dtype=torch.float64),
+            torch.tensor([b[1] for b in out], dtype=torch.float64),
+        )
 
     def _controller_step(self, task_names, row_sum, row_count, task_ids, low, high) -> torch.Tensor:
         """Update each present task's coefficient from the step's Ĥ_τ; returns ``(T,)`` λ_τ."""
@@ -290,7 +326,9 @@ class EntropyShapingMixin(G2RPOBase):
         controller = self.entropy_controller
         coef = []
         for t, name in enumerate(task_names):
-            if step_cnt[0, t] > 0:
+            if not math.isfinite(high[t].item()):  # no band yet (_step_bands): not shaped
+                coef.append(0.0)
+            elif step_cnt[0, t] > 0:
                 h = (step_sum[0, t] / step_cnt[0, t]).item()
                 coef.append(controller.update(str(name), h, low[t].item(), high[t].item()))
             else:  # no token of the task this step: nothing measured, nothing to weigh

@@ -182,3 +182,77 @@ def test_resume_restores_the_coefficients_and_the_run_continues_identically():
 
     assert resumed(saved_state) == continued
     assert resumed(None) != continued  # a controller that forgot its multipliers acts differently
+
+
+# ------------------------------------------------------------------ where the band comes from (TaskBands)
+
+
+def test_the_papers_fixed_band_is_the_default_rule():
+    bands = EntropyShapingConfig(per_task={"numerical": {"low": 0.05}}).task_bands()
+    assert bands.update("math", 0.9) == (0.2, 0.6) and bands.update("numerical", 0.01) == (0.05, 0.6)
+    assert bands.update("math", 0.1) == (0.2, 0.6)  # the floor acts from below: the paper's rule
+
+
+def test_start_rule_derives_each_tasks_band_from_its_first_measured_entropy():
+    cfg = EntropyShapingConfig(band_rule="start", start_low=0.5, start_high=2.0, per_task={"ocr": {"low": 0.3}})
+    bands = cfg.task_bands()
+    assert bands.update("mc", 0.15) == pytest.approx((0.075, 0.30))  # H0 = 0.15: [H0/2, 2·H0]
+    assert bands.update("math", 0.5) == pytest.approx((0.25, 1.0))
+    # later steps do not move the band: it stays where the starting model was
+    assert bands.update("mc", 0.02) == pytest.approx((0.075, 0.30)) and bands.start == {"mc": 0.15, "math": 0.5}
+    assert bands.update("ocr", 0.9) == (0.3, 0.6)  # an explicit per_task band wins over the rule
+
+
+def test_start_rule_averages_h0_over_the_first_steps_and_shapes_nothing_before():
+    bands = EntropyShapingConfig(band_rule="start", start_steps=3, start_low=0.5, start_high=2).task_bands()
+    assert bands.update("mc", 0.1) is None and bands.update("mc", 0.3) is None and bands.nominal("mc") is None
+    assert bands.update("mc", 0.2) == pytest.approx((0.1, 0.4))  # H0 = mean(0.1, 0.3, 0.2) = 0.2
+    assert bands.update("mc", 5.0) == pytest.approx((0.1, 0.4))
+    with pytest.raises(ValueError, match="g2rpo.entropy.start_steps"):
+        EntropyShapingConfig(band_rule="start", start_steps=0)
+
+
+def test_a_task_starting_below_the_band_is_not_pushed_up_under_the_fall_floor():
+    # the paper's band [0.2, 0.6]; counting starts confident at 0.1, math inside at 0.4
+    bands = EntropyShapingConfig(floor="fall").task_bands()
+    ctl = EntropyController(AdaptiveEntropyControl())
+    for h in (0.1, 0.08, 0.12, 0.1):
+        low, high = bands.update("counting", h)
+        assert (low, high) == (0.0, 0.6)  # no floor yet: it has never been up to 0.2
+        assert ctl.update("counting", h, low, high) == 0.0  # and nothing pushes it up
+    # once it has reached the band, a fall out of it is resisted
+    assert bands.update("counting", 0.25) == (0.2, 0.6)
+    low, high = bands.update("counting", 0.1)
+    assert (low, high) == (0.2, 0.6) and ctl.update("counting", 0.1, low, high) < 0
+    # a task starting inside is held from the first step, as with the paper's rule
+    assert bands.update("math", 0.4) == (0.2, 0.6) and bands.update("math", 0.1) == (0.2, 0.6)
+    # the ceiling always acts, armed or not
+    fresh = EntropyShapingConfig(floor="fall").task_bands()
+    assert ctl.update("x", 0.9, *fresh.update("x", 0.9)) > 0
+
+
+def test_band_rule_state_resumes_with_the_starting_entropies_and_armed_floors():
+    cfg = EntropyShapingConfig(band_rule="start", floor="fall")
+    bands = cfg.task_bands()
+    bands.update("a", 0.4)
+    bands.update("b", 0.2)
+    bands.update("b", 0.05)
+    restored = cfg.task_bands()
+    restored.load_state_dict(json.loads(json.dumps(bands.state_dict())))
+    assert restored.update("a", 0.1) == bands.update("a", 0.1) == pytest.approx((0.2, 0.8))
+    forgot = cfg.task_bands()
+    assert forgot.update("a", 0.1) != restored.update("a", 0.1)  # H0 re-measured at 0.1: a different band
+
+
+def test_band_rule_keys_are_checked_naming_the_key():
+    with pytest.raises(ValueError, match="g2rpo.entropy.band_rule"):
+        EntropyShapingConfig(band_rule="auto")
+    with pytest.raises(ValueError, match="g2rpo.entropy.floor"):
+        EntropyShapingConfig(floor="never")
+    for bad in (dict(start_low=1.5), dict(start_high=0.9), dict(start_low=-0.1), dict(start_high=math.inf)):
+        with pytest.raises(ValueError, match="start_low / start_high"):
+            EntropyShapingConfig(band_rule="start", **bad)
+    cfg = load_g2rpo_config(OmegaConf.create({"g2rpo": {"entropy": {"band_rule": "start", "start_high": 3}}}))
+    assert cfg.entropy.band_rule == "start" and cfg.entropy.start_high == 3.0
+    with pytest.raises(ValueError, match="did you mean 'g2rpo.entropy.band_rule'"):
+        load_g2rpo_config(OmegaConf.create({"g2rpo": {"entropy": {"band_rules": "start"}}}))

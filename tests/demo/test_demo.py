@@ -1,8 +1,10 @@
 """Tests of the embedded default (g2rpo_verl.demo): tasks, data, config, progress, metrics, plots.
 
 The ``e2e`` tests run the real ``verl.trainer.main_ppo`` through ``python -m g2rpo_verl.demo``
-exactly as ``g2rpo-train`` does, shortened to a few steps (about 2.5 minutes on 2 CPU cores for
-both, the second one resuming the first one's checkpoint).
+exactly as ``g2rpo-train`` does, with the demo's own model and warm start, shortened to
+:data:`E2E_STEPS` steps (about 6 minutes on 2 CPU cores), then resume it for one more step.
+The run is long enough to check what the demo is for: the greedy accuracy over all validation
+prompts rises, and every task's entropy is held in the band derived from its own start.
 """
 
 from __future__ import annotations
@@ -79,6 +81,13 @@ def test_counting_draws_as_many_dots_as_the_answer():
 def test_dataset_files_are_verl_parquet_with_one_validation_file_per_task(tmp_path):
     written = demo_data.write_demo_data(tmp_path / "a", n_train=12, n_val_per_task=3, seed=4)
     again = demo_data.write_demo_data(tmp_path / "b", n_train=12, n_val_per_task=3, seed=4)
+    many = demo_data.write_demo_data(tmp_path / "c", n_train=6, n_val_per_task=20, seed=4)
+    for source in SOURCES:  # the validation during training: the first prompts of each task's file
+        head = pd.read_parquet(many.val_step[source])
+        assert len(head) == demo_data.N_VAL_STEP_PER_TASK < 20
+        full = pd.read_parquet(many.val[source]).head(demo_data.N_VAL_STEP_PER_TASK)
+        assert [r[0]["bytes"] for r in head.images] == [r[0]["bytes"] for r in full.images]
+        assert list(head.extra_info.map(lambda e: e["index"])) == list(range(demo_data.N_VAL_STEP_PER_TASK))
     assert demo_data.find_demo_data(tmp_path / "a") == written
     assert demo_data.find_demo_data(tmp_path / "missing") is None
     train = pd.read_parquet(written.train)
@@ -119,7 +128,7 @@ def test_demo_config_composes_with_verls_config_and_user_overrides_win(tmp_path)
     from g2rpo_verl.config import load_g2rpo_config
     from g2rpo_verl.rewards.settings import settings_from_kwargs
 
-    paths = demo_data.DemoData(tmp_path / "t.parquet", {s: tmp_path / f"{s}.parquet" for s in SOURCES})
+    paths = demo_data.data_paths(tmp_path)
     user = ["algorithm.adv_estimator=grpo", "trainer.total_training_steps=3"]
     overrides = demo_overrides(tmp_path, tmp_path / "model", paths, user)
     assert override_value(overrides, "algorithm.adv_estimator") == "grpo"
@@ -128,17 +137,17 @@ def test_demo_config_composes_with_verls_config_and_user_overrides_win(tmp_path)
         cfg = compose("ppo_trainer", overrides=[o for o in overrides if not o.startswith("++hydra.")])
     assert cfg.algorithm.adv_estimator == "grpo" and cfg.trainer.device == "cpu"
     assert cfg.data.custom_cls.name == "VisionRLHFDataset" and cfg.data.trust_remote_code
-    assert list(cfg.data.val_files) == [str(paths.val[s]) for s in SOURCES]
+    # verl validates on the first prompts of each task; the greedy table at the end uses all of them
+    assert list(cfg.data.val_files) == [str(paths.val_step[s]) for s in SOURCES]
     assert cfg.actor_rollout_ref.rollout.name == "hf" and cfg.trainer.save_freq > 0
     g2rpo = load_g2rpo_config(cfg)  # the plugin's section validates
     assert g2rpo.length.enable and g2rpo.entropy.enable
     assert g2rpo.length.rule("multiple choice").profile == "perception"
     assert g2rpo.length.rule("math").profile == "reasoning"
-    # the paper's band for every task but counting, whose tally think is right at a low entropy
-    assert g2rpo.entropy.controller == "adaptive"
-    assert {s.problem_type: g2rpo.entropy.band(s.problem_type) for s in tasks.TASKS.values()} == {
-        s.problem_type: (0.05, 0.6) if s.problem_type == "numerical" else (0.2, 0.6) for s in tasks.TASKS.values()
-    }
+    # every task's band from its own starting entropy, [H0/2, 2·H0], held by the adaptive controller
+    entropy = g2rpo.entropy
+    assert entropy.controller == "adaptive" and entropy.band_rule == "start" and not entropy.per_task
+    assert (entropy.start_low, entropy.start_high, entropy.start_steps) == (0.67, 1.5, 3)
     assert load_config()["algorithm"]["adv_estimator"] == "gs_grpo"
     # the demo scores with the strict preset (its warm start writes <think>; docs/rewards.md)
     reward = settings_from_kwargs(dict(cfg.reward.custom_reward_function.reward_kwargs))
@@ -158,7 +167,7 @@ def test_each_estimator_gets_a_length_shaping_setting_the_plugin_accepts(tmp_pat
 
     from g2rpo_verl.config import gdpo_components, load_g2rpo_config
 
-    paths = demo_data.DemoData(tmp_path / "t.parquet", {s: tmp_path / f"{s}.parquet" for s in SOURCES})
+    paths = demo_data.data_paths(tmp_path)
     overrides = demo_overrides(tmp_path, tmp_path / "model", paths, [f"algorithm.adv_estimator={estimator}"])
     with initialize_config_module("verl.trainer.config", version_base=None):
         cfg = compose("ppo_trainer", overrides=[o for o in overrides if not o.startswith("++hydra.")])
@@ -289,6 +298,24 @@ def test_shaping_summary_reports_each_tasks_share_in_band_and_length_change():
     assert shaping_summary({1: {"task_math/reward/total": 0.1}}) == []
 
 
+def test_a_run_with_shaping_off_is_judged_against_the_band_its_rule_would_have_set():
+    from g2rpo_verl.config import EntropyShapingConfig
+    from g2rpo_verl.demo.run_metrics import replay_bands, task_shaping
+
+    # counting's entropy falls from 0.12 to 0.03 with the shaping off: below [H0/1.5, 1.5·H0]
+    h = [0.12, 0.11, 0.13] + [0.03] * 20
+    metrics = {s + 1: {"task_numerical/reward/total": 0.5, "task_numerical/entropy": v} for s, v in enumerate(h)}
+    cfg = EntropyShapingConfig(band_rule="start", start_steps=3, start_low=0.67, start_high=1.5)
+    replayed = replay_bands(metrics, cfg)
+    assert "task_numerical/entropy/band_low" not in replayed[2] and "task_numerical/entropy/band_low" not in metrics[3]
+    assert replayed[3]["task_numerical/entropy/band_low"] == pytest.approx(0.67 * 0.12)
+    assert replayed[23]["task_numerical/entropy/band_high"] == pytest.approx(1.5 * 0.12)
+    assert task_shaping(replayed, "numerical").in_band_last == 0.0  # left its band: the collapse shaping prevents
+    # a logged band (shaping on) is kept as it is
+    metrics[5]["task_numerical/entropy/band_low"] = 0.0
+    assert replay_bands(metrics, cfg)[5]["task_numerical/entropy/band_low"] == 0.0
+
+
 def test_validation_summary_compares_first_and_last_validation():
     metrics = {
         0: {"val-core/demo_ocr/acc/mean@2": 0.25, "val-aux/demo_ocr/reward/mean@2": 0.5},
@@ -357,7 +384,9 @@ def test_demo_model_is_a_tiny_qwen3_vl_that_verl_can_load(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # end to end: the real verl.trainer.main_ppo, through the demo command
 # ------------------------------------------------------------------------------------------------
-E2E_ARGS = ["--warm-start-steps", "30", "trainer.save_freq=2", "trainer.test_freq=2"]
+E2E_STEPS = 12
+E2E_ARGS = ["trainer.save_freq=6", "trainer.test_freq=6"]
+TASK_KEYS = ("spatial_grounding", "numerical", "multiple_choice", "OCR", "math", "regression")
 
 
 def _run_demo(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -372,21 +401,21 @@ def _run_demo(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("demo")
-    _run_demo(workdir, "trainer.total_training_steps=2")
+    _run_demo(workdir, f"trainer.total_training_steps={E2E_STEPS}")
     return workdir
 
 
 @pytest.mark.e2e
 def test_demo_command_trains_validates_per_task_and_plots(demo_run):
     metrics = load_metrics([demo_run / "metrics.jsonl"])
-    assert sorted(metrics) == [0, 1, 2]
-    for step in (0, 2):  # validation before training and at the last step, every task
+    assert sorted(metrics) == list(range(E2E_STEPS + 1))
+    for step in (0, 6, E2E_STEPS):  # validation before training and every test_freq steps, every task
         for source in SOURCES:
             value = metrics[step][f"val-core/{source}/acc/mean@2"]
             assert math.isfinite(value) and 0 <= value <= 1, (step, source)
-    for step in (1, 2):
+    for step in range(1, E2E_STEPS + 1):
         data = metrics[step]
-        for task in ("spatial_grounding", "numerical", "multiple_choice", "OCR", "math", "regression"):
+        for task in TASK_KEYS:
             for name in ("reward/total", "length/mean", "entropy", "advantage/std", "advantage/skew"):
                 assert math.isfinite(data[f"task_{task}/{name}"]), (step, task, name)
         # rollout (hf server, batched, with images) and trainer (FSDP2) log-probs agree
@@ -395,13 +424,37 @@ def test_demo_command_trains_validates_per_task_and_plots(demo_run):
         # the adaptive controller's term reached the loss (negative where it raises an entropy)
         assert math.isfinite(data["actor/entropy_shaping_loss"])
         coef_max = AdaptiveEntropyControl(**load_config()["g2rpo"]["entropy"].get("adaptive", {})).coef_max
-        for task in ("spatial_grounding", "numerical", "multiple_choice", "OCR", "math", "regression"):
+        for task in TASK_KEYS:
             assert abs(data[f"task_{task}/entropy/coef"]) <= coef_max
-            assert data[f"task_{task}/entropy/out_of_band"] in (0.0, 1.0)
     for name in ("training_curves.png", "advantages.png"):
         assert (demo_run / "plots" / name).stat().st_size > 20_000
-    state = json.loads((demo_run / "checkpoints" / "global_step_2" / "g2rpo_state.json").read_text())
-    assert set(state) == {"length", "entropy"}
+    state = json.loads((demo_run / "checkpoints" / f"global_step_{E2E_STEPS}" / "g2rpo_state.json").read_text())
+    assert set(state) == {"length", "entropy", "entropy_bands"}
+
+
+@pytest.mark.e2e
+def test_the_short_demo_learns_and_holds_every_task_in_the_band_of_its_own_start(demo_run):
+    """The direction of learning and the shaping targets, on the test's own run (not a recorded one)."""
+    # greedy accuracy over all validation prompts, base model vs the policy at the last step
+    base, trained = (json.loads((demo_run / "eval" / n / "metrics.json").read_text()) for n in ("base", "trained"))
+    gain = trained["overall"]["accuracy"] - base["overall"]["accuracy"]
+    assert gain > 0, (base["overall"], trained["overall"])
+
+    # each task's band is [start_low·H0, start_high·H0], H0 the mean of its first start_steps entropies,
+    # and the entropy stays inside it on >= 80 % of the steps after the band is set
+    cfg = load_config()["g2rpo"]["entropy"]
+    k, lo, hi = cfg["start_steps"], cfg["start_low"], cfg["start_high"]
+    metrics = load_metrics([demo_run / "metrics.jsonl"])
+    for task in TASK_KEYS:
+        h = [metrics[s][f"task_{task}/entropy_estimate"] for s in range(1, E2E_STEPS + 1)]
+        h0 = sum(h[:k]) / k
+        assert all(f"task_{task}/entropy/band_low" not in metrics[s] for s in range(1, k)), task  # no band yet
+        banded = range(k, E2E_STEPS + 1)
+        for s in banded:
+            assert metrics[s][f"task_{task}/entropy/band_low"] == pytest.approx(lo * h0), (task, s)
+            assert metrics[s][f"task_{task}/entropy/band_high"] == pytest.approx(hi * h0), (task, s)
+        inside = [lo * h0 <= metrics[s][f"task_{task}/entropy_estimate"] <= hi * h0 for s in banded]
+        assert sum(inside) >= 0.8 * len(inside), (task, [round(v, 3) for v in h], round(h0, 3))
 
 
 @pytest.mark.e2e
@@ -446,7 +499,7 @@ def test_the_demo_exports_the_policy_and_compares_it_with_the_base_model(demo_ru
     models = {"export": exported, "bf16": checkpoint_bf16, "fp32": checkpoint_fp32}
     generators = {k: HFGenerator(m, eos, builder.tokenizer.pad_token_id, builder.processor) for k, m in models.items()}
     tokens: dict[str, list] = {k: [] for k in models}
-    for path in sorted((demo_run / "data").glob("val_*.parquet")):
+    for path in demo_data.data_paths(demo_run / "data").val_files:  # every validation prompt
         prompts = list(builder.prompts(path, list(range(len(pd.read_parquet(path, columns=["data_source"]))))))
         for k, g in generators.items():
             tokens[k] += [
@@ -478,16 +531,45 @@ def test_the_demo_exports_the_policy_and_compares_it_with_the_base_model(demo_ru
 
 @pytest.mark.e2e
 def test_rerunning_the_command_resumes_from_the_last_checkpoint(demo_run):
-    proc = _run_demo(demo_run, "trainer.total_training_steps=3", "--no-plots")
+    more = E2E_STEPS + 1
+    proc = _run_demo(demo_run, f"trainer.total_training_steps={more}", "--no-plots")
     run_files = sorted((demo_run / "logs").glob("metrics_*.jsonl"))
     assert len(run_files) == 2
     second = load_metrics([run_files[-1]])
-    assert "training/global_step" not in second.get(2, {}) and second[3]["training/global_step"] == 3
+    assert "training/global_step" not in second.get(E2E_STEPS, {}) and second[more]["training/global_step"] == more
     merged = load_metrics([demo_run / "metrics.jsonl"])
-    assert sorted(merged) == [0, 1, 2, 3] and "task_math/reward/total" in merged[1]
-    assert "validation, step 0 -> step 3" in proc.stdout  # first and last validation of all runs
+    assert sorted(merged) == list(range(more + 1)) and "task_math/reward/total" in merged[1]
+    assert f"validation, step 0 -> step {more}" in proc.stdout  # first and last validation of all runs
+    # the bands resumed from the checkpoint: the same as before the restart, not re-measured
+    for task in TASK_KEYS:
+        assert merged[more][f"task_{task}/entropy/band_low"] == merged[E2E_STEPS][f"task_{task}/entropy/band_low"]
 
     # a finished run is not started again: the command only redraws and summarises
-    again = _run_demo(demo_run, "trainer.total_training_steps=3")
-    assert "already trained to step 3" in again.stdout and "validation, step 0 -> step 3" in again.stdout
+    again = _run_demo(demo_run, f"trainer.total_training_steps={more}")
+    assert f"already trained to step {more}" in again.stdout and f"validation, step 0 -> step {more}" in again.stdout
     assert len(list((demo_run / "logs").glob("metrics_*.jsonl"))) == 2
+
+
+def test_paired_runs_pool_the_prompts_of_every_seed_pair(tmp_path, capsys):
+    from g2rpo_verl.demo.paired_runs import main, pooled_records
+
+    def write(run: str, accuracies: list[float]) -> Path:
+        out = tmp_path / run / "eval" / "trained"
+        out.mkdir(parents=True)
+        rows = [
+            {"key": f"k{i}", "file": f"/x/{run}/val_demo_math.parquet", "row": i, "task": "math"}
+            | {"reward": {"accuracy": a, "score": a}}
+            for i, a in enumerate(accuracies)
+        ]
+        (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return tmp_path / run
+
+    a = [write("on0", [1, 0]), write("on1", [1, 1])]
+    b = [write("off0", [0, 0]), write("off1", [1, 0])]
+    # the same file name and row in two seeds are two prompts, not one
+    assert len({(r["file"], r["row"]) for r in pooled_records(a, "trained")}) == 4
+    assert main(["--a", *map(str, a), "--b", *map(str, b), "--names", "on", "off"]) == 0
+    out = capsys.readouterr().out
+    assert "| (all) | 4 | 0.750 | 0.250 | -0.500" in out
+    with pytest.raises(SystemExit):
+        main(["--a", str(a[0]), "--b", *map(str, b)])

@@ -5,6 +5,7 @@ them to the loss (jagged prompts/responses/masks from TransferQueue, flat per-to
 so the real :class:`G2RPOActorLoss` and verl's own ``ppo_loss`` run unmodified. No Ray.
 """
 
+import math
 import pickle
 from types import SimpleNamespace
 
@@ -648,6 +649,72 @@ def test_adaptive_trainer_updates_each_tasks_coefficient_from_the_step_and_weigh
         torch.testing.assert_close(put[WEIGHT_FIELD][:, 0], torch.tensor(expected, dtype=torch.float32))
     # the coefficient grew while a and b stayed outside: it is state, kept across steps
     assert trainer.entropy_controller.coef("b") > EntropyController(gains).update("b", 0.9, LOW, HIGH) > 0
+
+
+@pytest.mark.parametrize("controller", ["adaptive", "fixed"])
+def test_start_band_rule_fixes_each_tasks_band_at_its_first_step_and_is_saved_for_resume(monkeypatch, controller):
+    import transfer_queue as tq
+
+    section, _ = actor_config(ppo_mini_batch_size=2, ppo_epochs=1, shuffle=False)
+    config = OmegaConf.create({"actor_rollout_ref": {"actor": section, "rollout": {"n": 2}}, "algorithm": {}})
+    shaping = EntropyShapingConfig(enable=True, controller=controller, band_rule="start", start_low=0.5, start_high=2)
+    tasks = ["a", "b", "a", "b"]
+    values = {"step1": [0.1, 0.4, 0.1, 0.4], "step2": [0.02, 0.4, 0.02, 0.4]}
+    store = {}
+    monkeypatch.setattr(
+        tq,
+        "kv_batch_get",
+        lambda keys, partition_id, select_fields: TensorDict(
+            {f: store[f] for f in select_fields}, batch_size=[len(keys)]
+        ),
+    )
+    monkeypatch.setattr(tq, "kv_batch_put", lambda keys, partition_id, fields: None)
+    trainer = _Trainer(config, shaping, tasks)
+    seen = []
+    for step in ("step1", "step2"):
+        ent = [torch.full((2,), v, dtype=torch.float32) for v in values[step]]
+        store.update({"entropy": jagged(ent), "response_mask": jagged([torch.ones(2, dtype=torch.long)] * 4)})
+        metrics = {}
+        batch = SimpleNamespace(keys=[f"k{i}" for i in range(4)], partition_id="train", fields=["input_ids"])
+        trainer._update_actor(batch, metrics)
+        seen.append(metrics)
+    # a's band is [0.05, 0.2] from its step-1 entropy 0.1, b's [0.2, 0.8] from 0.4; not the paper's
+    for m in seen:
+        assert (m["task_a/entropy/band_low"], m["task_a/entropy/band_high"]) == pytest.approx((0.05, 0.2))
+        assert (m["task_b/entropy/band_low"], m["task_b/entropy/band_high"]) == pytest.approx((0.2, 0.8))
+    # step 1: both at their own start, untouched; step 2: a fell to 0.02, below half its start
+    assert seen[0]["task_a/entropy/coef"] == 0.0 and seen[0]["task_b/entropy/coef"] == 0.0
+    assert seen[1]["task_a/entropy/out_of_band"] == 1.0 and seen[1]["task_a/entropy/coef"] < 0
+    assert seen[1]["task_b/entropy/coef"] == 0.0
+    parts = trainer.g2rpo_state_parts()
+    assert parts["entropy_bands"].state_dict()["start"] == pytest.approx({"a": 0.1, "b": 0.4})
+
+
+def test_start_band_rule_shapes_nothing_while_h0_is_measured(monkeypatch):
+    import transfer_queue as tq
+
+    section, _ = actor_config(ppo_mini_batch_size=2, ppo_epochs=1, shuffle=False)
+    config = OmegaConf.create({"actor_rollout_ref": {"actor": section, "rollout": {"n": 2}}, "algorithm": {}})
+    shaping = EntropyShapingConfig(enable=True, band_rule="start", start_steps=2)  # the fixed penalty
+    ent = [torch.full((2,), v, dtype=torch.float32) for v in (0.01, 0.9, 0.01, 0.9)]
+    store = {"entropy": jagged(ent), "response_mask": jagged([torch.ones(2, dtype=torch.long)] * 4)}
+    put = {}
+    monkeypatch.setattr(
+        tq,
+        "kv_batch_get",
+        lambda keys, partition_id, select_fields: TensorDict(
+            {f: store[f] for f in select_fields}, batch_size=[len(keys)]
+        ),
+    )
+    monkeypatch.setattr(tq, "kv_batch_put", lambda keys, partition_id, fields: put.update(fields.to_dict()))
+    trainer = _Trainer(config, shaping, ["a", "b", "a", "b"])
+    metrics = {}
+    batch = SimpleNamespace(keys=[f"k{i}" for i in range(4)], partition_id="train", fields=["input_ids"])
+    trainer._update_actor(batch, metrics)
+    # far outside the paper's band, but no band of their own yet: zero weights, no band metrics
+    assert torch.equal(put[WEIGHT_FIELD], torch.zeros_like(put[WEIGHT_FIELD]))
+    assert not any(k.endswith(("band_low", "band_high", "out_of_band")) for k in metrics)
+    assert metrics["task_a/entropy/coef"] == 0.0 and math.isfinite(metrics["task_a/entropy_penalty"])
 
 
 def test_trainer_with_shaping_off_changes_nothing(monkeypatch):
