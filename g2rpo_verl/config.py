@@ -74,7 +74,7 @@ class EntropyShapingConfig:
             estimate). ``exact`` is the default because the expected gradient of −log π(y)
             over tokens drawn from π is zero: ``sampled`` acts only through the particular
             tokens of the batch, cannot lower entropy below theirs, and lets chance excursions
-            out of the band reinforce themselves (the first is pinned in tests/test_entropy_shaping.py).
+            out of the band reinforce themselves (the first is pinned in tests/verl_hooks/test_entropy_shaping.py).
         controller: ``fixed`` = the paper's penalty with coefficient ``beta`` for every task
             (default); ``adaptive`` = a per-task coefficient that rises while the task's entropy
             is outside its band and relaxes inside it, replacing ``beta``

@@ -12,7 +12,7 @@ the ratios the targets are stated in:
 Two loop baselines: ``torch_loop`` is G²RPO written the way reference RL code (and verl's own
 loop ``grpo``) writes group statistics — a Python dict of per-sample tensors and a few small
 torch ops per group; ``python_loop`` is the plain-Python oracle of the tests
-(tests/reference_impl.py), which never touches torch and is much faster than the former.
+(tests/support/reference_impl.py), which never touches torch and is much faster than the former.
 
 Usage: python scripts/bench_advantages.py [--device cpu|cuda] [--sizes 512 2048 8192] [--repeat 20] [--threads 1]
 """

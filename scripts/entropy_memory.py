@@ -35,7 +35,7 @@ PRODUCTION_TOKENS = 20480
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """``(..., V) -> (...)``: the formula of ``verl.utils.torch_functional.entropy_from_logits``
-    (tests/test_entropy_memory.py checks they agree), here so the GPU check needs no verl."""
+    (tests/verl_hooks/test_entropy_memory.py checks they agree), here so the GPU check needs no verl."""
     pd = torch.nn.functional.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - torch.sum(pd * logits, dim=-1)
 

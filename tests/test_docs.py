@@ -1,4 +1,5 @@
-"""The README and the docs/ pages: short README, no dead relative link, a Layout that cannot go stale.
+"""The README and the docs/ pages: short README, no dead relative link, a Layout that cannot go stale,
+no repository path named in docs or code that no longer exists.
 
 - README.md stays a first screen: at most ``README_MAX_BYTES``; measurements live in docs/.
 - Every relative link (``[text](path)``, ``![alt](path)``, optionally ``path#anchor``) in README.md
@@ -151,3 +152,29 @@ def test_the_layout_lists_the_parts_in_layer_order():
         if dst in order and order.index(dst) > i
     ]
     assert not upward, "README's Layout is not in layer order:\n" + "\n".join(upward)
+
+
+#: a path into the repository written in prose or a docstring: ``tests/…py``, ``scripts/…``, ``configs/…``
+_REPO_PATH = re.compile(r"(?<![\w/.])((?:tests|scripts|configs)/[\w./-]*\w\.(?:py|sh|yaml|md))\b")
+_NAMING_FILES = [
+    *PAGES,
+    *sorted((REPO / "g2rpo_verl").rglob("*.py")),
+    *sorted((REPO / "scripts").glob("*")),
+    *sorted(p for p in (REPO / "tests").rglob("*.py") if p != Path(__file__).resolve()),  # not its own example
+]
+
+
+def stale_paths(text: str) -> list[str]:
+    """The repository paths ``text`` names that do not exist (relative to the repository root)."""
+    return sorted({p for p in _REPO_PATH.findall(text) if not (REPO / p).exists()})
+
+
+def test_the_path_checker_sees_a_moved_file():
+    assert stale_paths("see tests/test_docs.py and `tests/test_moved_away.py`, configs/demo_cpu.yaml") == [
+        "tests/test_moved_away.py"
+    ]
+
+
+@pytest.mark.parametrize("source", _NAMING_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_repository_path_named_in_docs_and_code_exists(source):
+    assert stale_paths(source.read_text(errors="replace")) == []

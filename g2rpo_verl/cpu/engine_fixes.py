@@ -24,7 +24,7 @@ hooks), so processes that never build an engine never import the engine code for
 
 The private verl names patched here are listed with every other one in
 :data:`g2rpo_verl.verl_compat.api.PRIVATE_SYMBOLS` and checked against the installed verl by
-``tests/test_verl_api.py``; each patch also fails loudly, naming the symbol, if a verl release
+``tests/verl_compat/test_verl_api.py``; each patch also fails loudly, naming the symbol, if a verl release
 moved it.
 """
 

@@ -2,7 +2,7 @@
 
 verl's public surface (``register_adv_est``, the ``verl.plugins`` entry point, Hydra configs)
 does not reach everything a task-level algorithm needs, so the wiring uses some verl 0.9.1
-internals. They are all listed here, each with what uses it; ``tests/test_verl_api.py``
+internals. They are all listed here, each with what uses it; ``tests/verl_compat/test_verl_api.py``
 checks every one against the installed verl, so an upgrade that renames or reshapes one
 fails that test instead of a training run. Code elsewhere takes the names from this module.
 
@@ -11,7 +11,7 @@ without paying for ``import verl``); the accessors below import what they return
 
 Version guard: :func:`check_verl_version` runs when the plugin loads (every verl process).
 Outside :data:`TESTED_VERL` it raises, naming the range; ``G2RPO_ALLOW_UNTESTED_VERL=1``
-turns the error into a warning (at your own risk: run ``pytest tests/test_verl_api.py``).
+turns the error into a warning (at your own risk: run ``pytest tests/verl_compat/test_verl_api.py``).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def check_verl_version(version: str | None = None, env: Mapping[str, str] | None
     message = (
         f"g2rpo_verl is tested with verl {TESTED_VERL}, but verl {version} is installed: the private verl "
         f"names it relies on (g2rpo_verl.verl_compat.api) may have changed. Install a verl in that range, or set "
-        f"{ALLOW_UNTESTED_ENV}=1 to try anyway (then run tests/test_verl_api.py first)."
+        f"{ALLOW_UNTESTED_ENV}=1 to try anyway (then run tests/verl_compat/test_verl_api.py first)."
     )
     if env.get(ALLOW_UNTESTED_ENV, "").strip().lower() in ("1", "true", "yes"):
         logger.warning("%s (%s is set: continuing)", message, ALLOW_UNTESTED_ENV)

@@ -87,7 +87,7 @@ reference's), ``exact`` = entropy of the next-token distribution from the logits
   policy, ``E_y[∇(−log π(y))] = 0``, so the term moves the policy only through the particular
   tokens drawn. It can lower a task's entropy at most to the empirical entropy of those tokens,
   and because the band side is chosen from the same tokens, the noise that pushed Ĥ out of
-  the band is reinforced rather than corrected (tests/test_entropy_shaping.py shows both).
+  the band is reinforced rather than corrected (tests/verl_hooks/test_entropy_shaping.py shows both).
   ``exact`` differentiates the true entropy.
 
 Metrics (per task, ``task_<name>/...`` like the advantage statistics): ``entropy_estimate`` = the

@@ -5,7 +5,7 @@ and holds them there, leaves tasks inside alone, and resumes with the same coeff
 Pure torch: the per-task policy is a categorical distribution whose entropy is exact, the
 competing push is REINFORCE with standardised advantages (the scale G²RPO gives), and the shaping
 term is the one the trainer adds, ``Σ_τ λ_τ·Ĥ_τ``. The wiring into verl's loss is checked in
-tests/test_entropy_shaping.py.
+tests/verl_hooks/test_entropy_shaping.py.
 """
 
 import copy

@@ -1,7 +1,7 @@
 """The CPU backend's fixes to verl's FSDP engine: the reference model and the critic build on CPU.
 
-In-process and in seconds; the real runs that use them are ``tests/test_entropy_shaping.py``'s
-e2e test (KL loss: a reference model) and ``tests/test_cpu_backend.py``'s smoke test (``gae``: a
+In-process and in seconds; the real runs that use them are ``tests/verl_hooks/test_entropy_shaping.py``'s
+e2e test (KL loss: a reference model) and ``tests/cpu/test_cpu_backend.py``'s smoke test (``gae``: a
 critic).
 """
 

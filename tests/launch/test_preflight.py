@@ -234,7 +234,7 @@ def test_format_tags_prompt_reward_and_model_must_agree(data_dir, tmp_path):
 
 # --- driver --------------------------------------------------------------------------------
 def test_run_checks_and_cli(data_dir, capsys, monkeypatch):
-    # the cluster checks have their own tests (tests/test_cluster_checks.py); skipped by name here
+    # the cluster checks have their own tests (tests/launch/test_cluster_checks.py); skipped by name here
     cluster = ",".join(CLUSTER_CHECKS)
     findings = run_checks(config(data_dir), gpus=lambda: (8.0, "test", True), skip=CLUSTER_CHECKS)
     assert [f.level for f in findings] == ["ok"] * 5

@@ -2,7 +2,7 @@
 
 The exactness under FSDP (2 gloo ranks), micro-batching and a dynamic-batch-size-like split, and
 "training unchanged" (parameters after two optimizer steps with dropout on), are in
-tests/test_data_parallel.py; the metrics of a real verl run in tests/test_e2e_g2rpo.py.
+tests/verl_hooks/test_data_parallel.py; the metrics of a real verl run in tests/e2e/test_e2e_g2rpo.py.
 """
 
 from __future__ import annotations

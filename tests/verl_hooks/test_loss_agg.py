@@ -5,7 +5,7 @@ The worker loss runs verl's own ``ppo_loss`` (vanilla policy loss, KL loss, entr
 micro-batches shaped as verl's engine hands them over (jagged fields, flat model output). The
 per-row plan comes from verl's own ``make_iterator`` (:func:`minibatch_groups`). Data parallel is
 simulated here by averaging the ranks' accumulated gradients (what FSDP's reduce does); the real
-FSDP2/gloo run is in tests/test_data_parallel.py. No Ray, seconds.
+FSDP2/gloo run is in tests/verl_hooks/test_data_parallel.py. No Ray, seconds.
 """
 
 import copy
