@@ -1,9 +1,8 @@
 """Shared test configuration.
 
-Layout: ``tests/<subpackage>/`` mirrors ``g2rpo_verl/<subpackage>/``; ``tests/e2e/`` holds the
-files whose every test drives the real verl pipeline (all marked ``e2e`` here); a real run inside
-a topic file carries ``@pytest.mark.e2e`` itself. ``make test-fast`` deselects ``e2e``.
-``tests/support/`` holds helpers shared by test files.
+Layout: ``tests/<subpackage>/`` mirrors ``g2rpo_verl/<subpackage>/``; ``tests/e2e/`` holds every
+test that drives the real verl pipeline (each marked ``e2e`` here); ``make test-fast`` deselects
+them. ``tests/support/`` holds helpers shared by test files.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Worked examples and properties run on hand-made records in milliseconds; one module-scoped
 fixture builds the demo's tiny Qwen3-VL (a short warm start) and its validation files and
 evaluates it in-process (the whole file: about 20 s on 2 cores). The export of a real verl checkpoint and the
-demo's base-vs-trained table are checked by the demo's end-to-end test (tests/demo/test_demo.py),
+demo's base-vs-trained table are checked by the demo's end-to-end test (tests/e2e/test_demo_runs.py),
 which trains and checkpoints anyway.
 """
 
