@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from g2rpo_verl.compare.compare_cli import parse_arms, run_command, total_steps
 from g2rpo_verl.compare.comparison_report import Arm, curve_area, summarize, write_report
@@ -226,7 +227,8 @@ def test_arms_from_estimators_and_overrides():
     ]
     assert cmd[cmd.index("--seed") + 1] == "3"
     assert total_steps(["trainer.total_training_steps=2"]) == 2
-    assert total_steps([]) == 40  # the demo YAML's
+    demo_yaml = Path(__file__).resolve().parents[2] / "configs" / "demo_cpu.yaml"
+    assert total_steps([]) == OmegaConf.load(demo_yaml).trainer.total_training_steps  # the demo's own
 
 
 def test_the_cheap_profile_sets_its_seeds_and_overrides_and_the_command_line_wins(tmp_path):
