@@ -68,8 +68,17 @@ def parse_arms(estimators: Sequence[str], arm_specs: Sequence[str]) -> list[Arm]
 def run_command(run_dir: Path, seed: int, common: Sequence[str], arm: Arm, config: Path | None = None) -> list[str]:
     """The ``g2rpo-train`` command of one run (see the module docstring)."""
     # the report reads the runs' validation metrics only: no export and greedy table per run
-    cmd = [sys.executable, "-m", "g2rpo_verl.demo", "--workdir", str(run_dir), "--seed", str(seed), "--no-plots"]
-    cmd.append("--no-eval")
+    cmd = [
+        sys.executable,
+        "-m",
+        "g2rpo_verl.demo",
+        "--workdir",
+        str(run_dir),
+        "--seed",
+        str(seed),
+        "--no-plots",
+        "--no-eval",
+    ]
     if config is not None:
         cmd += ["--config", str(config)]
     return cmd + [*common, *arm.overrides, f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}"]

@@ -359,7 +359,9 @@ def task_problems(config: Any, g2rpo: G2RPOConfig, path: str, max_rows: int | No
         table = table.slice(0, max_rows)
     n = table.num_rows
     own = {key: _flat(table, key)} if key in table.column_names else {}
-    values = task_values(key, own, _flat(table, "extra_info") or [None] * n)
+    # only extra_info's task field, not every field of every row's struct as a Python dict
+    field = _flat(table, "extra_info", key) or [None] * n
+    values = task_values(key, own, [{key: v} for v in field])
     sources = _flat(table, "data_source") or [None] * n
     ids = _flat(table, "extra_info", "problem_id")
     project = uses_project_reward(config)
