@@ -33,7 +33,6 @@ from g2rpo_verl.algorithms.entropy import (
     coefficient_weights,
     group_task_stats,
     penalty_weights,
-    row_entropy_sums,
 )
 from g2rpo_verl.algorithms.entropy_control import EntropyController, TaskBands
 from g2rpo_verl.config import EntropyShapingConfig
@@ -51,7 +50,7 @@ from g2rpo_verl.verl_hooks.minibatch import (
     plan_fields,
     task_plan_fields,
 )
-from g2rpo_verl.verl_hooks.samples import metric_prefix
+from g2rpo_verl.verl_hooks.samples import TokenRows, metric_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -227,9 +226,8 @@ class EntropyShapingMixin(G2RPOBase):
             partition_id=batch.partition_id,
             select_fields=[TQ.RESPONSE_MASK] + ([source] if source else []),
         )
-        data = data.to_padded_tensor()
-        mask = data[TQ.RESPONSE_MASK]
-        row_tokens = mask.to(torch.float64).sum(-1).round().long()
+        rows = TokenRows.of(data[TQ.RESPONSE_MASK])
+        row_tokens = rows.lengths
         plan = self.actor_minibatch_plan(row_tokens)
         n = len(batch.keys)
         fields = {
@@ -238,8 +236,9 @@ class EntropyShapingMixin(G2RPOBase):
             **plan_fields(plan),
         }
         if shaping.enable:
-            per_token = data[source] if source == TQ.ENTROPY else -data[source]
-            row_sum, row_count = row_entropy_sums(per_token, mask)
+            row_sum, row_count = rows.sum(data[source]), rows.counts
+            if source == TQ.OLD_LOG_PROBS:  # the sampled estimate of H: −log π_old of the drawn tokens
+                row_sum = -row_sum
             low, high = self._step_bands(list(info.task_names), row_sum, row_count, info.task_ids)
             beta = self.entropy_coefficients(info.task_names)
             coef = None

@@ -68,7 +68,7 @@ class LengthShapingMixin(G2RPOBase):
             scores = torch.where(truncated, torch.zeros_like(scores), scores)
 
         _, group_ids = np.unique(np.asarray(info.uids, dtype=object), return_inverse=True)
-        tied = ties_within_groups(responses.rm_scores.sum(-1), torch.as_tensor(group_ids.reshape(-1)))
+        tied = ties_within_groups(responses.reward_sums, torch.as_tensor(group_ids.reshape(-1)))
         for task in info.task_names:
             prefix = metric_prefix(task)
             # the share of responses whose in-group rank the length score decides
@@ -87,9 +87,10 @@ class LengthShapingMixin(G2RPOBase):
         if cfg.mode == "component":
             return LengthScores(scores, torch.zeros_like(scores))
         bonus = cfg.weight * scores
-        rm_scores = responses.rm_scores.clone()
-        rows = torch.nonzero(lengths > 0).squeeze(1)
-        rm_scores[rows, lengths[rows] - 1] += bonus[rows].to(rm_scores.dtype)
+        rows = responses.rows
+        rm_scores = rows.values(responses.rm_scores).clone()
+        nonempty = torch.nonzero(lengths > 0).squeeze(1)
+        rm_scores[rows.offsets[nonempty] + lengths[nonempty] - 1] += bonus[nonempty].to(rm_scores.dtype)
         responses.put(batch, TQ.RM_SCORES, rm_scores)
         return LengthScores(scores, bonus)
 
@@ -97,6 +98,7 @@ class LengthShapingMixin(G2RPOBase):
         """Zero the advantages of truncated responses (``g2rpo.length.truncation=mask``)."""
         if not responses.truncated.any():
             return
-        adv = responses.get(batch, TQ.ADVANTAGES)
-        adv[responses.truncated.to(adv.device)] = 0.0
+        rows = responses.rows
+        adv = rows.values(responses.get(batch, TQ.ADVANTAGES)).clone()
+        adv[responses.truncated[rows.row_ids]] = 0.0
         responses.put(batch, TQ.ADVANTAGES, adv)

@@ -58,18 +58,16 @@ def task_step_metrics(
     return metrics
 
 
-def task_entropy_metrics(tasks: Sequence[str], entropy: torch.Tensor, response_mask: torch.Tensor) -> dict[str, float]:
-    """``task_<task>/entropy``: token-mean of verl's per-token entropy ``(N, T)`` over the task's tokens."""
+def task_entropy_metrics(tasks: Sequence[str], row_sum: torch.Tensor, row_count: torch.Tensor) -> dict[str, float]:
+    """``task_<task>/entropy``: token-mean of verl's per-token entropy over the task's tokens,
+    from each row's masked entropy sum ``(N,)`` and token count ``(N,)``."""
     names = np.asarray(tasks, dtype=object)
-    mask = response_mask.to(torch.float64)
-    per_row = (entropy.to(torch.float64) * mask).sum(-1)
-    row_tokens = mask.sum(-1)  # per row once: selecting (N, T) rows per task copies the whole mask
     metrics = {}
     for task in dict.fromkeys(tasks):
         sel = torch.from_numpy(names == task)
-        n_tokens = row_tokens[sel].sum()
+        n_tokens = row_count[sel].sum()
         if n_tokens > 0:
-            metrics[f"{metric_prefix(task)}/entropy"] = (per_row[sel].sum() / n_tokens).item()
+            metrics[f"{metric_prefix(task)}/entropy"] = (row_sum[sel].sum() / n_tokens).item()
     return metrics
 
 

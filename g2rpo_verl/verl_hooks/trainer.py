@@ -93,15 +93,16 @@ class G2RPOTrainerMixin(GradDiagnosticsMixin, EntropyShapingMixin, LengthShaping
             batch = super()._compute_advantage(batch, metrics)
         if length_cfg.enable and length_cfg.truncation == "mask":
             self.mask_truncated(batch, responses)
-        advantages = responses.token_mean(batch, TQ.ADVANTAGES)
-        rewards = responses.rm_scores.sum(-1) + bonus
+        advantages = responses.rows.mean(responses.get(batch, TQ.ADVANTAGES))
+        rewards = responses.reward_sums + bonus
         metrics.update(
             task_step_metrics(
                 info.tasks, info.reward_infos, rewards, advantages, responses.lengths, responses.truncated
             )
         )
         if batch.fields is None or TQ.ENTROPY in batch.fields:  # verl stores it unless bypass_mode
-            metrics.update(task_entropy_metrics(info.tasks, responses.get(batch, TQ.ENTROPY), responses.response_mask))
+            entropy = responses.rows.sum(responses.get(batch, TQ.ENTROPY))
+            metrics.update(task_entropy_metrics(info.tasks, entropy, responses.rows.counts))
         return batch
 
 

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from g2rpo_verl import gs_grpo_advantages
 from g2rpo_verl.algorithms.length import LengthShaper, TaskLengthRule, ties_within_groups, trapezoid
 from g2rpo_verl.config import LengthShapingConfig, load_g2rpo_config
-from g2rpo_verl.verl_hooks.samples import response_stats
+from g2rpo_verl.verl_hooks.samples import TokenRows, response_stats
 
 
 @pytest.mark.parametrize(
@@ -80,9 +80,15 @@ def test_truncation_comes_from_eos_not_from_tensor_width():
         for i, r in enumerate(rows):
             responses[i, : len(r)] = torch.tensor(r, dtype=torch.long) if r else responses[i, :0]
             mask[i, : len(r)] = 1
-        lengths, truncated = response_stats(responses, mask, {eos})
+        lengths, truncated = response_stats(responses, TokenRows.of(mask), {eos})
         assert lengths.tolist() == [3, 4, 0]
         assert truncated.tolist() == [False, True, False]
+    # as TransferQueue holds them: jagged rows, no width at all
+    nested = torch.nested.as_nested_tensor([torch.tensor(r, dtype=torch.long) for r in rows], layout=torch.jagged)
+    ones = torch.nested.as_nested_tensor([torch.ones(len(r), dtype=torch.long) for r in rows], layout=torch.jagged)
+    lengths, truncated = response_stats(nested, TokenRows.of(ones), {eos})
+    assert lengths.tolist() == [3, 4, 0]
+    assert truncated.tolist() == [False, True, False]
 
 
 def test_running_state_round_trips_so_a_resumed_run_has_the_same_bounds():

@@ -381,7 +381,7 @@ def _trainer_side(rows, entropy: list[torch.Tensor], dp_size: int):
     groups = minibatch_groups(len(rows), dp_size, len(rows), epochs=1, seed=42, shuffle=False)
     weights = penalty_weights(s, c, task_ids, groups[0], low, high, BETA)
     metrics = entropy_shaping_metrics(TASKS, s, c, task_ids, groups, low, high, BETA)
-    metrics.update(task_entropy_metrics(names, h, mask))
+    metrics.update(task_entropy_metrics(names, s, c))
     return weights, metrics
 
 

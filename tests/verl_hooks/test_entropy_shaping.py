@@ -556,7 +556,7 @@ class _Trainer(EntropyShapingMixin, _Base):
 
     def sample_info(self, batch, fallback_to_data_source=False):
         n = len(self._tasks)
-        return SampleInfo.build([f"u{i}" for i in range(n)], [None] * n, self._tasks, [None] * n)
+        return SampleInfo.build([f"u{i}" for i in range(n)], self._tasks, [None] * n)
 
 
 @pytest.mark.parametrize("estimator", ["sampled", "exact"])

@@ -14,12 +14,12 @@ from omegaconf import OmegaConf
 from g2rpo_verl import gs_gdpo_advantages, gs_grpo_advantages
 from g2rpo_verl.config import DEFAULT_GDPO_COMPONENTS, gdpo_components, load_g2rpo_config
 from g2rpo_verl.verl_hooks.advantages import build_task_batch, task_batch
-from g2rpo_verl.verl_hooks.samples import SampleInfo, resolve_task_keys
+from g2rpo_verl.verl_hooks.samples import SampleInfo, TokenRows, resolve_task_keys
 from g2rpo_verl.verl_hooks.task_metrics import task_entropy_metrics, task_step_metrics
 
 
 def sample_info(uids, tasks, reward_infos):
-    return SampleInfo.build(uids, [None] * len(uids), tasks, reward_infos)
+    return SampleInfo.build(uids, tasks, reward_infos)
 
 
 def run_fresh(code: str) -> subprocess.CompletedProcess:
@@ -200,7 +200,8 @@ def test_per_task_step_metrics():
 def test_per_task_entropy_is_a_token_mean_not_a_mean_of_row_means():
     entropy = torch.tensor([[1.0, 1.0, 1.0, 9.0], [4.0, 9.0, 9.0, 9.0], [2.0, 2.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
-    m = task_entropy_metrics(["a", "a", "b"], entropy, mask)
+    rows = TokenRows.of(mask)
+    m = task_entropy_metrics(["a", "a", "b"], rows.sum(entropy), rows.counts)
     assert m == {"task_a/entropy": pytest.approx(7 / 4)}  # task b has no tokens: nothing logged
 
 
@@ -363,7 +364,7 @@ def test_sample_info_is_read_once_per_batch_and_a_data_source_fallback_never_ser
     def read(batch, task_key, fallback_to_data_source=False):
         reads.append(fallback_to_data_source)
         if batch.has_key or fallback_to_data_source:
-            return SampleInfo.build(["u0"], ["ds"], ["t" if batch.has_key else "ds"], [None])
+            return SampleInfo.build(["u0"], ["t" if batch.has_key else "ds"], [None])
         raise ValueError("missing")
 
     monkeypatch.setattr(base, "read_sample_info", read)
