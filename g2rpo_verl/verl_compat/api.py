@@ -295,7 +295,7 @@ PRIVATE_SYMBOLS = {
     "actor/<name>, one-element lists per mini-batch averaged by reduce_metrics": "per-task gradient diagnostics: the request and the Gram entries",
     "TransferQueue fields uid, data_source, extra_info, extra_fields.reward_extra_info, rm_scores, "
     "response_mask, responses, advantages, entropy, old_log_probs": "per-sample task keys, shaping, metrics",
-    "TransferQueue key format {uid}_{session}_{index}": "group filtering (group of a key)",
+    "TransferQueue key format {uid}_{session}_{index}": "group filtering (group of a key); each step's uids (samples)",
     "ReplayBuffer._dapo_filtered_keys / _evict_terminal_groups / finished_keys / partitions / "
     "filter_groups_metric / refill_fn": "group filtering band",
     "checkpoint folder <default_local_dir>/global_step_<N>": "trainer-side state saved next to verl's; g2rpo-eval",
