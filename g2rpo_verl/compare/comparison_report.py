@@ -10,7 +10,11 @@ Every number in the summary is read from those files:
   (``task_<τ>/advantage/std`` and ``/skew`` averaged over steps, ``max |A|`` = the largest
   ``|advantage/min|`` or ``|advantage/max|`` of any step) and, when gradient diagnostics ran
   (``g2rpo.diagnostics.grad_every``), ``task_<τ>/grad/share`` and ``/grad/norm`` averaged over
-  the steps that logged them (:data:`GRAD_STATS`);
+  the steps that logged them (:data:`GRAD_STATS`), and each task's share of the response tokens
+  (``count · length/mean`` over the step's tokens, averaged over steps: its weight under verl's
+  ``token-mean``);
+* per run with gradient diagnostics, the *share spread* (:func:`share_spread`): how far the
+  tasks' gradient shares are from equal, the quantity ``task_mean`` is meant to lower;
 * per arm: the mean over seeds with a t 95 % interval (:mod:`g2rpo_verl.compare.stats`) of
   every final value, of the mean over tasks and of the worst task (per seed, the lowest final
   accuracy of any task), and of each validation curve point;
@@ -123,6 +127,8 @@ def run_summary(metrics: Metrics) -> dict:
             if values:
                 stats[f"grad_{name}"] = _mean(values)
         train[task] = stats
+    for task, share in token_shares(metrics, list(train)).items():
+        train[task]["token_share"] = share
     auc = {
         source: {kind: a for kind in KINDS if (a := curve_area(by_kind[kind])) is not None}
         for source, by_kind in validation.items()
@@ -134,7 +140,42 @@ def run_summary(metrics: Metrics) -> dict:
         "final": final,
         "auc": auc,
         "train": train,
+        **({"share_spread": spread} if (spread := share_spread(metrics, list(train))) is not None else {}),
     }
+
+
+def _per_step(metrics: Metrics, tasks: Sequence[str], key: str) -> dict[int, dict[str, float]]:
+    """``{step: {task: value of task_<τ>/<key>}}`` over the steps that logged it for some task."""
+    out: dict[int, dict[str, float]] = {}
+    for task in tasks:
+        for step, value in zip(*series(metrics, f"task_{task}/{key}"), strict=True):
+            out.setdefault(step, {})[task] = value
+    return out
+
+
+def token_shares(metrics: Metrics, tasks: Sequence[str]) -> dict[str, float]:
+    """Each task's share n_τ / Σ n of the step's response tokens (n_τ = ``count · length/mean``),
+    averaged over the steps that logged both for every task present."""
+    counts, lengths = _per_step(metrics, tasks, "count"), _per_step(metrics, tasks, "length/mean")
+    shares: dict[str, list[float]] = {}
+    for step, by_task in counts.items():
+        tokens = {t: c * lengths[step][t] for t, c in by_task.items() if t in lengths.get(step, {})}
+        total = math.fsum(tokens.values())
+        if total > 0 and len(tokens) == len(by_task):
+            for t, n in tokens.items():
+                shares.setdefault(t, []).append(n / total)
+    return {t: _mean(v) for t, v in shares.items()}
+
+
+def share_spread(metrics: Metrics, tasks: Sequence[str]) -> float | None:
+    """Root-mean-square distance of the tasks' gradient shares from equal, ``√(mean_τ (s_τ − 1/T)²)``
+    at each step that ran the gradient diagnostics (T = the tasks with a share that step), averaged
+    over those steps; 0 = every task pulls equally. ``None`` without diagnostics."""
+    spreads = []
+    for by_task in _per_step(metrics, tasks, "grad/share").values():
+        equal = 1.0 / len(by_task)
+        spreads.append(math.sqrt(math.fsum((v - equal) ** 2 for v in by_task.values()) / len(by_task)))
+    return _mean(spreads) if spreads else None
 
 
 def summarize(
@@ -230,12 +271,23 @@ def summarize(
                         points[str(step)] = t_interval(values).to_dict()
                 curves[arm.name].setdefault(source, {})[kind] = points
 
+    spread: dict[str, dict] = {}
+    for arm in arms:
+        mine = per_seed(arm.name, lambda r: r.get("share_spread"))
+        if not mine:
+            continue
+        spread[arm.name] = {"values": t_interval(list(mine.values())).to_dict()}
+        if arm.name != baseline:
+            diff = paired_difference(mine, per_seed(baseline, lambda r: r.get("share_spread")))
+            spread[arm.name]["paired"] = diff.to_dict()
+            spread[arm.name]["mde"] = minimum_detectable_difference(list(diff.values))
+
     advantage: dict[str, dict] = {}
     for arm in arms:
         advantage[arm.name] = {}
         for task in tasks:
             row = {}
-            for stat in (*ADVANTAGE_STATS, "train_reward", *(f"grad_{n}" for n in GRAD_STATS)):
+            for stat in (*ADVANTAGE_STATS, "train_reward", "token_share", *(f"grad_{n}" for n in GRAD_STATS)):
                 values = per_seed(arm.name, lambda r, t=task, k=stat: r["train"].get(t, {}).get(k))
                 if values:
                     row[stat] = t_interval(list(values.values())).to_dict()
@@ -260,6 +312,7 @@ def summarize(
         "worst_task": worst_task,
         "curves": curves,
         "advantage": advantage,
+        "share_spread": spread,
     }
 
 
@@ -370,7 +423,7 @@ def render_markdown(summary: Mapping, command: str | None = None) -> str:
         "",
     ]
     has_share = any("grad_share" in row for by_task in summary["advantage"].values() for row in by_task.values())
-    stats = [*ADVANTAGE_STATS, "train_reward"] + ([f"grad_{n}" for n in GRAD_STATS] if has_share else [])
+    stats = [*ADVANTAGE_STATS, "train_reward", "token_share"] + ([f"grad_{n}" for n in GRAD_STATS] if has_share else [])
     out += ["| task | arm | " + " | ".join(stats) + " |", "|---" * (2 + len(stats)) + "|"]
     for task in summary["tasks"]:
         for a in arms:
@@ -381,9 +434,32 @@ def render_markdown(summary: Mapping, command: str | None = None) -> str:
         out += [
             "`grad_share`: the task's projection share g_τ·g/‖g‖² of the policy gradient g = Σ_τ g_τ (the shares "
             "of a step sum to 1; negative = the task pulls against the update), `grad_norm`: ‖g_τ‖ before "
-            "clipping; both averaged over the steps that ran the gradient diagnostics.",
+            "clipping; both averaged over the steps that ran the gradient diagnostics. `token_share`: the "
+            "task's share of the step's response tokens (its weight under verl's `token-mean`), averaged over steps.",
             "",
         ]
+        if summary.get("share_spread"):
+            out += [
+                "### Gradient equity: how far the tasks' gradient shares are from equal",
+                "",
+                "Per run: √(mean_τ (share_τ − 1/T)²) at each diagnosed step, averaged over those steps "
+                "(0 = every task pulls equally; g2rpo_verl/compare/comparison_report.py `share_spread`), "
+                f"then mean over seeds [interval]; paired against `{summary['baseline']}` seed by seed, "
+                "with the minimum detectable difference.",
+                "",
+                f"| arm | share spread | − {summary['baseline']} (paired) | minimum detectable difference |",
+                "|---|---|---|---|",
+            ]
+            for a in arms:
+                row = summary["share_spread"].get(a)
+                if row is None:
+                    continue
+                mde = row.get("mde")
+                mde_text = "—" if mde is None or not math.isfinite(mde) else f"{mde:.3f}"
+                out.append(
+                    f"| {a} | {_cell(row['values'])} | {_cell(row.get('paired'), mark_zero=True)} | {mde_text} |"
+                )
+            out.append("")
     else:
         out += [
             "Per-task gradient share: not measured in these runs (add `++g2rpo.diagnostics.grad_every=K` to log it).",

@@ -146,6 +146,36 @@ def test_the_per_task_gradient_share_is_reported_when_the_runs_logged_it(tmp_pat
     assert "| grad_share | grad_norm |" in report and "| OCR | gs_grpo |" in report and "g_τ·g/‖g‖²" in report
 
 
+def test_token_shares_and_the_share_spread_are_the_runs_own_numbers(tmp_path):
+    """Two tasks: OCR 4 rows x 10 tokens, math 4 rows x 30 tokens -> token shares 0.25 / 0.75;
+    gradient shares (0.5, 0.5) at step 2 (spread 0) and (0.2, 0.8) at step 4 (spread 0.3)."""
+    arms = [Arm("grpo", ()), Arm("grpo_task_mean", ())]
+    for arm, late in (("grpo", (0.2, 0.8)), ("grpo_task_mean", (0.4, 0.6))):
+        for seed in (0, 1):
+            path = tmp_path / f"{arm}_seed{seed}"
+            _write_run(path, val={4: {"demo_ocr": (0.5, 0.5)}}, train={})
+            with open(path / "metrics.jsonl", "a") as f:
+                for step, shares in ((2, (0.5, 0.5)), (4, late)):
+                    data = {}
+                    for task, length, share in (("OCR", 10.0, shares[0]), ("math", 30.0, shares[1])):
+                        data |= {f"task_{task}/count": 4.0, f"task_{task}/length/mean": length}
+                        data |= {f"task_{task}/reward/total": 0.5, f"task_{task}/grad/share": share}
+                    f.write(json.dumps({"step": step, "data": data}) + "\n")
+    s = summarize(tmp_path, arms, [0, 1])
+    run = s["runs"]["grpo_seed0"]
+    assert run["train"]["OCR"]["token_share"] == pytest.approx(0.25)
+    assert run["train"]["math"]["token_share"] == pytest.approx(0.75)
+    assert run["share_spread"] == pytest.approx((0.0 + 0.3) / 2)
+    assert s["runs"]["grpo_task_mean_seed1"]["share_spread"] == pytest.approx((0.0 + 0.1) / 2)
+    paired = s["share_spread"]["grpo_task_mean"]["paired"]
+    assert paired["values"] == pytest.approx([-0.1, -0.1])
+    write_report(tmp_path, s, plots=False)
+    report = (tmp_path / "report.md").read_text()
+    assert "| grpo | 0.150 [0.150, 0.150] | — | — |" in report
+    assert "| grpo_task_mean | 0.050 [0.050, 0.050] | **-0.100 [-0.100, -0.100]** |" in report
+    assert "| token_share |" in report
+
+
 def _v1_advantages(estimator: str, rewards: list[list[float]], **algorithm) -> torch.Tensor:
     """verl's V1 advantage step (``compute_advantage_for_multi_trajectories``, as its trainer calls it)
     on groups of sequence rewards; returns the per-row advantage (token 0)."""
