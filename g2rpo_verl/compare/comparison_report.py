@@ -14,7 +14,7 @@ Every number in the summary is read from those files:
   (``count · length/mean`` over the step's tokens, averaged over steps: its weight under verl's
   ``token-mean``);
 * per run with gradient diagnostics, the *share spread* (:func:`share_spread`): how far the
-  tasks' gradient shares are from equal, the quantity ``task_mean`` is meant to lower;
+  tasks' gradient shares are from equal (0 when every task pulls the same);
 * per arm: the mean over seeds with a t 95 % interval (:mod:`g2rpo_verl.compare.stats`) of
   every final value, of the mean over tasks and of the worst task (per seed, the lowest final
   accuracy of any task), and of each validation curve point;
@@ -53,7 +53,18 @@ from g2rpo_verl.demo.run_metrics import (
     validation_value,
 )
 
-__all__ = ["Arm", "run_dir_name", "summarize", "write_report", "curve_area", "KINDS", "ADVANTAGE_STATS", "GRAD_STATS"]
+__all__ = [
+    "Arm",
+    "run_dir_name",
+    "summarize",
+    "write_report",
+    "curve_area",
+    "token_shares",
+    "share_spread",
+    "KINDS",
+    "ADVANTAGE_STATS",
+    "GRAD_STATS",
+]
 
 #: Validation quantities compared per data source.
 KINDS = ("accuracy", "reward")
