@@ -110,7 +110,7 @@ def bench_size(n_prompts: int, device: str, repeat: int) -> dict[str, float]:
     gs_grpo = core_algos.get_adv_estimator_fn("gs_grpo")
     gs_gdpo = core_algos.get_adv_estimator_fn("gs_gdpo")
     grpo_vec = core_algos.get_adv_estimator_fn("grpo_vectorized")
-    info = SampleInfo.build(list(uids), [None] * len(uids), task_names, components)
+    info = SampleInfo.build(list(uids), task_names, components)
     ctx_grpo = build_task_batch(info)
     ctx_gdpo = build_task_batch(info, (["accuracy", "format", "structure"], [1.0, 1.0, 1.0]))
 

@@ -216,8 +216,11 @@ def test_two_node_cluster_trains_survives_a_lost_node_and_resumes(tmp_path, requ
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:
-            # the step-1 checkpoint complete: verl's tracker and the plugin's state next to it
-            if tracker.exists() and (workdir / "checkpoints" / "global_step_1" / "g2rpo_state.json").exists():
+            # the step-1 checkpoint complete (verl's tracker and the plugin's state next to it)
+            # and the step's metrics written: verl logs them after the save, so losing the node
+            # between the two would leave run 1 without its step-1 record
+            state = workdir / "checkpoints" / "global_step_1" / "g2rpo_state.json"
+            if tracker.exists() and state.exists() and 1 in _metrics(workdir / "metrics.jsonl"):
                 assert _stop_node(standin, "node2"), "the worker node was not running"
                 killed_at = time.monotonic()
                 break
