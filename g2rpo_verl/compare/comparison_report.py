@@ -283,13 +283,14 @@ def summarize(
                 curves[arm.name].setdefault(source, {})[kind] = points
 
     spread: dict[str, dict] = {}
+    base_spread = per_seed(baseline, lambda r: r.get("share_spread"))
     for arm in arms:
         mine = per_seed(arm.name, lambda r: r.get("share_spread"))
         if not mine:
             continue
         spread[arm.name] = {"values": t_interval(list(mine.values())).to_dict()}
         if arm.name != baseline:
-            diff = paired_difference(mine, per_seed(baseline, lambda r: r.get("share_spread")))
+            diff = paired_difference(mine, base_spread)
             spread[arm.name]["paired"] = diff.to_dict()
             spread[arm.name]["mde"] = minimum_detectable_difference(list(diff.values))
 

@@ -90,7 +90,7 @@ class LengthShapingMixin(G2RPOBase):
         rows = responses.rows
         rm_scores = rows.values(responses.rm_scores).clone()
         nonempty = torch.nonzero(lengths > 0).squeeze(1)
-        rm_scores[rows.offsets[nonempty] + lengths[nonempty] - 1] += bonus[nonempty].to(rm_scores.dtype)
+        rm_scores[rows.last_positions[nonempty]] += bonus[nonempty].to(rm_scores.dtype)
         responses.put(batch, TQ.RM_SCORES, rm_scores)
         return LengthScores(scores, bonus)
 

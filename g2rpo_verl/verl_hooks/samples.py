@@ -220,12 +220,18 @@ class TokenRows:
         """``(N,)`` float64: the masked mean of ``field`` over each row (0 for an empty row)."""
         return self.sum(field) / self.counts.clamp(min=1)
 
+    @property
+    def last_positions(self) -> torch.Tensor:
+        """``(N,)`` long: where each row's last masked token sits in the ``(M,)`` values
+        (meaningless for an empty row: mask those with ``lengths > 0``)."""
+        return self.offsets[:-1] + self.lengths - 1
+
     def last(self, field: torch.Tensor) -> torch.Tensor:
         """``(N,)`` each row's value at its last masked position (any value for an empty row)."""
         values = self.values(field)
         if not len(values):
             return values.new_zeros(len(self))
-        return values[(self.offsets[:-1] + self.lengths - 1).clamp(0, len(values) - 1)]
+        return values[self.last_positions.clamp(0, len(values) - 1)]
 
     def rebuild(self, values: torch.Tensor) -> torch.Tensor:
         """``(M,)`` token values as a field in the mask's layout (to write back to TransferQueue)."""

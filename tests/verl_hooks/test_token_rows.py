@@ -41,6 +41,7 @@ def test_worked_example():
     assert rows.offsets.tolist() == [0, 2, 3] and rows.row_ids.tolist() == [0, 0, 1]
     assert rows.sum(field).tolist() == [3.0, 5.0] and rows.mean(field).tolist() == [1.5, 5.0]
     assert rows.last(field).tolist() == [2.0, 5.0] and rows.lengths.tolist() == [2, 1]
+    assert rows.last_positions.tolist() == [1, 2]
 
 
 @pytest.mark.parametrize("layout", ["jagged", "padded", "jagged mask, padded field"])
