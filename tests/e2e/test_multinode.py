@@ -229,8 +229,8 @@ def test_two_node_cluster_trains_survives_a_lost_node_and_resumes(tmp_path, requ
         killed_wall = time.strftime("%H:%M:%S")
         # Ending is a sum of bounded waits: Ray marks the node dead after missed health checks
         # (up to 5 x (3 s period + 10 s timeout)), a call to a lost actor waits for that, a gloo
-        # collective for nccl_timeout (60 s), node_loss polls up to NODE_LOSS_GRACE (60 s). A CI
-        # run once took over 3 min to fail over in the rollout; a hang never ends.
+        # collective for nccl_timeout (60 s), node_loss polls up to NODE_LOSS_GRACE (60 s). In one CI run
+        # the trainer failed about 3 min after the loss and the run took over 4 to end; a hang never ends.
         code = _finish(proc, standin, timeout=480)
     finally:
         _finish(proc, standin, timeout=0)
