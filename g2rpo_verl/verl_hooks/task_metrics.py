@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from g2rpo_verl.algorithms.entropy import group_task_stats
 from g2rpo_verl.verl_hooks.samples import metric_prefix
 
 __all__ = ["task_step_metrics", "task_entropy_metrics", "estimator_metrics"]
@@ -58,17 +59,19 @@ def task_step_metrics(
     return metrics
 
 
-def task_entropy_metrics(tasks: Sequence[str], row_sum: torch.Tensor, row_count: torch.Tensor) -> dict[str, float]:
+def task_entropy_metrics(
+    task_names: Sequence[str], task_ids: torch.Tensor, row_sum: torch.Tensor, row_count: torch.Tensor
+) -> dict[str, float]:
     """``task_<task>/entropy``: token-mean of verl's per-token entropy over the task's tokens,
-    from each row's masked entropy sum ``(N,)`` and token count ``(N,)``."""
-    names = np.asarray(tasks, dtype=object)
-    metrics = {}
-    for task in dict.fromkeys(tasks):
-        sel = torch.from_numpy(names == task)
-        n_tokens = row_count[sel].sum()
-        if n_tokens > 0:
-            metrics[f"{metric_prefix(task)}/entropy"] = (row_sum[sel].sum() / n_tokens).item()
-    return metrics
+    from each row's masked entropy sum ``(N,)`` and token count ``(N,)``; ``task_ids`` ``(N,)``
+    index ``task_names`` (as in :class:`~g2rpo_verl.verl_hooks.samples.SampleInfo`). A task
+    without tokens gets no metric."""
+    sums, counts = group_task_stats(row_sum, row_count, task_ids, torch.zeros_like(task_ids), len(task_names), 1)
+    return {
+        f"{metric_prefix(task)}/entropy": (sums[0, t] / counts[0, t]).item()
+        for t, task in enumerate(task_names)
+        if counts[0, t] > 0
+    }
 
 
 def estimator_metrics(per_task: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

@@ -102,7 +102,7 @@ class G2RPOTrainerMixin(GradDiagnosticsMixin, EntropyShapingMixin, LengthShaping
         )
         if batch.fields is None or TQ.ENTROPY in batch.fields:  # verl stores it unless bypass_mode
             entropy = responses.rows.sum(responses.get(batch, TQ.ENTROPY))
-            metrics.update(task_entropy_metrics(info.tasks, entropy, responses.rows.counts))
+            metrics.update(task_entropy_metrics(info.task_names, info.task_ids, entropy, responses.rows.counts))
         return batch
 
 

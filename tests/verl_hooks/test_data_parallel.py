@@ -372,7 +372,6 @@ def _trainer_side(rows, entropy: list[torch.Tensor], dp_size: int):
     for i, e in enumerate(entropy):
         h[i, : len(e)], mask[i, : len(e)] = e, 1
     task_ids = torch.tensor(ROW_TASKS)
-    names = [TASKS[t] for t in ROW_TASKS]
     s, c = row_entropy_sums(h, mask)
     means = [(s[task_ids == t].sum() / c[task_ids == t].sum()).item() for t in range(3)]
     # bands: numerical above its band, OCR below, math inside
@@ -381,7 +380,7 @@ def _trainer_side(rows, entropy: list[torch.Tensor], dp_size: int):
     groups = minibatch_groups(len(rows), dp_size, len(rows), epochs=1, seed=42, shuffle=False)
     weights = penalty_weights(s, c, task_ids, groups[0], low, high, BETA)
     metrics = entropy_shaping_metrics(TASKS, s, c, task_ids, groups, low, high, BETA)
-    metrics.update(task_entropy_metrics(names, s, c))
+    metrics.update(task_entropy_metrics(TASKS, task_ids, s, c))
     return weights, metrics
 
 

@@ -201,7 +201,7 @@ def test_per_task_entropy_is_a_token_mean_not_a_mean_of_row_means():
     entropy = torch.tensor([[1.0, 1.0, 1.0, 9.0], [4.0, 9.0, 9.0, 9.0], [2.0, 2.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
     rows = TokenRows.of(mask)
-    m = task_entropy_metrics(["a", "a", "b"], rows.sum(entropy), rows.counts)
+    m = task_entropy_metrics(["a", "b"], torch.tensor([0, 0, 1]), rows.sum(entropy), rows.counts)
     assert m == {"task_a/entropy": pytest.approx(7 / 4)}  # task b has no tokens: nothing logged
 
 
